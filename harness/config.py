@@ -1,0 +1,106 @@
+"""The run configuration: one flat dataclass, named profiles, validation before anything heavy.
+
+This module imports nothing heavy, so a typo in a flag fails in well under a second.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.sampler import SCHEDULES
+
+SCHEDULERS = ("constant", "linear")
+
+# Budgets. `paper` is the seed study's: 10 epochs x 400 batches at lr 1e-5, full fine-tuning.
+# `quick` is sized so one `multitask` run of the packaged MiniLM, dev evaluation included,
+# takes about 3 minutes on a 2-core CPU machine (measured: see README).
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": dict(epochs=10, batches_per_epoch=400, batch_size=16, lr=1e-5, scheduler="constant",
+                  max_length=128, eval_every_epoch=True),
+    "quick": dict(epochs=2, batches_per_epoch=60, batch_size=16, lr=5e-5, scheduler="linear",
+                  warmup_fraction=0.1, max_length=64, eval_every_epoch=False),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid setting. The message names the field, the value and what would be valid."""
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "multitask"
+    profile: str = "quick"
+    model: str = "default"  # the packaged all-MiniLM-L6-v2; or a BERT checkpoint folder
+    data_dir: str = "data"
+    output_dir: str = "outputs"
+    seed: int = 0
+    epochs: int = 2
+    batches_per_epoch: int = 60  # optimizer steps per epoch
+    batch_size: int = 16  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    scheduler: str = "linear"
+    warmup_fraction: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    max_length: int = 64
+    sampling: str = "annealed"
+    pair_encoding: str = "joint"
+    eval_batch_size: int = 64
+    eval_every_epoch: bool = False
+    lenient_data: bool = False  # skip malformed rows (counted and recorded) instead of failing
+    cache_dir: str = ""  # tokenised datasets; empty: the datasets library's cache
+    experiment: str = "bert-mtl-bench"
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns
+    run_name: str = ""
+    progress: bool = True
+    variant_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile: unknown profile {self.profile!r}; known profiles: {', '.join(PROFILES)}")
+        for name in ("epochs", "batches_per_epoch", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a value >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warmup_fraction: expected a value in [0, 1), got {self.warmup_fraction!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
+        if self.sampling not in SCHEDULES:
+            raise ConfigError(f"sampling: {self.sampling!r} is not one of {list(SCHEDULES)}")
+        from harness.model import PAIR_ENCODINGS
+
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ConfigError(f"pair_encoding: {self.pair_encoding!r} is not one of {list(PAIR_ENCODINGS)}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+    def flat(self) -> dict[str, Any]:
+        """Flat key -> value, variant options as variant.<name>, for MLflow params."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant_options"}
+        for key, value in self.variant_options.items():
+            out[f"variant.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
+        return out
+
+
+def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the profile's values, then explicit overrides; validated."""
+    profile = overrides.get("profile", TrainConfig.profile)
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+    config = TrainConfig(**{**PROFILES[profile], **overrides})
+    config.validate()
+    return config

@@ -1,0 +1,266 @@
+"""Reading the CS224N handout files, tokenising them through `datasets`, and padding batches.
+
+The handout files are tab-separated with a header (first column an unnamed row index) and
+use CSV quoting (a quoted field doubles its quotes), as the starter code's `csv.DictReader(fp, delimiter="\\t")`
+reads them. We read them with the same dialect but strictly: a row that the starter code
+would silently drop (its try/except) is an error here naming the file, the line and the
+problem, unless the caller asks for the lenient mode, which skips it and counts it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
+
+# Bumped whenever tokenised columns change, so stale caches are never reused.
+CACHE_VERSION = "1"
+
+
+class DataError(ValueError):
+    """A data file that cannot be used as it is. The message names the file and line."""
+
+
+@dataclass
+class TaskRows:
+    """The validated rows of one file, plus what the lenient mode skipped."""
+
+    path: Path
+    ids: list[str] = field(default_factory=list)
+    texts: list[tuple[str, ...]] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, problem)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _parse_label(spec: TaskSpec, raw: str) -> float:
+    """Returns the label as a float, or raises ValueError saying what was expected."""
+    value = raw.strip()
+    if spec.kind == "classification":
+        expected = f"an integer class in 0..{spec.num_classes - 1}"
+    elif spec.kind == "paraphrase":
+        expected = "0 or 1"
+    else:
+        expected = f"a number in [0, {SIMILARITY_MAX:g}]"
+    if value == "":
+        raise ValueError(f"missing {spec.label_column} (expected {expected})")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{spec.label_column} {value!r} is not numeric (expected {expected})") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{spec.label_column} {value!r} is not finite (expected {expected})")
+    if spec.kind == "classification":
+        ok = number.is_integer() and 0 <= number < spec.num_classes
+    elif spec.kind == "paraphrase":
+        ok = number in (0.0, 1.0)
+    else:
+        ok = 0.0 <= number <= SIMILARITY_MAX
+    if not ok:
+        raise ValueError(f"{spec.label_column} {value!r} is out of range (expected {expected})")
+    return number
+
+
+def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = False) -> TaskRows:
+    """Reads and validates one labelled handout file (train or dev split).
+
+    Strict mode raises DataError at the first bad row; lenient mode skips bad rows and
+    lists them in `TaskRows.skipped`. A bad header is always an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected the {spec.name} split {path.name})")
+    rows = TaskRows(path=path)
+    with open(path, newline="", encoding="utf-8") as fp:
+        reader = csv.reader(fp, delimiter="\t", strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: file is empty (expected a header row)") from None
+        needed = ("id", *spec.text_columns, spec.label_column)
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}, line 1: header {header} lacks column(s) {missing} "
+                f"(expected columns {list(needed)} for task {spec.name})"
+            )
+        col = {name: header.index(name) for name in needed}
+        line_end = reader.line_num
+        while True:
+            line_start = line_end + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                # strict=True raises on an opening quote that is never closed before EOF.
+                problem = f"unbalanced quote ({exc})"
+                if not lenient:
+                    raise DataError(f"{path}, line {line_start}: {problem}") from None
+                rows.skipped.append((line_start, problem))
+                break
+            line_end = reader.line_num
+            try:
+                if line_end != line_start:
+                    raise ValueError(
+                        f"unbalanced quote: the record runs on to line {line_end} "
+                        "(a field opened with \" is closed only there)"
+                    )
+                if not record or all(not f.strip() for f in record):
+                    raise ValueError("blank line")
+                if len(record) != len(header):
+                    raise ValueError(f"expected {len(header)} tab-separated fields, found {len(record)}")
+                texts = tuple(record[col[c]].strip() for c in spec.text_columns)
+                for column, text in zip(spec.text_columns, texts):
+                    if not text:
+                        raise ValueError(f"empty {column}")
+                label = _parse_label(spec, record[col[spec.label_column]])
+                example_id = record[col["id"]].strip()
+                if not example_id:
+                    raise ValueError("empty id")
+            except ValueError as exc:
+                if not lenient:
+                    raise DataError(f"{path}, line {line_start}: {exc}") from None
+                rows.skipped.append((line_start, str(exc)))
+                continue
+            rows.ids.append(example_id)
+            rows.texts.append(texts)
+            rows.labels.append(label)
+    if not rows.ids:
+        raise DataError(f"{path}: no usable rows (expected at least one labelled example)")
+    return rows
+
+
+def check_data_dir(data_dir: str | os.PathLike, tasks: list[str]) -> None:
+    """Fails fast, before any model is loaded, if a needed file is missing or mis-headed."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir}: not a directory")
+    for name in tasks:
+        spec = TASKS[name]
+        for filename in (spec.train_file(), spec.dev_file()):
+            path = data_dir / filename
+            if not path.is_file():
+                raise DataError(f"{path}: file not found (needed for task {name}; --data-dir must hold "
+                                f"{spec.train_file()} and {spec.dev_file()})")
+            with open(path, newline="", encoding="utf-8") as fp:
+                header = next(csv.reader(fp, delimiter="\t"), [])
+            needed = ["id", *spec.text_columns, spec.label_column]
+            missing = [c for c in needed if c not in header]
+            if missing:
+                raise DataError(f"{path}, line 1: header {header} lacks column(s) {missing} "
+                                f"(expected columns {needed} for task {name})")
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    import datasets.config
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "bert-mtl-bench"
+
+
+def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pair_encoding: str,
+                  cache_dir: str | os.PathLike | None = None):
+    """Builds a `datasets.Dataset` of token ids for one validated file, cached on disk.
+
+    The cache key covers the file's bytes, the tokenizer, max_length, the pair encoding and
+    which rows were kept, so a second run with the same inputs reads the Arrow file back
+    instead of tokenising again.
+    """
+    import datasets
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    skipped = ",".join(str(line) for line, _ in rows.skipped)
+    key = hashlib.sha256(
+        "|".join([CACHE_VERSION, _file_sha256(rows.path), _tokenizer_fingerprint(tokenizer),
+                  str(max_length), pair_encoding, spec.name, skipped]).encode()
+    ).hexdigest()[:24]
+    columns: dict[str, list[Any]] = {"id": rows.ids, "label": rows.labels}
+    for i, column in enumerate(spec.text_columns):
+        columns[f"text{i}"] = [t[i] for t in rows.texts]
+    raw = datasets.Dataset.from_dict(columns)
+    joint = spec.is_pair and pair_encoding == "joint"
+
+    def encode(batch):
+        if joint:
+            enc = tokenizer(batch["text0"], batch["text1"], truncation="longest_first", max_length=max_length,
+                            return_attention_mask=False)
+            return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+        out = {"input_ids": tokenizer(batch["text0"], truncation=True, max_length=max_length,
+                                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]}
+        if spec.is_pair:
+            out["input_ids_b"] = tokenizer(batch["text1"], truncation=True, max_length=max_length,
+                                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return out
+
+    return raw.map(encode, batched=True, batch_size=1000, remove_columns=[c for c in columns if c.startswith("text")],
+                   cache_file_name=str(cache_dir / f"{spec.name}-{key}.arrow"), load_from_cache_file=True,
+                   new_fingerprint=key, desc=f"tokenising {rows.path.name}")
+
+
+def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+def collate(examples: dict[str, list], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pads a batch (a `Dataset` slice: a dict of column lists) to its own longest sequence."""
+    batch: dict[str, torch.Tensor] = {}
+    batch["input_ids"], batch["attention_mask"] = _pad(examples["input_ids"], pad_id)
+    if "token_type_ids" in examples:
+        batch["token_type_ids"], _ = _pad(examples["token_type_ids"], 0)
+    if "input_ids_b" in examples:
+        batch["input_ids_b"], batch["attention_mask_b"] = _pad(examples["input_ids_b"], pad_id)
+    batch["labels"] = torch.tensor(examples["label"], dtype=torch.float)
+    return batch
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: Any  # datasets.Dataset
+    dev: Any
+    dev_ids: list[str]
+    skipped: dict[str, list[tuple[int, str]]]  # file name -> skipped (line, problem)
+
+
+def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max_length: int,
+                   pair_encoding: str = "joint", lenient: bool = False,
+                   cache_dir: str | os.PathLike | None = None) -> dict[str, TaskData]:
+    """Validates and tokenises the train and dev splits of each task."""
+    data_dir = Path(data_dir)
+    out: dict[str, TaskData] = {}
+    for name in tasks:
+        spec = TASKS[name]
+        splits = {}
+        skipped = {}
+        for split, filename in (("train", spec.train_file()), ("dev", spec.dev_file())):
+            rows = read_task_file(data_dir / filename, spec, lenient=lenient)
+            skipped[filename] = rows.skipped
+            splits[split] = (rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir))
+        out[name] = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped)
+    return out

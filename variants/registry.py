@@ -1,0 +1,130 @@
+"""The variant registry: one decorator registers a method by name with its config dataclass.
+
+In-tree variants and a user's own are found the same way, through the entry-point group
+`bert_mtl_bench.variants`: each entry point names a module whose import registers variants.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+ENTRY_POINT_GROUP = "bert_mtl_bench.variants"
+
+
+class VariantError(ValueError):
+    """An unknown variant or an invalid variant option. The message names the field."""
+
+
+@dataclass(frozen=True)
+class RegisteredVariant:
+    name: str
+    config_class: type
+    adapter_class: type
+    description: str
+    source: str  # the module that registered it
+
+
+_REGISTRY: dict[str, RegisteredVariant] = {}
+_discovered = False
+
+
+def register_variant(name: str, config: type):
+    """Class decorator: registers a TaskAdapter subclass under `name` with its config dataclass."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"variant {name!r}: config must be a dataclass, got {config!r}")
+
+    def decorate(adapter_class: type) -> type:
+        doc = (adapter_class.__doc__ or "").strip()
+        description = doc.splitlines()[0] if doc else name
+        previous = _REGISTRY.get(name)
+        if previous is not None and previous.adapter_class.__qualname__ != adapter_class.__qualname__:
+            raise VariantError(f"variant {name!r} is registered twice: by {previous.source} and "
+                               f"{adapter_class.__module__}")
+        _REGISTRY[name] = RegisteredVariant(name, config, adapter_class, description, adapter_class.__module__)
+        return adapter_class
+
+    return decorate
+
+
+def discover() -> None:
+    """Imports every module named in the entry-point group (ours and any installed package's)."""
+    global _discovered
+    if _discovered:
+        return
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:  # a broken plugin must say which one it is
+            raise VariantError(f"variant plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    _discovered = True
+
+
+def list_variants() -> list[RegisteredVariant]:
+    discover()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get_variant(name: str) -> RegisteredVariant:
+    discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none: is the project installed?)"
+        raise VariantError(f"unknown variant {name!r}; known variants: {known}") from None
+
+
+def _convert(field: dataclasses.Field, hint: Any, raw: Any, variant: str) -> Any:
+    """Converts a command-line string (or a value) to the field's annotated type, or raises."""
+    where = f"variant {variant!r} option {field.name!r}"
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if raw not in allowed:
+            raise VariantError(f"{where}: {raw!r} is not one of {list(allowed)}")
+        return raw
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(item.strip() for item in items if str(item).strip())
+    if origin in (typing.Union, types.UnionType):
+        raise VariantError(f"{where}: union-typed options are not supported; use a single type")
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise VariantError(f"{where}: {raw!r} is not a boolean (expected true or false)")
+    if hint in (int, float):
+        if isinstance(raw, bool) or (hint is int and isinstance(raw, float)):
+            raise VariantError(f"{where}: {raw!r} is not {hint.__name__}")
+        try:
+            return hint(raw)
+        except (TypeError, ValueError):
+            raise VariantError(f"{where}: {raw!r} is not {'an integer' if hint is int else 'a number'}") from None
+    if hint is str:
+        if not isinstance(raw, str):
+            raise VariantError(f"{where}: {raw!r} is not a string")
+        return raw
+    return raw
+
+
+def make_config(name: str, options: dict[str, Any] | None = None):
+    """The validated config of variant `name` with `options` (strings or values) applied."""
+    variant = get_variant(name)
+    fields = {f.name: f for f in dataclasses.fields(variant.config_class)}
+    hints = typing.get_type_hints(variant.config_class)
+    values = {}
+    for key, raw in (options or {}).items():
+        if key not in fields:
+            raise VariantError(f"variant {name!r} has no option {key!r}; its options: {', '.join(fields)}")
+        values[key] = _convert(fields[key], hints[key], raw, name)
+    try:
+        return variant.config_class(**values)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, VariantError):
+            raise
+        raise VariantError(f"variant {name!r}: {exc}") from exc
