@@ -162,8 +162,17 @@ def check_data_dir(data_dir: str | os.PathLike, tasks: list[str]) -> None:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
+    import json
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    else:
+        state = json.loads(backend.to_str())
+        # Truncation and padding settings change as the tokenizer is used; they are call options.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

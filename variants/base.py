@@ -12,6 +12,7 @@ names (and a pretrained checkpoint's keys) stay as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -53,6 +54,10 @@ def check_choice(config, name: str, choices: tuple[str, ...]) -> None:
 
 class TaskAdapter(nn.Module):
     """Base of every variant: no added parameters, the encoder used as it is."""
+
+    # Options under which the variant must leave the pretrained encoder's output unchanged at
+    # initialisation (None: the method does not intend that). Checked by the registry tests.
+    identity_options: ClassVar[dict | None] = {}
 
     def __init__(self, config: VariantConfig, encoder_config, tasks: tuple[str, ...]):
         super().__init__()

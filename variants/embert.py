@@ -62,6 +62,8 @@ class EmbertConfig(VariantConfig):
 class Embert(TaskAdapter):
     """Task-embedded attention: per-task vectors added to Q, K and V in every layer."""
 
+    identity_options = {"embert_init": "zeros"}
+
     def __init__(self, config: EmbertConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
         for task in self.tasks:
@@ -84,6 +86,8 @@ class CombinedConfig(PALsConfig, EmbertConfig):
 @register_variant("combined", config=CombinedConfig)
 class Combined(PALsAdapter):
     """Task-embedded attention plus one PAL per task, in parallel in every layer and on top."""
+
+    identity_options = {**PALsAdapter.identity_options, "embert_init": "zeros"}
 
     def __init__(self, config: CombinedConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)

@@ -125,6 +125,8 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 class PALsAdapter(TaskAdapter):
     """Projected attention layers per task, on top and/or in parallel (configurable)."""
 
+    identity_options = {"init": "zero-decoder", "top_mode": "residual"}
+
     def __init__(self, config: PALsConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
         hidden, layers = encoder_config.hidden_size, encoder_config.num_hidden_layers

@@ -1,0 +1,74 @@
+import math
+
+import numpy as np
+import pytest
+
+from harness.sampler import SCHEDULES, TaskSampler, annealing_exponent, task_probabilities
+
+SIZES = {"sst": 8544, "cfimdb": 1707, "quora": 16194, "sts": 6040}
+
+
+@pytest.mark.parametrize("num_epochs", [1, 2, 10])
+def test_annealed_probabilities_follow_the_formula_at_every_epoch(num_epochs):
+    for epoch in range(1, num_epochs + 1):
+        a = 1.0 if num_epochs == 1 else 1 - 0.8 * (epoch - 1) / (num_epochs - 1)
+        expected = {t: n ** a for t, n in SIZES.items()}
+        total = sum(expected.values())
+        got = task_probabilities(SIZES, "annealed", epoch, num_epochs)
+        for task in SIZES:
+            assert got[task] == pytest.approx(expected[task] / total, rel=1e-12)
+
+
+def test_annealing_runs_from_proportional_to_a_02():
+    assert annealing_exponent(1, 10) == 1.0
+    assert annealing_exponent(10, 10) == pytest.approx(0.2)
+    assert annealing_exponent(1, 1) == 1.0
+    with pytest.raises(ValueError, match="epoch must be in 1..10"):
+        annealing_exponent(11, 10)
+
+
+def test_fixed_schedules():
+    total = sum(SIZES.values())
+    assert task_probabilities(SIZES, "proportional", 3, 5)["quora"] == pytest.approx(16194 / total)
+    sqrt_total = sum(math.sqrt(n) for n in SIZES.values())
+    assert task_probabilities(SIZES, "sqrt", 1, 5)["sst"] == pytest.approx(math.sqrt(8544) / sqrt_total)
+    assert set(task_probabilities(SIZES, "uniform", 1, 5).values()) == {0.25}
+    with pytest.raises(ValueError, match="unknown sampling schedule 'annealing'"):
+        task_probabilities(SIZES, "annealing", 1, 5)
+
+
+def test_draw_frequencies_match_probabilities():
+    sampler = TaskSampler(SIZES, "annealed", num_epochs=3, seed=0)
+    draws = [sampler.sample(epoch=3) for _ in range(20000)]
+    expected = sampler.probabilities(3)
+    for task in SIZES:
+        assert draws.count(task) / len(draws) == pytest.approx(expected[task], abs=0.015)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_sampler_is_deterministic_and_its_state_round_trips(schedule):
+    a = TaskSampler(SIZES, schedule, num_epochs=4, seed=7)
+    b = TaskSampler(SIZES, schedule, num_epochs=4, seed=7)
+    first = [a.sample(1) for _ in range(50)]
+    assert first == [b.sample(1) for _ in range(50)]
+    state = a.state_dict()
+    continued = [a.sample(2) for _ in range(50)]
+    c = TaskSampler(SIZES, schedule, num_epochs=4, seed=123)
+    c.load_state_dict(state)
+    assert [c.sample(2) for _ in range(50)] == continued
+
+
+def test_different_seeds_give_different_sequences():
+    samplers = [TaskSampler(SIZES, "annealed", 2, seed=s) for s in range(3)]
+    sequences = {tuple(sampler.sample(1) for _ in range(30)) for sampler in samplers}
+    assert len(sequences) == 3
+
+
+def test_round_robin_cycles_through_tasks():
+    sampler = TaskSampler(SIZES, "round-robin", 2, seed=0)
+    assert [sampler.sample(1) for _ in range(8)] == list(SIZES) * 2
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="positive number of training examples"):
+        TaskSampler({"sst": 0}, "annealed", 2, 0)

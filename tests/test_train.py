@@ -1,0 +1,112 @@
+"""A real (tiny) training run through the whole harness, read back through MLflow's client."""
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.config import resolve_config
+from harness.tasks import TASKS
+from harness.train import TaskStream, train
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, **overrides):
+    settings = dict(model=str(tiny_bert), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
+                    cache_dir=str(tmp_path / "cache"), tracking_uri=tracking_uri, epochs=2, batches_per_epoch=20,
+                    batch_size=8, lr=1e-3, max_length=32, scheduler="constant", progress=False, run_name="t")
+    settings.update(overrides)
+    return resolve_config(settings)
+
+
+def test_training_run_records_params_metrics_counts_and_artifacts(tmp_path, tiny_bert, small_data, tracking_uri):
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri)
+    metrics = train(config)
+    assert set(metrics) == {"dev/sst/accuracy", "dev/cfimdb/accuracy", "dev/quora/accuracy", "dev/sts/pearson",
+                            "dev/overall"}
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.001" and run.data.params["variant"] == "multitask"
+    assert run.data.params["batches_per_epoch"] == "20"
+    for tag in ("variant", "seed", "model", "profile", "git_commit", "world_size"):
+        assert tag in run.data.tags
+    assert run.data.tags["world_size"] == "1"
+    m = run.data.metrics
+    for name, value in metrics.items():
+        assert m[name] == pytest.approx(value)
+    assert m["params/total"] == m["params/encoder"] + m["params/heads_total"]
+    assert m["params/trainable"] == m["params/total"]
+    assert m["params/task_specific/sst"] == 0
+    # Sampler probabilities per epoch: the annealed formula with E = 2.
+    sizes = {t: 48 for t in TASKS}
+    history = client.get_metric_history(run.info.run_id, "sampler/p/sst")
+    assert [h.value for h in history] == pytest.approx([0.25, 0.25])
+    steps = sum(len(client.get_metric_history(run.info.run_id, f"train/loss/{t}")) for t in sizes)
+    assert steps == 40
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "predictions"} <= artifacts
+    preds = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
+    assert preds == {f"predictions/dev-{t}.csv" for t in TASKS}
+    local = client.download_artifacts(run.info.run_id, "predictions/dev-sst.csv", str(tmp_path))
+    lines = open(local).read().splitlines()
+    assert lines[0] == "id,prediction,label" and len(lines) == 49
+
+
+def test_loss_falls_during_training(tmp_path, tiny_bert, small_data, tracking_uri):
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=60,
+                         variant_options={"tasks": "sst"})
+    train(config)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    losses = [h.value for h in sorted(client.get_metric_history(run.info.run_id, "train/loss/sst"),
+                                      key=lambda h: h.step)]
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_lenient_mode_skips_counts_and_records_bad_rows(tmp_path, tiny_bert, small_data, tracking_uri):
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in small_data.iterdir():
+        (data / path.name).write_bytes(path.read_bytes())
+    with open(data / "ids-sst-train.csv", "a") as fp:
+        fp.write("99\tbad1\tno label\t\n100\tbad2\t\t3\n")
+    strict = tiny_config(tmp_path, tiny_bert, data, tracking_uri, epochs=1, batches_per_epoch=2)
+    with pytest.raises(ValueError, match=r"ids-sst-train.csv, line 50: missing sentiment"):
+        train(strict)
+    lenient = tiny_config(tmp_path, tiny_bert, data, tracking_uri, epochs=1, batches_per_epoch=2, lenient_data=True)
+    train(lenient)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    assert run.data.metrics["data/skipped_rows/ids-sst-train.csv"] == 2
+    assert run.data.metrics["data/skipped_rows/ids-sst-dev.csv"] == 0
+    local = client.download_artifacts(run.info.run_id, "skipped_rows.csv", str(tmp_path))
+    assert "ids-sst-train.csv,51,empty sentence" in open(local).read()
+
+
+def test_tokenised_data_is_cached_between_runs(tmp_path, tiny_bert, small_data):
+    from transformers import AutoTokenizer
+
+    from harness.data import load_task_data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    first = load_task_data(small_data, ["sst"], tokenizer, 32, cache_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.glob("*.arrow"))
+    assert len(files) == 2
+    mtimes = [p.stat().st_mtime_ns for p in sorted(tmp_path.glob("*.arrow"))]
+    second = load_task_data(small_data, ["sst"], tokenizer, 32, cache_dir=tmp_path)
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.glob("*.arrow"))] == mtimes
+    assert second["sst"].train["input_ids"] == first["sst"].train["input_ids"]
+    load_task_data(small_data, ["sst"], tokenizer, 16, cache_dir=tmp_path)  # another max_length: new cache
+    assert len(list(tmp_path.glob("*.arrow"))) == 4
+
+
+def test_task_stream_covers_each_pass_without_repeats_and_resumes():
+    stream = TaskStream(10, seed=3)
+    first_pass = np.concatenate([stream.take(4), stream.take(4), stream.take(2)])
+    assert sorted(first_pass.tolist()) == list(range(10))
+    state = stream.state_dict()
+    following = stream.take(7)
+    resumed = TaskStream(10, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.take(7).tolist() == following.tolist()

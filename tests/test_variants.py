@@ -1,0 +1,194 @@
+"""Checks every registered variant, in-tree or installed: a new variant is tested with no new test."""
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from harness.model import build_model, task_loss
+from harness.params import count_parameters
+from harness.tasks import TASKS
+from variants import VariantError, get_variant, list_variants, make_config
+
+VARIANTS = [v.name for v in list_variants()]
+H, L, A = 32, 2, 2
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=H, num_hidden_layers=L, num_attention_heads=A,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def build(encoder, name, pair_encoding="joint", **options):
+    return build_model(copy.deepcopy(encoder), name, make_config(name, options), pair_encoding)
+
+
+def batch_for(task, seed=0, size=4, length=9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (size, length), generator=g)
+    mask = torch.ones(size, length, dtype=torch.long)
+    mask[0, -3:] = 0  # some padding
+    spec = TASKS[task]
+    if spec.kind == "classification":
+        labels = torch.randint(0, spec.num_classes, (size,), generator=g).float()
+    elif spec.kind == "paraphrase":
+        labels = torch.randint(0, 2, (size,), generator=g).float()
+    else:
+        labels = torch.rand(size, generator=g) * 5
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "labels": labels}
+    if spec.is_pair:
+        batch["input_ids_b"], batch["attention_mask_b"] = ids.flip(1), mask.flip(1)
+    return batch
+
+
+def forward(model, task, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if model.pair_encoding == "joint":
+        inputs.pop("input_ids_b", None), inputs.pop("attention_mask_b", None)
+    return model(task, **inputs)
+
+
+def test_the_nine_study_configurations_are_registered():
+    assert set(VARIANTS) >= {"single-task", "multitask", "embert", "pals-top", "pals-parallel",
+                             "pals-parallel-weighted", "pals-top-parallel-same", "pals-top-parallel-different",
+                             "combined"}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("pair_encoding", ["joint", "separate"])
+def test_forward_for_every_task(encoder, name, pair_encoding):
+    model = build(encoder, name, pair_encoding)
+    for task in model.tasks:
+        out = forward(model, task, batch_for(task))
+        expected = (4, TASKS[task].num_classes) if TASKS[task].kind == "classification" else (4,)
+        assert out.shape == expected and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_backward_on_one_task_leaves_other_tasks_parameters_without_gradient(encoder, name):
+    model = build(encoder, name)
+    tasks = model.tasks
+    for task in tasks:
+        model.zero_grad(set_to_none=True)
+        batch = batch_for(task)
+        task_loss(task, forward(model, task, batch), batch["labels"], "joint").backward()
+        for other in tasks:
+            if other == task:
+                continue
+            for prefix in (f"variant.per_task.{other}.", f"heads.{other}."):
+                for pname, p in model.named_parameters():
+                    if pname.startswith(prefix):
+                        assert p.grad is None or not p.grad.any(), f"{pname} got a gradient from {task}"
+        own = [p for n, p in model.named_parameters() if n.startswith(f"variant.per_task.{task}.")]
+        assert all(p.grad is not None and p.grad.any() for p in own), "a parameter of the trained task got no gradient"
+
+
+def expected_task_specific(name, config):
+    """Closed-form count of one task's specific parameters, from the config alone."""
+    P = getattr(config, "pal_size", 0)
+    pal = (H * P + P) + 3 * (P * P + P) + (P * H + H)  # V_E, g's Q/K/V, V_D
+    embert = 3 * L * H
+    return {
+        "single-task": 0, "multitask": 0, "embert": embert, "pals-top": pal, "pals-parallel": L * pal,
+        "pals-parallel-weighted": L * pal + L, "pals-top-parallel-same": pal,
+        "pals-top-parallel-different": 2 * pal, "combined": embert + pal,
+    }.get(name)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_parameter_counts(encoder, name):
+    model = build(encoder, name)
+    config = make_config(name)
+    counts = count_parameters(model)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert counts.total == sum(unique.values()) == counts.trainable
+    assert counts.encoder == sum(p.numel() for p in encoder.parameters())
+    assert len(set(counts.task_specific.values())) == 1, "tasks of one variant differ in cost"
+    expected = expected_task_specific(name, config)
+    if expected is not None:
+        assert counts.task_specific[model.tasks[0]] == expected
+        assert counts.shared_added == 0
+    heads = {"sst": H * 5 + 5, "cfimdb": H * 2 + 2, "quora": H + 1, "sts": H + 1}
+    assert counts.heads == {t: heads[t] for t in model.tasks}
+    assert counts.ratio == pytest.approx(counts.total / counts.encoder)
+
+
+def test_projection_sharing_counts_like_the_pals_code(encoder):
+    P = 204
+    model = build(encoder, "pals-parallel", parallel_sharing="projections")
+    expected = (H * P + P) + L * 3 * (P * P + P) + (P * H + H)
+    assert count_parameters(model).task_specific["sst"] == expected
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_identity_at_initialisation_where_the_method_intends_it(encoder, name):
+    variant = get_variant(name)
+    if variant.adapter_class.identity_options is None:
+        pytest.skip(f"{name} declares it does not start from the pretrained function")
+    model = build(encoder, name, **variant.adapter_class.identity_options).eval()
+    batch = batch_for("sst")
+    with torch.no_grad():
+        reference = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        for task in model.tasks:
+            model.variant.set_context(task, batch["attention_mask"])
+            hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            assert torch.equal(model.variant.top(hidden), reference)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_default_initialisation_changes_the_function_when_it_adds_parameters(encoder, name):
+    model = build(encoder, name).eval()
+    if count_parameters(model).task_specific[model.tasks[0]] == 0:
+        return
+    batch = batch_for("sst")
+    with torch.no_grad():
+        reference = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        task = model.tasks[0]
+        model.variant.set_context(task, batch["attention_mask"])
+        hidden = model.variant.top(model.encoder(input_ids=batch["input_ids"],
+                                                 attention_mask=batch["attention_mask"]).last_hidden_state)
+    assert not torch.allclose(hidden, reference)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_trains_with_falling_loss(encoder, name):
+    torch.manual_seed(0)
+    model = build(encoder, name).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    task = model.tasks[0]
+    batch = batch_for(task, size=8)
+    losses = []
+    for _ in range(25):
+        loss = task_loss(task, forward(model, task, batch), batch["labels"], "joint")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(VariantError, match=r"unknown variant 'pals'; known variants: .*pals-top"):
+        get_variant("pals")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"pal_size": "wide"}, "option 'pal_size': 'wide' is not an integer"),
+    ({"pal_size": "0"}, "pal_size: expected a positive number"),
+    ({"pal_size": "205"}, "not divisible by pal_heads=6"),
+    ({"parallel_sharing": "some"}, "parallel_sharing: 'some' is not one of"),
+    ({"top_shares_parallel": "maybe"}, "not a boolean"),
+    ({"colour": "red"}, "has no option 'colour'"),
+    ({"tasks": "sst,imdb"}, r"unknown task\(s\) \['imdb'\]"),
+])
+def test_invalid_variant_options_name_the_field(options, message):
+    with pytest.raises(VariantError, match=message):
+        make_config("pals-parallel", options)
+
+
+def test_options_are_converted_to_their_field_types():
+    config = make_config("pals-parallel-weighted", {"pal_size": "96", "scale_init": "0.5", "tasks": "sst,sts"})
+    assert (config.pal_size, config.scale_init, config.tasks) == (96, 0.5, ("sst", "sts"))
