@@ -11,6 +11,7 @@ from typing import Any
 from harness.sampler import SCHEDULES
 
 SCHEDULERS = ("constant", "linear")
+TASK_PER = ("window", "micro")
 
 # Budgets. `paper` is the seed study's: 10 epochs x 400 batches at lr 1e-5, full fine-tuning.
 # `quick` is sized so one `multitask` run of the packaged MiniLM, dev evaluation included,
@@ -55,6 +56,12 @@ class TrainConfig:
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns
     run_name: str = ""
     progress: bool = True
+    task_per: str = "window"  # one task per accumulation window (PALs code), or per "micro" step
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
+    keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
+    resume: str = ""  # a checkpoint folder, or a run's output folder (its latest checkpoint)
+    save_model: bool = False  # write the final weights to <output_dir>/<run id>/model.pt
+    launch_config: str = ""  # the Accelerate config launched with; checked against what was obtained
     variant_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -71,6 +78,10 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected a value >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction: expected a value in [0, 1), got {self.warmup_fraction!r}")
+        if self.task_per not in TASK_PER:
+            raise ConfigError(f"task_per: {self.task_per!r} is not one of {list(TASK_PER)}")
+        if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
         if self.sampling not in SCHEDULES:

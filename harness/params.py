@@ -49,6 +49,18 @@ class ParameterCounts:
         return out
 
 
+def parameter_group(name: str) -> tuple[str, str | None]:
+    """(group, task) of a parameter name: ("encoder"|"shared_added", None) or ("task_specific"|"head", task)."""
+    parts = name.split(".")
+    if parts[0] == "encoder":
+        return "encoder", None
+    if parts[0] == "heads":
+        return "head", parts[1]
+    if parts[0] == "variant":
+        return ("task_specific", parts[2]) if parts[1] == "per_task" else ("shared_added", None)
+    raise ValueError(f"parameter {name!r} is outside encoder/variant/heads; cannot account for it")
+
+
 def count_parameters(model: nn.Module) -> ParameterCounts:
     model = getattr(model, "module", model)  # DDP / DeepSpeed engine wrappers
     tasks = tuple(model.tasks)
@@ -57,18 +69,30 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
         n = numel(parameter)
         if parameter.requires_grad:
             counts.trainable += n
-        parts = name.split(".")
-        if parts[0] == "encoder":
+        group, task = parameter_group(name)
+        if group == "encoder":
             counts.encoder += n
-        elif parts[0] == "heads":
-            counts.heads[parts[1]] += n
-        elif parts[0] == "variant" and parts[1] == "per_task":
-            counts.task_specific[parts[2]] += n
-        elif parts[0] == "variant":
+        elif group == "shared_added":
             counts.shared_added += n
+        elif group == "head":
+            counts.heads[task] += n
         else:
-            raise ValueError(f"parameter {name!r} is outside encoder/variant/heads; cannot account for it")
+            counts.task_specific[task] += n
     return counts
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """One optimizer parameter group for the shared parameters and one per task (its parts and head).
+
+    The loop gives the groups of tasks not trained in a step a learning rate of 0, so their
+    parameters stay exactly as they are on every backend (see harness.train).
+    """
+    by_task: dict[str | None, list] = {None: []}
+    for name, parameter in model.named_parameters():
+        _, task = parameter_group(name)
+        by_task.setdefault(task, []).append(parameter)
+    return [{"params": params, "task": task or "", "weight_decay": weight_decay}
+            for task, params in by_task.items() if params]
 
 
 def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint") -> str:

@@ -3,7 +3,8 @@
 The embedded default store is ./mlruns: a SQLite database (mlruns/mlflow.db) with artifacts
 beside it (mlruns/artifacts). MLFLOW_TRACKING_URI, or --tracking-uri, points elsewhere, for
 instance at an `mlflow server`. Metrics are buffered and sent in batches: one call per metric
-costs about 8 ms on SQLite.
+costs about 8 ms on SQLite. The loop flushes them with every checkpoint, so a resumed run
+never records a step twice.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORE_DIR = "mlruns"
-METRIC_FLUSH_EVERY = 200  # buffered metric values before a batch is sent
 _BATCH_LIMIT = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
 
 
@@ -92,8 +92,6 @@ class RunTracker:
 
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        if len(self._pending) >= METRIC_FLUSH_EVERY:
-            self.flush()
 
     def flush(self) -> None:
         while self._pending:

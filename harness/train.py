@@ -10,7 +10,8 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 
 from harness.config import TrainConfig
 from harness.data import check_data_dir, collate, load_task_data
+from harness.distributed import check_launch, check_same_task, clear_stale_zero3_gradients, make_accelerator
 from harness.metrics import overall_score, task_metric
 from harness.model import build_model, check_model, load_encoder, predictions, task_loss
-from harness.params import count_parameters
+from harness.params import count_parameters, optimizer_groups
 from harness.sampler import TaskSampler
 from harness.tracking import RunTracker, git_commit, resolve_tracking_uri
 
@@ -61,34 +63,84 @@ class TaskStream:
         self._order = self._permutation()
 
 
-def make_accelerator(config: TrainConfig):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    # Per-task heads and adapters are unused in steps of other tasks.
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    expected_world = int(os.environ.get("WORLD_SIZE", "1"))
-    # On a machine without GPUs, a plain Accelerator under a multi-process launch silently
-    # gives independent single-process trainings; cpu=True gives real DDP on gloo.
-    cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=cpu, kwargs_handlers=handlers)
-    if accelerator.num_processes != expected_world:
-        raise RuntimeError(f"launched with WORLD_SIZE={expected_world} but Accelerate started "
-                           f"{accelerator.num_processes} process(es) ({accelerator.distributed_type})")
-    return accelerator
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of 0-based optimizer step `step`: linear warm-up, then constant or linear decay."""
+    total, warmup = config.total_steps, int(config.warmup_fraction * config.total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.scheduler == "linear":
+        return config.lr * max(0.0, (total - step) / max(1, total - warmup))
+    return config.lr
 
 
-def make_scheduler(optimizer, config: TrainConfig):
-    total = config.total_steps
-    warmup = int(config.warmup_fraction * total)
+def set_learning_rates(optimizer, lr: float, tasks: set[str]) -> None:
+    """Shared parameters and the parts of `tasks` get `lr`; other tasks' parts get 0.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.scheduler == "linear":
-            return max(0.0, (total - step) / max(1, total - warmup))
-        return 1.0
+    AdamW moves a parameter whose gradient is zero (momentum, weight decay), and under DDP or
+    DeepSpeed an unused parameter's gradient is a zero tensor, not None. A learning rate of 0
+    leaves it exactly unchanged on every backend.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr if (not group["task"] or group["task"] in tasks) else 0.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def fill_missing_gradients(model) -> None:
+    """Gives parameters without a gradient a zero one, so that AdamW's state advances the same
+    way as under DeepSpeed, whose flat gradient buffers hold zeros for unused parameters."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved with every checkpoint, beside Accelerate's model/optimizer/RNG state."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 1  # 1-based epoch in progress
+    step_in_epoch: int = 0
+    run_id: str = ""
+    metrics: dict = field(default_factory=dict)  # last dev metrics
+    sampler: dict = field(default_factory=dict)
+    streams: dict = field(default_factory=dict)
+
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` itself if it is a checkpoint, else the latest checkpoint under it."""
+    path = Path(path)
+    if (path / "loop_state.json").is_file():
+        return path
+    candidates = sorted((p for p in path.glob(f"checkpoints/{CHECKPOINT_PREFIX}*") if (p / "loop_state.json").is_file()),
+                        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    if not candidates:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected a folder with loop_state.json, "
+                                "or a run output folder with checkpoints/step-N)")
+    return candidates[-1]
+
+
+def save_checkpoint(accelerator, out_dir: Path, state: LoopState, tracker) -> Path:
+    folder = out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / "loop_state.json").write_text(json.dumps(asdict(state), default=_json_default))
+        for older in folder.parent.glob(f"{CHECKPOINT_PREFIX}*"):
+            if older != folder:
+                shutil.rmtree(older, ignore_errors=True)
+        # Metrics are sent with each checkpoint, so a resumed run never sends a step twice.
+        tracker.flush()
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"cannot save {type(value).__name__} in loop_state.json")
 
 
 def _batch(dataset, indices, device) -> dict[str, torch.Tensor]:
@@ -153,7 +205,7 @@ def dev_metric_names(metrics: dict[str, float]) -> dict[str, float]:
 
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs one training as configured; returns the final dev metrics (on every rank)."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
     from variants import make_config
 
@@ -162,18 +214,21 @@ def train(config: TrainConfig) -> dict[str, float]:
     tasks = list(variant_config.tasks)
     check_data_dir(config.data_dir, tasks)
     check_model(config.model)
+    resume_from = find_checkpoint(config.resume) if config.resume else None
+    state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
 
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config.grad_accum, config.batch_size)
+    launch = check_launch(accelerator, config.launch_config)
     set_seed(config.seed)
     encoder, tokenizer = load_encoder(config.model)
     with accelerator.main_process_first():
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None)
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding)
-    counts = count_parameters(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, config.weight_decay), lr=config.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
 
     sampler = TaskSampler({t: len(data[t].train) for t in tasks}, config.sampling, config.epochs, config.seed)
     streams = {t: TaskStream(len(data[t].train), seed=config.seed * 1000 + i) for i, t in enumerate(tasks)}
@@ -181,62 +236,100 @@ def train(config: TrainConfig) -> dict[str, float]:
 
     tracker = None
     if accelerator.is_main_process:
-        tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment, config.run_name or
-                             f"{config.variant}-s{config.seed}",
+        tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment,
+                             config.run_name or f"{config.variant}-s{config.seed}", run_id=state.run_id or None,
                              tags={"variant": config.variant, "seed": config.seed, "model": config.model,
-                                   "profile": config.profile, "git_commit": git_commit(), "world_size": world})
-        tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
-                                                for k, v in asdict(variant_config).items()}})
-        skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
-        tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
-    out_dir = Path(config.output_dir) / (tracker.run_id if tracker else "run")
+                                   "profile": config.profile, "git_commit": git_commit(), "world_size": world,
+                                   "backend": launch["distributed_type"], "zero_stage": launch["zero_stage"]})
+        if not resume_from:
+            tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
+                                                    for k, v in asdict(variant_config).items()}})
+            skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks
+                       for name, rows in data[t].skipped.items()}
+            tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
+    state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
+    out_dir = Path(config.output_dir) / state.run_id
+    if resume_from:
+        accelerator.load_state(str(resume_from))
+        sampler.load_state_dict(state.sampler)
+        for task, stream_state in state.streams.items():
+            streams[task].load_state_dict(stream_state)
+        accelerator.print(f"resumed from {resume_from} at optimizer step {state.step}")
 
     progress = None
     if accelerator.is_main_process and config.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.total_steps, desc=f"{config.variant} training", unit="step")
+        progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step")
+
+    def checkpoint() -> None:
+        state.sampler = sampler.state_dict()
+        state.streams = {t: s.state_dict() for t, s in streams.items()}
+        save_checkpoint(accelerator, out_dir, state, tracker)
 
     train_started = time.perf_counter()
     model.train()
-    step, metrics = 0, {}
-    for epoch in range(1, config.epochs + 1):
-        probabilities = sampler.probabilities(epoch)
-        if tracker:
-            tracker.log_metrics({f"sampler/p/{t}": p for t, p in probabilities.items()}, step=step)
-        for _ in range(config.batches_per_epoch):
-            task = sampler.sample(epoch)
-            window_loss = 0.0
-            for _ in range(config.grad_accum):
+    rows = None
+    while state.epoch <= config.epochs:
+        epoch = state.epoch
+        if state.step_in_epoch == 0 and tracker:
+            tracker.log_metrics({f"sampler/p/{t}": p for t, p in sampler.probabilities(epoch).items()}, step=state.step)
+        while state.step_in_epoch < config.batches_per_epoch:
+            # One optimizer step: the same task(s) on every rank, drawn by the shared-seed sampler.
+            if config.task_per == "window":
+                window = [sampler.sample(epoch)] * config.grad_accum
+            else:
+                window = [sampler.sample(epoch) for _ in range(config.grad_accum)]
+            check_same_task(accelerator, sum(tasks.index(t) * len(tasks) ** i for i, t in enumerate(window)),
+                            state.step, tasks)
+            set_learning_rates(optimizer, learning_rate(config, state.step), set(window))
+            if deepspeed:
+                clear_stale_zero3_gradients(model)
+            losses = {}
+            for task in window:
                 indices = streams[task].take(world * micro)[rank * micro:(rank + 1) * micro]
                 batch = _batch(data[task].train, indices, accelerator.device)
                 with accelerator.accumulate(model):
                     loss = task_loss(task, model(task, **batch), batch["labels"], config.pair_encoding)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    if accelerator.sync_gradients:
+                        if config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        if not deepspeed:
+                            fill_missing_gradients(model)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                window_loss += loss.detach() / config.grad_accum
-            scheduler.step()
-            step += 1
-            window_loss = accelerator.reduce(window_loss, reduction="mean").item()
+                losses.setdefault(task, []).append(loss.detach())
+            state.step += 1
+            state.step_in_epoch += 1
+            means = {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
             if tracker:
-                tracker.log_metrics({f"train/loss/{task}": window_loss, "train/lr": scheduler.get_last_lr()[0]},
-                                    step=step)
+                tracker.log_metrics({**{f"train/loss/{t}": v for t, v in means.items()},
+                                     "train/lr": learning_rate(config, state.step - 1)}, step=state.step)
             if progress:
                 progress.update(1)
-                progress.set_postfix(task=task, loss=f"{window_loss:.3f}", epoch=epoch)
+                progress.set_postfix(task="+".join(means), loss=f"{sum(means.values()) / len(means):.3f}", epoch=epoch)
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0 \
+                    and state.step_in_epoch < config.batches_per_epoch:
+                checkpoint()
         if config.eval_every_epoch or epoch == config.epochs:
-            metrics, rows = evaluate(model, data, config, accelerator)
+            state.metrics, rows = evaluate(model, data, config, accelerator)
             if tracker:
-                tracker.log_metrics(dev_metric_names(metrics), step=step)
+                tracker.log_metrics(dev_metric_names(state.metrics), step=state.step)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        checkpoint()
     if progress:
         progress.close()
     train_seconds = time.perf_counter() - train_started
 
-    if tracker:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if config.save_model:
+        weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the partitions
+        if accelerator.is_main_process:
+            torch.save(weights, out_dir / "model.pt")
+    if rows is None:  # resumed from the checkpoint after the last evaluation
+        state.metrics, rows = evaluate(model, data, config, accelerator)
+    if accelerator.is_main_process:
         for path in write_predictions(rows, out_dir / "predictions"):
             tracker.log_artifact(path, "predictions")
         resolved = out_dir / "config.json"
@@ -250,8 +343,10 @@ def train(config: TrainConfig) -> dict[str, float]:
                 csv.writer(fp).writerows([("file", "line", "problem"), *skipped_rows])
             tracker.log_artifact(skipped_file)
         tracker.log_metrics({"time/train_seconds": train_seconds,
-                             "time/total_seconds": time.perf_counter() - started}, step=step)
+                             "time/total_seconds": time.perf_counter() - started}, step=state.step)
         tracker.finish("FINISHED")
+        if not config.keep_checkpoint:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         accelerator.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     accelerator.wait_for_everyone()
-    return dev_metric_names(metrics)
+    return dev_metric_names(state.metrics)
