@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORE_DIR = "mlruns"
-_BATCH_LIMIT = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
+_BATCH_LIMIT = 100
+STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
 
 
 def default_tracking_uri() -> str:
@@ -66,9 +67,14 @@ class RunTracker:
             Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self.recorded_until = -1
         if run_id:
             self.run_id = self.client.get_run(run_id).info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            # A run killed after sending its metrics but before its checkpoint was complete
+            # repeats those steps on resume, with the same values: record them once.
+            history = self.client.get_metric_history(self.run_id, STEP_METRIC)
+            self.recorded_until = max((m.step for m in history), default=-1)
         else:
             experiment_id = _get_or_create_experiment(self.client, experiment, tracking_uri)
             run = self.client.create_run(experiment_id, tags=tags or {}, run_name=run_name or None)
@@ -90,6 +96,8 @@ class RunTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.recorded_until:
+            return
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
 

@@ -125,12 +125,12 @@ def save_checkpoint(accelerator, out_dir: Path, state: LoopState, tracker) -> Pa
     folder = out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{state.step:08d}"
     accelerator.save_state(str(folder))
     if accelerator.is_main_process:
+        # Metrics up to this step are sent before the checkpoint is marked complete (loop_state.json).
+        tracker.flush()
         (folder / "loop_state.json").write_text(json.dumps(asdict(state), default=_json_default))
         for older in folder.parent.glob(f"{CHECKPOINT_PREFIX}*"):
             if older != folder:
                 shutil.rmtree(older, ignore_errors=True)
-        # Metrics are sent with each checkpoint, so a resumed run never sends a step twice.
-        tracker.flush()
     accelerator.wait_for_everyone()
     return folder
 
