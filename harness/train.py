@@ -182,6 +182,21 @@ def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, f
     return metrics, rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_timing(out_dir: Path, rank: int, step_seconds: list[float], grad_accum: int) -> None:
+    """Per-rank optimizer-step times and peak memory, read by benchmarks/distributed.py."""
+    folder = out_dir / "timing"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "step_seconds": step_seconds, "grad_accum": grad_accum, "peak_rss_mb": peak_rss_mb()}))
+
+
 def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -260,7 +275,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     if accelerator.is_main_process and config.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step")
+        progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step",
+                        disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
 
     def checkpoint() -> None:
         state.sampler = sampler.state_dict()
@@ -270,12 +286,14 @@ def train(config: TrainConfig) -> dict[str, float]:
     train_started = time.perf_counter()
     model.train()
     rows = None
+    step_seconds: list[float] = []
     while state.epoch <= config.epochs:
         epoch = state.epoch
         if state.step_in_epoch == 0 and tracker:
             tracker.log_metrics({f"sampler/p/{t}": p for t, p in sampler.probabilities(epoch).items()}, step=state.step)
         while state.step_in_epoch < config.batches_per_epoch:
             # One optimizer step: the same task(s) on every rank, drawn by the shared-seed sampler.
+            step_started = time.perf_counter()
             if config.task_per == "window":
                 window = [sampler.sample(epoch)] * config.grad_accum
             else:
@@ -302,6 +320,7 @@ def train(config: TrainConfig) -> dict[str, float]:
                 losses.setdefault(task, []).append(loss.detach())
             state.step += 1
             state.step_in_epoch += 1
+            step_seconds.append(time.perf_counter() - step_started)
             means = {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
             if tracker:
                 tracker.log_metrics({**{f"train/loss/{t}": v for t, v in means.items()},
@@ -327,6 +346,7 @@ def train(config: TrainConfig) -> dict[str, float]:
         weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the partitions
         if accelerator.is_main_process:
             torch.save(weights, out_dir / "model.pt")
+    write_timing(out_dir, accelerator.process_index, step_seconds, config.grad_accum)
     if rows is None:  # resumed from the checkpoint after the last evaluation
         state.metrics, rows = evaluate(model, data, config, accelerator)
     if accelerator.is_main_process:
@@ -342,8 +362,9 @@ def train(config: TrainConfig) -> dict[str, float]:
             with open(skipped_file, "w", newline="") as fp:
                 csv.writer(fp).writerows([("file", "line", "problem"), *skipped_rows])
             tracker.log_artifact(skipped_file)
-        tracker.log_metrics({"time/train_seconds": train_seconds,
-                             "time/total_seconds": time.perf_counter() - started}, step=state.step)
+        tracker.log_metrics({"time/train_seconds": train_seconds, "time/total_seconds": time.perf_counter() - started,
+                             "time/step_median_seconds": float(np.median(step_seconds)) if step_seconds else 0.0,
+                             "memory/peak_rss_mb": peak_rss_mb()}, step=state.step)
         tracker.finish("FINISHED")
         if not config.keep_checkpoint:
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
