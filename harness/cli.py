@@ -94,6 +94,14 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from harness.tracking import replay
+
+    sent = replay(args.file, args.tracking_uri)
+    print(f"sent {sent} queued records from {args.file}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtl-bench", description="Multitask BERT fine-tuning benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,16 +117,38 @@ def main(argv: list[str] | None = None) -> int:
                           help="a random BERT of hidden size H, L layers, A heads instead of --model, e.g. 768,12,12")
     p_params.add_argument("--pair-encoding", default="joint", choices=("joint", "separate"))
     p_params.set_defaults(func=cmd_params)
+    p_replay = sub.add_parser("replay", help="send a run's tracking fallback file to MLflow")
+    p_replay.add_argument("file", help="tracking-fallback-<run id>.json, written when the store was away")
+    p_replay.add_argument("--tracking-uri", default="", help="default: the URI recorded in the file")
+    p_replay.set_defaults(func=cmd_replay)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError) as exc:
-        from variants import VariantError
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            raise
+        print(f"mtl-bench: error: {exc}", file=sys.stderr)
+        return code
 
-        if isinstance(exc, (ConfigError, VariantError)) or type(exc).__name__ in ("DataError", "ModelError"):
-            print(f"mtl-bench: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def _exit_code(exc: Exception) -> int | None:
+    """Errors the user can act on get a one-line message and an exit code instead of a traceback."""
+    from harness.data import DataError
+    from harness.distributed import LaunchError
+    from harness.model import ModelError
+    from harness.tracking import TrackingError
+    from harness.train import NonFiniteLoss, TrainingStopped
+    from variants import VariantError
+
+    if isinstance(exc, TrainingStopped):
+        return 128 + exc.signum  # as a process killed by that signal: schedulers requeue on it
+    if isinstance(exc, NonFiniteLoss):
+        return 3
+    if isinstance(exc, (ConfigError, VariantError, DataError, ModelError, LaunchError, TrackingError,
+                        FileNotFoundError)):
+        return 2
+    return None
 
 
 if __name__ == "__main__":

@@ -61,13 +61,15 @@ class TrainConfig:
     keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
     resume: str = ""  # a checkpoint folder, or a run's output folder (its latest checkpoint)
     save_model: bool = False  # write the final weights to <output_dir>/<run id>/model.pt
+    dist_timeout: int = 600  # seconds a rank waits in a collective before giving up (a dead peer)
     launch_config: str = ""  # the Accelerate config launched with; checked against what was obtained
     variant_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"profile: unknown profile {self.profile!r}; known profiles: {', '.join(PROFILES)}")
-        for name in ("epochs", "batches_per_epoch", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
+        for name in ("epochs", "batches_per_epoch", "batch_size", "grad_accum", "max_length", "eval_batch_size",
+                     "dist_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: expected a positive integer, got {value!r}")

@@ -24,21 +24,26 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def make_accelerator(grad_accum: int, batch_size: int):
+def make_accelerator(grad_accum: int, batch_size: int, timeout_seconds: int = 600):
+    from datetime import timedelta
+
     from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    # Per-task heads and adapters go unused in other tasks' steps.
+    # Per-task heads and adapters go unused in other tasks' steps. A rank that dies leaves the
+    # others waiting in a collective: the process-group timeout bounds that wait.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     cpu_only = not torch.cuda.is_available()
+    timeout = timedelta(seconds=timeout_seconds)
     if deepspeed_requested():
-        if cpu_only:
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timeout) if cpu_only
+                        else InitProcessGroupKwargs(timeout=timeout))
         accelerator = Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers)
         # No DataLoader is prepared (batches come from TaskStream), so DeepSpeed's "auto"
         # micro-batch size must be given here.
         plugin = accelerator.state.deepspeed_plugin
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
         return accelerator
+    handlers.append(InitProcessGroupKwargs(timeout=timeout))
     return Accelerator(gradient_accumulation_steps=grad_accum, cpu=cpu_only, kwargs_handlers=handlers)
 
 
@@ -95,15 +100,45 @@ def check_launch(accelerator, launch_config: str = "") -> dict:
     return got
 
 
-def check_same_task(accelerator, task_index: int, step: int, tasks: list[str]) -> None:
-    """All ranks must train the same task at every micro-step; a rank that drew another stops the run."""
+def agree_on_step(accelerator, task_code: int, stop_requested: bool, step: int, tasks: list[str]) -> bool:
+    """One collective per optimizer step: checks every rank drew the same task(s), and returns
+    True on every rank if any rank was asked to stop (a signal may reach only one of them)."""
     if accelerator.num_processes == 1:
+        return stop_requested
+    drawn = accelerator.gather(torch.tensor([[task_code, int(stop_requested)]], device=accelerator.device)).tolist()
+    codes = {code for code, _ in drawn}
+    if len(codes) > 1:
+        names = {rank: code for rank, (code, _) in enumerate(drawn)}
+        raise RuntimeError(f"task sampler out of step across ranks at optimizer step {step}: task codes by rank "
+                           f"{names} (tasks {tasks}). Every rank must use the same --seed and sampler state.")
+    return any(flag for _, flag in drawn)
+
+
+def all_finite(accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks must stop together, before backward)."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    return bool(finite.item() == 1.0)
+
+
+def preflight_launch(launch_config: str) -> None:
+    """Before any process group starts: the launcher's environment must match the launch config.
+
+    Catches `accelerate launch --cpu --num_processes 2` (one process, no WORLD_SIZE) and a
+    DeepSpeed file launched without DeepSpeed, in well under a second.
+    """
+    if not launch_config:
         return
-    drawn = accelerator.gather(torch.tensor([task_index], device=accelerator.device)).tolist()
-    if len(set(drawn)) > 1:
-        names = {rank: tasks[i] for rank, i in enumerate(drawn)}
-        raise RuntimeError(f"task sampler out of step across ranks at optimizer step {step}: {names}. "
-                           "Every rank must use the same --seed and sampler state.")
+    expected, env = expected_launch(launch_config), expected_launch("")
+    problems = [f"{key}: {expected['source']} asks for {expected[key]}, the launcher gave {env[key]}"
+                for key in ("world_size", "deepspeed") if expected[key] != env[key]]
+    if expected["zero_stage"] is not None and env["zero_stage"] is not None and expected["zero_stage"] != env["zero_stage"]:
+        problems.append(f"zero_stage: {expected['source']} asks for {expected['zero_stage']}, "
+                        f"the launcher gave {env['zero_stage']}")
+    if problems:
+        raise LaunchError("the launch does not match --launch-config (" + "; ".join(problems) + "). Launch with "
+                          f"`accelerate launch --config_file {launch_config} -m harness.cli train ...`.")
 
 
 def clear_stale_zero3_gradients(model) -> None:

@@ -69,3 +69,39 @@ class TaskSampler:
             raise ValueError(f"sampler state is for tasks {state['tasks']}, this run has {self.tasks}")
         self.rng.bit_generator.state = state["rng"]
         self.draws = state["draws"]
+
+
+class TaskStream:
+    """Endless shuffled passes over one task's training examples, deterministic given the seed.
+
+    At every micro-step all ranks take the next world_size * batch_size indices of the same
+    permutation and keep their own slice, so their examples differ and none is repeated
+    before a pass is complete.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def take(self, count: int) -> np.ndarray:
+        out = []
+        while count > 0:
+            if self.position == self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            chunk = self._order[self.position:self.position + count]
+            out.append(chunk)
+            self.position += len(chunk)
+            count -= len(chunk)
+        return np.concatenate(out)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation()

@@ -8,9 +8,11 @@ never records a step twice.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,50 @@ def _get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
         return experiment.experiment_id
 
 
+def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
+    """Fails at start, not after hours of training, if the tracking store cannot be used."""
+    if tracking_uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise OSError(f"HTTP {response.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise TrackingError(f"MLflow tracking server {tracking_uri} cannot be reached ({url}: {exc}); "
+                                "start it, or set --tracking-uri / MLFLOW_TRACKING_URI to another store") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking store {tracking_uri}: cannot create {folder} ({exc})") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking store {tracking_uri}: {folder} is not writable")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used at all (checked before training starts)."""
+
+
 class RunTracker:
-    """A thin, explicit wrapper over MlflowClient for one run."""
+    """One MLflow run, written in order through a queue that survives store outages.
+
+    Every record (params, tags, metrics, artifacts, the final status) is queued and sent in
+    order. If the store is unreachable (a tracking server gone away, a locked SQLite file),
+    the records stay queued and training goes on; the next flush sends them. If the store is
+    still away when the run ends, the queue is written to a fallback file that
+    `mtl-bench replay FILE` sends later. No record is dropped.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str = "", tags: dict[str, str] | None = None,
                  run_id: str | None = None):
+        if tracking_uri.startswith(("http://", "https://")):
+            # MLflow's own retries back off for minutes by default; the queue retries instead.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         if tracking_uri.startswith("sqlite:///"):
@@ -68,47 +109,123 @@ class RunTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.recorded_until = -1
+        self._queue: list[dict] = []
+        self._warned = False
         if run_id:
-            self.run_id = self.client.get_run(run_id).info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
+            self.run_id = _retry(lambda: self.client.get_run(run_id).info.run_id)
+            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             # A run killed after sending its metrics but before its checkpoint was complete
             # repeats those steps on resume, with the same values: record them once.
-            history = self.client.get_metric_history(self.run_id, STEP_METRIC)
+            history = _retry(lambda: self.client.get_metric_history(self.run_id, STEP_METRIC))
             self.recorded_until = max((m.step for m in history), default=-1)
         else:
-            experiment_id = _get_or_create_experiment(self.client, experiment, tracking_uri)
-            run = self.client.create_run(experiment_id, tags=tags or {}, run_name=run_name or None)
+            experiment_id = _retry(lambda: _get_or_create_experiment(self.client, experiment, tracking_uri))
+            run = _retry(lambda: self.client.create_run(experiment_id, tags=tags or {}, run_name=run_name or None))
             self.run_id = run.info.run_id
-        self._pending: list = []
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH_LIMIT):
-            self.client.log_batch(self.run_id, params=items[i:i + _BATCH_LIMIT])
+        self._queue.append({"op": "params", "items": {k: str(v) for k, v in params.items()}})
+        self.flush()
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._queue.append({"op": "tags", "items": {k: str(v) for k, v in tags.items()}})
+        self.flush()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
+        """Queues metric values; they are sent at the next flush (each checkpoint, and the end)."""
         if step <= self.recorded_until:
             return
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-
-    def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        items = [[k, float(v), now, int(step)] for k, v in metrics.items()]
+        if self._queue and self._queue[-1]["op"] == "metrics":
+            self._queue[-1]["items"].extend(items)
+        else:
+            self._queue.append({"op": "metrics", "items": items})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def finish(self, status: str = "FINISHED") -> None:
+        self._queue.append({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
         self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def flush(self) -> bool:
+        """Sends queued records in order; True if all went. Never raises for an unreachable store."""
+        while self._queue:
+            try:
+                send(self.client, self.run_id, self._queue[0])
+            except Exception as exc:  # the store is away: keep everything and carry on training
+                if not self._warned:
+                    warnings.warn(f"MLflow store {self.tracking_uri} unavailable ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); training continues, records are kept and sent later",
+                                  stacklevel=2)
+                    self._warned = True
+                return False
+            self._queue.pop(0)
+        if self._warned:
+            warnings.warn(f"MLflow store {self.tracking_uri} is back; queued records sent", stacklevel=2)
+            self._warned = False
+        return True
+
+    def finish(self, status: str = "FINISHED", fallback_dir: str | os.PathLike | None = None,
+               attempts: int = 4) -> Path | None:
+        """Ends the run. Returns the fallback file's path if the store could not take everything."""
+        self._queue.append({"op": "terminate", "status": status})
+        for attempt in range(attempts):
+            if self.flush():
+                return None
+            time.sleep(2 ** attempt)
+        fallback = Path(fallback_dir or ".") / f"tracking-fallback-{self.run_id}.json"
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        fallback.write_text(json.dumps({"tracking_uri": self.tracking_uri, "run_id": self.run_id,
+                                        "records": self._queue}))
+        warnings.warn(f"MLflow store {self.tracking_uri} still unavailable: {len(self._queue)} records saved to "
+                      f"{fallback}; send them with `mtl-bench replay {fallback}`", stacklevel=2)
+        return fallback
+
+
+def send(client, run_id: str, record: dict) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    op = record["op"]
+    if op == "params":
+        items = [Param(k, v) for k, v in record["items"].items()]
+        for i in range(0, len(items), _BATCH_LIMIT):
+            client.log_batch(run_id, params=items[i:i + _BATCH_LIMIT])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["items"].items()])
+    elif op == "metrics":
+        items = record["items"]
+        while items:  # sent in slices; a slice that went is removed, so a retry never repeats it
+            client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in items[:1000]])
+            del items[:1000]
+    elif op == "artifact":
+        client.log_artifact(run_id, record["path"], record["artifact_path"])
+    elif op == "terminate":
+        client.set_terminated(run_id, status=record["status"])
+    else:
+        raise ValueError(f"unknown tracking record {op!r}")
+
+
+def replay(fallback_file: str | os.PathLike, tracking_uri: str = "") -> int:
+    """Sends a fallback file's records to MLflow, in order. Returns how many were sent."""
+    from mlflow.tracking import MlflowClient
+
+    data = json.loads(Path(fallback_file).read_text())
+    client = MlflowClient(tracking_uri or data["tracking_uri"])
+    for record in data["records"]:
+        send(client, data["run_id"], record)
+    return len(data["records"])
+
+
+def _retry(call, attempts: int = 5):
+    """Start-up calls: a SQLite store shared by concurrent runs can be briefly locked, or have its
+    schema created by another run at the same moment."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)

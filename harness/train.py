@@ -1,4 +1,4 @@
-"""The training loop. Read `train` top to bottom: set up, loop over epochs, evaluate, record.
+"""The training loop. Read `train` at the bottom first: preflight, setup, train_loop, finish.
 
 Each optimizer step trains one task, drawn by the TaskSampler; every rank draws the same
 task because every rank's sampler has the same seed. Each rank reads its own slice of that
@@ -9,58 +9,33 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 import shutil
-from dataclasses import asdict, dataclass, field
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from harness.config import TrainConfig
 from harness.data import check_data_dir, collate, load_task_data
-from harness.distributed import check_launch, check_same_task, clear_stale_zero3_gradients, make_accelerator
+from harness.distributed import (
+    agree_on_step,
+    all_finite,
+    check_launch,
+    clear_stale_zero3_gradients,
+    make_accelerator,
+    preflight_launch,
+)
 from harness.metrics import overall_score, task_metric
 from harness.model import build_model, check_model, load_encoder, predictions, task_loss
+from harness.checkpoint import LoopState, find_checkpoint, save_checkpoint
 from harness.params import count_parameters, optimizer_groups
-from harness.sampler import TaskSampler
-from harness.tracking import RunTracker, git_commit, resolve_tracking_uri
-
-
-class TaskStream:
-    """Endless shuffled passes over one task's training examples, deterministic given the seed.
-
-    At every micro-step all ranks take the next world_size * batch_size indices of the same
-    permutation and keep their own slice, so their examples differ and none is repeated
-    before a pass is complete.
-    """
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed = size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-
-    def take(self, count: int) -> np.ndarray:
-        out = []
-        while count > 0:
-            if self.position == self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation()
-            chunk = self._order[self.position:self.position + count]
-            out.append(chunk)
-            self.position += len(chunk)
-            count -= len(chunk)
-        return np.concatenate(out)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._permutation()
+from harness.sampler import TaskSampler, TaskStream
+from harness.tracking import RunTracker, check_reachable, git_commit, resolve_tracking_uri
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -90,57 +65,6 @@ def fill_missing_gradients(model) -> None:
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved with every checkpoint, beside Accelerate's model/optimizer/RNG state."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 1  # 1-based epoch in progress
-    step_in_epoch: int = 0
-    run_id: str = ""
-    metrics: dict = field(default_factory=dict)  # last dev metrics
-    sampler: dict = field(default_factory=dict)
-    streams: dict = field(default_factory=dict)
-
-
-CHECKPOINT_PREFIX = "step-"
-
-
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """`path` itself if it is a checkpoint, else the latest checkpoint under it."""
-    path = Path(path)
-    if (path / "loop_state.json").is_file():
-        return path
-    candidates = sorted((p for p in path.glob(f"checkpoints/{CHECKPOINT_PREFIX}*") if (p / "loop_state.json").is_file()),
-                        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-    if not candidates:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected a folder with loop_state.json, "
-                                "or a run output folder with checkpoints/step-N)")
-    return candidates[-1]
-
-
-def save_checkpoint(accelerator, out_dir: Path, state: LoopState, tracker) -> Path:
-    folder = out_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        # Metrics up to this step are sent before the checkpoint is marked complete (loop_state.json).
-        tracker.flush()
-        (folder / "loop_state.json").write_text(json.dumps(asdict(state), default=_json_default))
-        for older in folder.parent.glob(f"{CHECKPOINT_PREFIX}*"):
-            if older != folder:
-                shutil.rmtree(older, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return folder
-
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer):
-        return int(value)
-    raise TypeError(f"cannot save {type(value).__name__} in loop_state.json")
 
 
 def _batch(dataset, indices, device) -> dict[str, torch.Tensor]:
@@ -218,21 +142,83 @@ def dev_metric_names(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def train(config: TrainConfig) -> dict[str, float]:
-    """Runs one training as configured; returns the final dev metrics (on every rank)."""
-    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, task: str, step: int, checkpoint: Path | None = None):
+        self.task, self.step, self.checkpoint = task, step, checkpoint
+        super().__init__(f"non-finite loss on task {task} at optimizer step {step}")
 
+
+class TrainingStopped(RuntimeError):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None = None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at optimizer step {step}")
+
+
+class StopSignals:
+    """SIGTERM (a scheduler's preemption) and SIGINT set a flag; the loop stops at the next step."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Run:
+    """Everything one training holds, built by `setup` and used by the loop."""
+
+    config: TrainConfig
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    data: dict
+    tasks: list[str]
+    sampler: TaskSampler
+    streams: dict[str, TaskStream]
+    state: LoopState
+    tracker: RunTracker | None
+    out_dir: Path
+    deepspeed: bool
+    variant_config: Any
+
+    def checkpoint(self) -> Path:
+        self.state.sampler = self.sampler.state_dict()
+        self.state.streams = {t: s.state_dict() for t, s in self.streams.items()}
+        return save_checkpoint(self.accelerator, self.out_dir, self.state, self.tracker)
+
+
+def preflight(config: TrainConfig):
+    """Every check that needs no model and no process group: fails in seconds, naming the field."""
     from variants import make_config
 
-    started = time.perf_counter()
     variant_config = make_config(config.variant, config.variant_options)
-    tasks = list(variant_config.tasks)
-    check_data_dir(config.data_dir, tasks)
+    check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
+    preflight_launch(config.launch_config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_reachable(resolve_tracking_uri(config.tracking_uri))
     resume_from = find_checkpoint(config.resume) if config.resume else None
-    state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
+    return variant_config, resume_from
 
-    accelerator = make_accelerator(config.grad_accum, config.batch_size)
+
+def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
+    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+
+    tasks = list(variant_config.tasks)
+    state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
+    accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout)
     launch = check_launch(accelerator, config.launch_config)
     set_seed(config.seed)
     encoder, tokenizer = load_encoder(config.model)
@@ -243,119 +229,127 @@ def train(config: TrainConfig) -> dict[str, float]:
     optimizer = torch.optim.AdamW(optimizer_groups(model, config.weight_decay), lr=config.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-
-    sampler = TaskSampler({t: len(data[t].train) for t in tasks}, config.sampling, config.epochs, config.seed)
-    streams = {t: TaskStream(len(data[t].train), seed=config.seed * 1000 + i) for i, t in enumerate(tasks)}
-    world, rank, micro = accelerator.num_processes, accelerator.process_index, config.batch_size
 
     tracker = None
     if accelerator.is_main_process:
         tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment,
                              config.run_name or f"{config.variant}-s{config.seed}", run_id=state.run_id or None,
                              tags={"variant": config.variant, "seed": config.seed, "model": config.model,
-                                   "profile": config.profile, "git_commit": git_commit(), "world_size": world,
-                                   "backend": launch["distributed_type"], "zero_stage": launch["zero_stage"]})
+                                   "profile": config.profile, "git_commit": git_commit(),
+                                   "world_size": accelerator.num_processes, "backend": launch["distributed_type"],
+                                   "zero_stage": launch["zero_stage"]})
         if not resume_from:
             tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
                                                     for k, v in asdict(variant_config).items()}})
-            skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks
-                       for name, rows in data[t].skipped.items()}
+            skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
     state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
-    out_dir = Path(config.output_dir) / state.run_id
+    run = Run(config, accelerator, model, optimizer, data, tasks,
+              TaskSampler({t: len(data[t].train) for t in tasks}, config.sampling, config.epochs, config.seed),
+              {t: TaskStream(len(data[t].train), seed=config.seed * 1000 + i) for i, t in enumerate(tasks)},
+              state, tracker, Path(config.output_dir) / state.run_id,
+              accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config)
     if resume_from:
         accelerator.load_state(str(resume_from))
-        sampler.load_state_dict(state.sampler)
+        run.sampler.load_state_dict(state.sampler)
         for task, stream_state in state.streams.items():
-            streams[task].load_state_dict(stream_state)
+            run.streams[task].load_state_dict(stream_state)
         accelerator.print(f"resumed from {resume_from} at optimizer step {state.step}")
+    return run
 
+
+def train_step(run: Run, window: list[str]) -> dict[str, float]:
+    """One optimizer step over an accumulation window; returns the mean loss per task, all ranks."""
+    config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
+    set_learning_rates(optimizer, learning_rate(config, state.step), set(window))
+    if run.deepspeed:
+        clear_stale_zero3_gradients(model)
+    world, rank, micro = accelerator.num_processes, accelerator.process_index, config.batch_size
+    losses: dict[str, list] = {}
+    for task in window:
+        indices = run.streams[task].take(world * micro)[rank * micro:(rank + 1) * micro]
+        batch = _batch(run.data[task].train, indices, accelerator.device)
+        with accelerator.accumulate(model):
+            loss = task_loss(task, model(task, **batch), batch["labels"], config.pair_encoding)
+            if not all_finite(accelerator, loss):
+                raise NonFiniteLoss(task, state.step + 1)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if not run.deepspeed:
+                    fill_missing_gradients(model)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.setdefault(task, []).append(loss.detach())
+    return {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
+
+
+def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]):
+    """Epochs of `batches_per_epoch` optimizer steps; returns the last evaluation's predictions."""
+    config, state, tracker, sampler = run.config, run.state, run.tracker, run.sampler
     progress = None
-    if accelerator.is_main_process and config.progress:
+    if run.accelerator.is_main_process and config.progress:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step",
                         disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
-
-    def checkpoint() -> None:
-        state.sampler = sampler.state_dict()
-        state.streams = {t: s.state_dict() for t, s in streams.items()}
-        save_checkpoint(accelerator, out_dir, state, tracker)
-
-    train_started = time.perf_counter()
-    model.train()
     rows = None
-    step_seconds: list[float] = []
     while state.epoch <= config.epochs:
         epoch = state.epoch
         if state.step_in_epoch == 0 and tracker:
             tracker.log_metrics({f"sampler/p/{t}": p for t, p in sampler.probabilities(epoch).items()}, step=state.step)
         while state.step_in_epoch < config.batches_per_epoch:
-            # One optimizer step: the same task(s) on every rank, drawn by the shared-seed sampler.
-            step_started = time.perf_counter()
-            if config.task_per == "window":
-                window = [sampler.sample(epoch)] * config.grad_accum
-            else:
-                window = [sampler.sample(epoch) for _ in range(config.grad_accum)]
-            check_same_task(accelerator, sum(tasks.index(t) * len(tasks) ** i for i, t in enumerate(window)),
-                            state.step, tasks)
-            set_learning_rates(optimizer, learning_rate(config, state.step), set(window))
-            if deepspeed:
-                clear_stale_zero3_gradients(model)
-            losses = {}
-            for task in window:
-                indices = streams[task].take(world * micro)[rank * micro:(rank + 1) * micro]
-                batch = _batch(data[task].train, indices, accelerator.device)
-                with accelerator.accumulate(model):
-                    loss = task_loss(task, model(task, **batch), batch["labels"], config.pair_encoding)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if config.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        if not deepspeed:
-                            fill_missing_gradients(model)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                losses.setdefault(task, []).append(loss.detach())
+            started = time.perf_counter()
+            # The same task(s) on every rank, drawn by the shared-seed sampler.
+            draws = 1 if config.task_per == "window" else config.grad_accum
+            drawn = [sampler.sample(epoch) for _ in range(draws)]
+            window = drawn * config.grad_accum if draws == 1 else drawn
+            code = sum(run.tasks.index(t) * len(run.tasks) ** i for i, t in enumerate(drawn))
+            if agree_on_step(run.accelerator, code, bool(stop.signum), state.step, run.tasks):
+                raise TrainingStopped(stop.signum or signal.SIGTERM, state.step)
+            losses = train_step(run, window)
             state.step += 1
             state.step_in_epoch += 1
-            step_seconds.append(time.perf_counter() - step_started)
-            means = {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
+            step_seconds.append(time.perf_counter() - started)
             if tracker:
-                tracker.log_metrics({**{f"train/loss/{t}": v for t, v in means.items()},
+                tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()},
                                      "train/lr": learning_rate(config, state.step - 1)}, step=state.step)
             if progress:
                 progress.update(1)
-                progress.set_postfix(task="+".join(means), loss=f"{sum(means.values()) / len(means):.3f}", epoch=epoch)
+                progress.set_postfix(task="+".join(losses), loss=f"{sum(losses.values()) / len(losses):.3f}",
+                                     epoch=epoch)
             if config.checkpoint_every and state.step % config.checkpoint_every == 0 \
                     and state.step_in_epoch < config.batches_per_epoch:
-                checkpoint()
+                run.checkpoint()
         if config.eval_every_epoch or epoch == config.epochs:
-            state.metrics, rows = evaluate(model, data, config, accelerator)
+            state.metrics, rows = evaluate(run.model, run.data, config, run.accelerator)
             if tracker:
                 tracker.log_metrics(dev_metric_names(state.metrics), step=state.step)
         state.epoch += 1
         state.step_in_epoch = 0
-        checkpoint()
+        run.checkpoint()
     if progress:
         progress.close()
-    train_seconds = time.perf_counter() - train_started
+    return rows
 
+
+def finish(run: Run, rows, step_seconds: list[float], started: float, train_seconds: float) -> None:
+    config, accelerator, tracker, out_dir = run.config, run.accelerator, run.tracker, run.out_dir
     if config.save_model:
-        weights = accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the partitions
+        weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the partitions
         if accelerator.is_main_process:
             torch.save(weights, out_dir / "model.pt")
     write_timing(out_dir, accelerator.process_index, step_seconds, config.grad_accum)
     if rows is None:  # resumed from the checkpoint after the last evaluation
-        state.metrics, rows = evaluate(model, data, config, accelerator)
+        run.state.metrics, rows = evaluate(run.model, run.data, config, accelerator)
     if accelerator.is_main_process:
         for path in write_predictions(rows, out_dir / "predictions"):
             tracker.log_artifact(path, "predictions")
         resolved = out_dir / "config.json"
-        resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(variant_config)}, indent=2))
+        resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(run.variant_config)}, indent=2))
         tracker.log_artifact(resolved)
-        skipped_rows = [(name, line, problem) for t in tasks for name, rows_ in data[t].skipped.items()
+        skipped_rows = [(name, line, problem) for t in run.tasks for name, rows_ in run.data[t].skipped.items()
                         for line, problem in rows_]
         if skipped_rows:
             skipped_file = out_dir / "skipped_rows.csv"
@@ -364,10 +358,44 @@ def train(config: TrainConfig) -> dict[str, float]:
             tracker.log_artifact(skipped_file)
         tracker.log_metrics({"time/train_seconds": train_seconds, "time/total_seconds": time.perf_counter() - started,
                              "time/step_median_seconds": float(np.median(step_seconds)) if step_seconds else 0.0,
-                             "memory/peak_rss_mb": peak_rss_mb()}, step=state.step)
-        tracker.finish("FINISHED")
+                             "memory/peak_rss_mb": peak_rss_mb()}, step=run.state.step)
+        tracker.finish("FINISHED", fallback_dir=out_dir)
         if not config.keep_checkpoint:
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         accelerator.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     accelerator.wait_for_everyone()
-    return dev_metric_names(state.metrics)
+
+
+def train(config: TrainConfig) -> dict[str, float]:
+    """Runs one training as configured; returns the final dev metrics (on every rank)."""
+    started = time.perf_counter()
+    variant_config, resume_from = preflight(config)
+    run = setup(config, variant_config, resume_from)
+    step_seconds: list[float] = []
+    with StopSignals() as stop:
+        try:
+            rows = train_loop(run, stop, step_seconds)
+        except NonFiniteLoss as exc:
+            # The model and optimizer are as the last completed step left them; the loop state is
+            # the failed step's (its window was drawn), which resuming would retry differently.
+            exc.checkpoint = run.checkpoint()
+            _end_run(run, "FAILED", {"failure/reason": "non-finite loss", "failure/task": exc.task,
+                                     "failure/step": exc.step, "failure/checkpoint": exc.checkpoint})
+            raise
+        except TrainingStopped as exc:
+            exc.checkpoint = run.checkpoint()
+            _end_run(run, "KILLED", {"stopped/signal": signal.Signals(exc.signum).name, "stopped/step": exc.step,
+                                     "stopped/checkpoint": exc.checkpoint})
+            raise
+        except BaseException as exc:
+            _end_run(run, "FAILED", {"failure/reason": f"{type(exc).__name__}: {exc}"[:5000],
+                                     "failure/step": run.state.step})
+            raise
+    finish(run, rows, step_seconds, started, time.perf_counter() - started)
+    return dev_metric_names(run.state.metrics)
+
+
+def _end_run(run: Run, status: str, tags: dict) -> None:
+    if run.tracker:
+        run.tracker.set_tags(tags)
+        run.tracker.finish(status, fallback_dir=run.out_dir)
