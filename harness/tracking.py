@@ -96,7 +96,7 @@ class RunTracker:
     `mtl-bench replay FILE` sends later. No record is dropped.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str = "", tags: dict[str, str] | None = None,
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str = "", tags: dict[str, Any] | None = None,
                  run_id: str | None = None):
         if tracking_uri.startswith(("http://", "https://")):
             # MLflow's own retries back off for minutes by default; the queue retries instead.
@@ -107,7 +107,8 @@ class RunTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.client = _retry(lambda: MlflowClient(tracking_uri))
+        _retry(lambda: self.client.search_experiments(max_results=1))  # opens (and on first use creates) the store
         self.recorded_until = -1
         self._queue: list[dict] = []
         self._warned = False
@@ -120,7 +121,9 @@ class RunTracker:
             self.recorded_until = max((m.step for m in history), default=-1)
         else:
             experiment_id = _retry(lambda: _get_or_create_experiment(self.client, experiment, tracking_uri))
-            run = _retry(lambda: self.client.create_run(experiment_id, tags=tags or {}, run_name=run_name or None))
+            # The REST store (an `mlflow server`) takes string tag values only; SQLite converts.
+            tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+            run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name or None))
             self.run_id = run.info.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:

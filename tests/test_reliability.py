@@ -1,0 +1,191 @@
+"""Failures stop cleanly and lose nothing: real signals, a real MLflow server stopped mid-run, real processes."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, MlflowServer, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def train_args(tiny_bert, small_data, out: Path, tracking_uri: str, *extra: str) -> list[str]:
+    return ["train", "--model", str(tiny_bert), "--data-dir", str(small_data), "--max-length", "32", "--batch-size",
+            "4", "--no-progress", "--output-dir", str(out / "out"), "--cache-dir", str(out / "cache"),
+            "--tracking-uri", tracking_uri, *extra]
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=kwargs.pop("timeout", 600), **kwargs)
+
+
+def start_cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(pattern: str, process, timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = glob.glob(pattern)
+        if found:
+            return found[0]
+        assert process.poll() is None, f"the run ended early:\n{process.stdout.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {pattern}")
+
+
+def the_run(tracking_uri: str):
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    return client, run
+
+
+def recorded_steps(client, run_id) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "train/lr"))
+
+
+def test_an_unreachable_tracking_server_is_reported_before_training(tmp_path, tiny_bert, small_data):
+    started = time.perf_counter()
+    result = cli(*train_args(tiny_bert, small_data, tmp_path, f"http://127.0.0.1:{free_port()}"))
+    assert result.returncode == 2
+    assert "MLflow tracking server http://127.0.0.1:" in result.stderr and "cannot be reached" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert time.perf_counter() - started < 60
+
+
+def test_a_non_finite_loss_stops_the_run_with_a_checkpoint_and_a_failed_mlflow_run(tmp_path, tiny_bert, small_data,
+                                                                                   tracking_uri):
+    # An absurd learning rate makes the parameters overflow after the first step.
+    result = cli(*train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--lr", "1e30", "--epochs", "1",
+                             "--batches-per-epoch", "50", "--scheduler", "constant"))
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "non-finite loss on task" in result.stderr
+    client, run = the_run(tracking_uri)
+    assert run.info.status == "FAILED"
+    tags = run.data.tags
+    assert tags["failure/reason"] == "non-finite loss"
+    assert tags["failure/task"] in ("sst", "cfimdb", "quora", "sts")
+    step = int(tags["failure/step"])
+    assert 1 < step < 50
+    state = json.loads((Path(tags["failure/checkpoint"]) / "loop_state.json").read_text())
+    assert state["step"] == step - 1
+    assert recorded_steps(client, run.info.run_id) == list(range(1, step))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_marks_the_run_killed_and_resume_finishes_it(sig, tmp_path, tiny_bert, small_data,
+                                                                          tracking_uri):
+    args = train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--epochs", "2", "--batches-per-epoch", "300",
+                      "--checkpoint-every", "10")
+    process = start_cli(*args)
+    wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
+    sent = time.perf_counter()
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=60)
+    assert time.perf_counter() - sent < 30
+    assert process.returncode == 128 + sig, output[-3000:]
+    assert f"stopped by {sig.name}" in output
+    client, run = the_run(tracking_uri)
+    assert run.info.status == "KILLED"
+    stopped = int(run.data.tags["stopped/step"])
+    assert stopped < 600
+    assert recorded_steps(client, run.info.run_id) == list(range(1, stopped + 1))
+    if sig == signal.SIGINT:
+        return
+    (run_dir,) = glob.glob(str(tmp_path / "out" / "*"))
+    resumed = cli(*args, "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, run = the_run(tracking_uri)  # the same, single run
+    assert run.info.status == "FINISHED"
+    assert recorded_steps(client, run.info.run_id) == list(range(1, 601))
+    assert "dev/overall" in run.data.metrics
+
+
+@pytest.mark.distributed
+def test_a_rank_that_dies_makes_the_other_exit_instead_of_hanging(tmp_path, tiny_bert, small_data, tracking_uri):
+    config = "launch/cpu-ddp.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port",
+               str(free_port()), "-m", "harness.cli",
+               *train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--launch-config", config, "--epochs", "1",
+                           "--batches-per-epoch", "2000", "--checkpoint-every", "10", "--dist-timeout", "60")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
+    ranks = [p for p in psutil.Process(process.pid).children(recursive=True) if "harness.cli" in " ".join(p.cmdline())]
+    victim = next(p for p in ranks if p.environ().get("RANK") == "1")
+    victim.send_signal(signal.SIGKILL)
+    killed = time.perf_counter()
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode != 0
+    assert time.perf_counter() - killed < 120
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+
+
+def test_a_tracking_server_outage_loses_nothing(tmp_path, tiny_bert, small_data):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        args = train_args(tiny_bert, small_data, tmp_path, server.uri, "--epochs", "1", "--batches-per-epoch", "400",
+                          "--checkpoint-every", "20")
+        process = start_cli(*args)
+        wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
+        server.stop()  # mid-run; it stays away until the run has ended
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]  # training went on
+        assert "unavailable" in output
+        (fallback,) = glob.glob(str(tmp_path / "out" / "*" / "tracking-fallback-*.json"))
+        server.start()
+        replayed = cli("replay", fallback)
+        assert replayed.returncode == 0, replayed.stderr[-2000:]
+        client, run = the_run(server.uri)
+        assert run.info.status == "FINISHED"
+        assert recorded_steps(client, run.info.run_id) == list(range(1, 401))
+        assert "dev/overall" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "predictions"}
+    finally:
+        server.stop()
+
+
+def test_a_tracking_server_that_comes_back_mid_run_gets_everything(tmp_path, tiny_bert, small_data):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        args = train_args(tiny_bert, small_data, tmp_path, server.uri, "--epochs", "1", "--batches-per-epoch", "3000",
+                          "--checkpoint-every", "20")
+        process = start_cli(*args)
+        wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
+        server.stop()
+        time.sleep(3)
+        server.start()
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output[-3000:]
+        assert not glob.glob(str(tmp_path / "out" / "*" / "tracking-fallback-*.json"))
+        client, run = the_run(server.uri)
+        assert run.info.status == "FINISHED"
+        assert recorded_steps(client, run.info.run_id) == list(range(1, 3001))
+    finally:
+        server.stop()
+
+
+def test_concurrent_runs_on_one_local_store_lose_no_run_and_no_metric(tmp_path, tiny_bert, small_data):
+    tracking_uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    processes = [start_cli(*train_args(tiny_bert, small_data, tmp_path / f"job{i}", tracking_uri, "--seed", str(i),
+                                       "--epochs", "2", "--batches-per-epoch", "30", "--checkpoint-every", "5"))
+                 for i in range(4)]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert recorded_steps(client, run.info.run_id) == list(range(1, 61))
+        assert "dev/overall" in run.data.metrics
