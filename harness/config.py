@@ -48,6 +48,7 @@ class TrainConfig:
     max_length: int = 64
     sampling: str = "annealed"
     pair_encoding: str = "joint"
+    length_grouping: bool = True  # batch examples of similar length together (less padding)
     eval_batch_size: int = 64
     eval_every_epoch: bool = False
     lenient_data: bool = False  # skip malformed rows (counted and recorded) instead of failing

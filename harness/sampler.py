@@ -75,17 +75,38 @@ class TaskStream:
     """Endless shuffled passes over one task's training examples, deterministic given the seed.
 
     At every micro-step all ranks take the next world_size * batch_size indices of the same
-    permutation and keep their own slice, so their examples differ and none is repeated
-    before a pass is complete.
+    order and keep their own slice, so their examples differ and none is repeated before a
+    pass is complete.
+
+    With `lengths` (length-aware batching), each pass is shuffled, cut into pools of
+    `pool_steps` optimizer steps, each pool sorted by length and cut into blocks of
+    `step_size` examples (one optimizer step, all ranks together), and the blocks' order is
+    shuffled. Examples batched together then have similar lengths and need little padding.
+    The order depends only on the seed and the step size, never on how it is split into
+    ranks and micro-steps, so 2 ranks x batch b x accumulation g read exactly what 1 process
+    x batch 2bg reads.
     """
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int, lengths=None, step_size: int = 0, pool_steps: int = 50):
+        if lengths is not None and (len(lengths) != size or step_size <= 0):
+            raise ValueError("length-aware batching needs one length per example and a positive step size")
         self.size, self.seed = size, seed
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.step_size, self.pool_steps = step_size, pool_steps
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size)
+        if self.lengths is None:
+            return order
+        pool, blocks = self.step_size * self.pool_steps, []
+        for start in range(0, self.size, pool):
+            members = order[start:start + pool]
+            members = members[np.argsort(self.lengths[members], kind="stable")]
+            blocks.extend(members[i:i + self.step_size] for i in range(0, len(members), self.step_size))
+        return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
 
     def take(self, count: int) -> np.ndarray:
         out = []

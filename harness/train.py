@@ -199,6 +199,15 @@ class Run:
         return save_checkpoint(self.accelerator, self.out_dir, self.state, self.tracker)
 
 
+def make_stream(dataset, seed: int, config: TrainConfig, world_size: int) -> TaskStream:
+    lengths = None
+    if config.length_grouping:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        if "input_ids_b" in dataset.column_names:
+            lengths = [max(a, len(b)) for a, b in zip(lengths, dataset["input_ids_b"])]
+    return TaskStream(len(dataset), seed, lengths, step_size=world_size * config.batch_size * config.grad_accum)
+
+
 def preflight(config: TrainConfig):
     """Every check that needs no model and no process group: fails in seconds, naming the field."""
     from variants import make_config
@@ -246,7 +255,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
     state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
     run = Run(config, accelerator, model, optimizer, data, tasks,
               TaskSampler({t: len(data[t].train) for t in tasks}, config.sampling, config.epochs, config.seed),
-              {t: TaskStream(len(data[t].train), seed=config.seed * 1000 + i) for i, t in enumerate(tasks)},
+              {t: make_stream(data[t].train, config.seed * 1000 + i, config, accelerator.num_processes)
+               for i, t in enumerate(tasks)},
               state, tracker, Path(config.output_dir) / state.run_id,
               accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config)
     if resume_from:
@@ -295,6 +305,11 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]):
         progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step",
                         disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
     rows = None
+    if tracker and state.step == 0:
+        import psutil
+
+        # From process start (imports, model and data loading, tokenisation) to the first step.
+        tracker.log_metrics({"time/startup_seconds": time.time() - psutil.Process().create_time()}, step=0)
     while state.epoch <= config.epochs:
         epoch = state.epoch
         if state.step_in_epoch == 0 and tracker:

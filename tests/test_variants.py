@@ -192,3 +192,14 @@ def test_invalid_variant_options_name_the_field(options, message):
 def test_options_are_converted_to_their_field_types():
     config = make_config("pals-parallel-weighted", {"pal_size": "96", "scale_init": "0.5", "tasks": "sst,sts"})
     assert (config.pal_size, config.scale_init, config.tasks) == (96, 0.5, ("sst", "sts"))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_encoder_keeps_pytorchs_fused_attention(encoder, name):
+    model = build(encoder, name).eval()
+    assert model.encoder.config._attn_implementation == "sdpa"
+    batch = batch_for("sst")
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        forward(model, model.tasks[0], batch)
+    calls = sum(e.count for e in profile.key_averages() if e.key == "aten::scaled_dot_product_attention")
+    assert calls >= L  # one per encoder layer (PALs add their own)
