@@ -19,7 +19,7 @@ TASK_PER = ("window", "micro")
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=10, batches_per_epoch=400, batch_size=16, lr=1e-5, scheduler="constant",
                   max_length=128, eval_every_epoch=True),
-    "quick": dict(epochs=3, batches_per_epoch=100, batch_size=16, lr=1e-4, scheduler="linear",
+    "quick": dict(epochs=4, batches_per_epoch=150, batch_size=16, lr=1e-4, scheduler="linear",
                   warmup_fraction=0.1, max_length=64, eval_every_epoch=False),
 }
 
