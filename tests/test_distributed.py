@@ -6,7 +6,6 @@ user runs. Tolerance for "the same parameters": 5e-5 absolute in fp32 (observed:
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, make_tiny_bert
+from conftest import REPO, free_port, make_tiny_bert
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -28,12 +27,6 @@ ATOL = 5e-5
 # seed 0 the sampler draws quora, cfimdb, sst, sst: sts is never trained.
 STEPS = ["--epochs", "1", "--batches-per-epoch", "4"]
 UNTRAINED = "sts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def common_args(tiny_bert, small_data, out: Path, variant: str) -> list[str]:
