@@ -36,14 +36,15 @@ class TrainConfig:
     data_dir: str = "data"
     output_dir: str = "outputs"
     seed: int = 0
-    epochs: int = 2
-    batches_per_epoch: int = 60  # optimizer steps per epoch
+    # Budget fields: these defaults are the quick profile's; the chosen profile always sets them.
+    epochs: int = 4
+    batches_per_epoch: int = 150  # optimizer steps per epoch
     batch_size: int = 16  # per process and micro-step
     grad_accum: int = 1
-    lr: float = 5e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
     scheduler: str = "linear"
-    warmup_fraction: float = 0.0
+    warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
     max_length: int = 64
     sampling: str = "annealed"
