@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.checkpoint import LoopState, find_checkpoint, save_checkpoint
 from harness.config import TrainConfig
 from harness.data import check_data_dir, collate, load_task_data
 from harness.distributed import (
@@ -32,7 +33,6 @@ from harness.distributed import (
 )
 from harness.metrics import overall_score, task_metric
 from harness.model import build_model, check_model, load_encoder, predictions, task_loss
-from harness.checkpoint import LoopState, find_checkpoint, save_checkpoint
 from harness.params import count_parameters, optimizer_groups
 from harness.sampler import TaskSampler, TaskStream
 from harness.tracking import RunTracker, check_reachable, git_commit, resolve_tracking_uri
