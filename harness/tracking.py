@@ -107,8 +107,11 @@ class RunTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        self.client = _retry(lambda: MlflowClient(tracking_uri))
-        _retry(lambda: self.client.search_experiments(max_results=1))  # opens (and on first use creates) the store
+        with _store_lock(tracking_uri):
+            # Opening a SQLite store creates or migrates its schema; two processes doing that at
+            # once can leave it half-migrated, so runs sharing a file take turns here.
+            self.client = _retry(lambda: MlflowClient(tracking_uri))
+            _retry(lambda: self.client.search_experiments(max_results=1))
         self.recorded_until = -1
         self._queue: list[dict] = []
         self._warned = False
@@ -220,6 +223,17 @@ def replay(fallback_file: str | os.PathLike, tracking_uri: str = "") -> int:
     for record in data["records"]:
         send(client, data["run_id"], record)
     return len(data["records"])
+
+
+def _store_lock(tracking_uri: str):
+    """An inter-process lock beside a SQLite store's file; no lock for other stores."""
+    import contextlib
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(tracking_uri[len("sqlite:///"):] + ".lock", timeout=300)
 
 
 def _retry(call, attempts: int = 5):
