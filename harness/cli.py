@@ -60,18 +60,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config)
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_rank() == 0:
-            for name, value in metrics.items():
-                print(f"{name}: {value:.4f}")
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4f}")
+    if distributed:
         # DeepSpeed ZeRO-3 processes sometimes abort in interpreter teardown after a finished
         # run (SIGABRT, about 1 in 9 runs); a barrier and an immediate exit avoid it.
         dist.barrier()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    for name, value in metrics.items():
-        print(f"{name}: {value:.4f}")
     return 0
 
 

@@ -1,6 +1,5 @@
 """The command line, and a user's variant installed from its own package like any plugin."""
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -1,7 +1,6 @@
 """Failures stop cleanly and lose nothing: real signals, a real MLflow server stopped mid-run, real processes."""
 import glob
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -130,14 +129,20 @@ def test_a_rank_that_dies_makes_the_other_exit_instead_of_hanging(tmp_path, tiny
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
 
 
+def start_run_then_stop_server(server, tmp_path, tiny_bert, small_data, steps: int):
+    """Starts a training that records to `server`, and stops the server once its first checkpoint is made."""
+    process = start_cli(*train_args(tiny_bert, small_data, tmp_path, server.uri, "--epochs", "1",
+                                    "--batches-per-epoch", str(steps), "--checkpoint-every", "20"))
+    wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
+    server.stop()
+    return process
+
+
 def test_a_tracking_server_outage_loses_nothing(tmp_path, tiny_bert, small_data):
     server = MlflowServer(tmp_path / "server").start()
     try:
-        args = train_args(tiny_bert, small_data, tmp_path, server.uri, "--epochs", "1", "--batches-per-epoch", "400",
-                          "--checkpoint-every", "20")
-        process = start_cli(*args)
-        wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
-        server.stop()  # mid-run; it stays away until the run has ended
+        # The server stays away until the run has ended.
+        process = start_run_then_stop_server(server, tmp_path, tiny_bert, small_data, 400)
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output[-3000:]  # training went on
         assert "unavailable" in output
@@ -157,11 +162,7 @@ def test_a_tracking_server_outage_loses_nothing(tmp_path, tiny_bert, small_data)
 def test_a_tracking_server_that_comes_back_mid_run_gets_everything(tmp_path, tiny_bert, small_data):
     server = MlflowServer(tmp_path / "server").start()
     try:
-        args = train_args(tiny_bert, small_data, tmp_path, server.uri, "--epochs", "1", "--batches-per-epoch", "3000",
-                          "--checkpoint-every", "20")
-        process = start_cli(*args)
-        wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
-        server.stop()
+        process = start_run_then_stop_server(server, tmp_path, tiny_bert, small_data, 3000)
         time.sleep(3)
         server.start()
         output, _ = process.communicate(timeout=900)

@@ -1,7 +1,6 @@
 """A low-rank adapter per task in every layer (Houlsby-style, added before the final LayerNorm)."""
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from variants import TaskAdapter, VariantConfig, register_variant
