@@ -101,6 +101,83 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+    return parse
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import SlurmOptions, load_spec, run_sweep
+
+    spec = load_spec(args.file, args.name, args.variants, args.seeds, args.set, args.grid, args.option,
+                     args.launch_config)
+    slurm = SlurmOptions(args.partition, args.account, args.nodes, args.gpus_per_node, args.cpus_per_task,
+                         args.mem, args.time, args.max_running, args.sbatch_arg)
+    states = run_sweep(spec, args.executor, args.parallel, slurm, wait=args.wait, dry_run=args.dry_run)
+    if args.dry_run or (args.executor == "slurm" and not args.wait):
+        return 0
+    return 0 if all(s == "FINISHED" for s in states.values()) else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+
+    compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
+            baseline=args.baseline, test=args.test, resamples=args.resamples)
+    return 0
+
+
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="queue variants x seeds x settings, locally or on SLURM",
+                       description="Expands a sweep into jobs (one `accelerate launch` of the harness each), "
+                                   "records it as an MLflow parent run with a child run per job, and queues the "
+                                   "jobs that have not finished. Run it again to re-run failed or missing jobs.")
+    p.add_argument("file", nargs="?", help="a sweep file (YAML), e.g. launch/sweeps/study-quick.yaml")
+    p.add_argument("--name", default="", help="the sweep's id (default: the file's name)")
+    p.add_argument("--variants", type=_csv(str), help="comma-separated variants (replaces the file's)")
+    p.add_argument("--seeds", type=_csv(int), help="comma-separated seeds (replaces the file's)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a training setting for every job, e.g. --set profile=paper")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a training setting to vary: every value with every variant and seed")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
+                   help="a variant option, for the variants that have it")
+    p.add_argument("--launch-config", default="", help="the Accelerate config of each job (default launch/single.yaml)")
+    p.add_argument("--executor", default="local", choices=("local", "slurm"))
+    p.add_argument("--parallel", type=int, default=1, help="local: jobs at a time (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    g = p.add_argument_group("SLURM (--executor slurm)")
+    g.add_argument("--partition", default="")
+    g.add_argument("--account", default="")
+    g.add_argument("--nodes", type=int, default=1, help="nodes per job (multi-node accelerate launch)")
+    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one process per GPU")
+    g.add_argument("--cpus-per-task", type=int, default=0)
+    g.add_argument("--mem", default="", help="memory per node, e.g. 64G")
+    g.add_argument("--time", default="04:00:00", help="time limit per job")
+    g.add_argument("--max-running", type=int, default=0, help="at most this many jobs at once (--array %%N)")
+    g.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="an extra sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)")
+    g.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
+                   help="wait until the submitted jobs leave the queue, then report (local always waits)")
+    p.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare", help="the study's table, statistics and plots from a sweep's or experiment's runs")
+    which = c.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="a sweep id (its finished child runs; outputs logged to its parent run)")
+    which.add_argument("--experiment", help="an experiment's finished runs, grouped by variant")
+    c.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    c.add_argument("--out", default="", help="folder for the table and plots (default outputs/compare/<name>)")
+    c.add_argument("--baseline", default="multitask", help="the variant others are compared with")
+    c.add_argument("--test", default="both", choices=("seeds", "bootstrap", "both"),
+                   help="paired t-test over seeds, paired bootstrap over dev examples, or both")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    c.set_defaults(func=cmd_compare)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtl-bench", description="Multitask BERT fine-tuning benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("file", help="tracking-fallback-<run id>.json, written when the store was away")
     p_replay.add_argument("--tracking-uri", default="", help="default: the URI recorded in the file")
     p_replay.set_defaults(func=cmd_replay)
+    _add_sweep_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -136,6 +214,7 @@ def _exit_code(exc: Exception) -> int | None:
     from harness.data import DataError
     from harness.distributed import LaunchError
     from harness.model import ModelError
+    from harness.sweep import SweepError
     from harness.tracking import TrackingError
     from harness.train import NonFiniteLoss, TrainingStopped
     from variants import VariantError
@@ -145,7 +224,7 @@ def _exit_code(exc: Exception) -> int | None:
     if isinstance(exc, NonFiniteLoss):
         return 3
     if isinstance(exc, (ConfigError, VariantError, DataError, ModelError, LaunchError, TrackingError,
-                        FileNotFoundError)):
+                        SweepError, FileNotFoundError)):
         return 2
     return None
 

@@ -65,6 +65,11 @@ class TrainConfig:
     save_model: bool = False  # write the final weights to <output_dir>/<run id>/model.pt
     dist_timeout: int = 600  # seconds a rank waits in a collective before giving up (a dead peer)
     launch_config: str = ""  # the Accelerate config launched with; checked against what was obtained
+    # Set by `mtl-bench sweep` for each job: the run becomes a child of the sweep's parent run.
+    parent_run_id: str = ""
+    sweep_id: str = ""
+    sweep_job: str = ""  # the job's stable key within its sweep
+    sweep_label: str = ""  # what `mtl-bench compare` groups by: the variant and any grid values
     variant_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

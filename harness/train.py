@@ -208,6 +208,21 @@ def make_stream(dataset, seed: int, config: TrainConfig, world_size: int) -> Tas
     return TaskStream(len(dataset), seed, lengths, step_size=world_size * config.batch_size * config.grad_accum)
 
 
+def sweep_tags(config: TrainConfig) -> dict[str, str]:
+    """Tags that make a sweep job's run a child of the sweep's parent run, and name its scheduler job."""
+    tags = {}
+    if config.parent_run_id:
+        tags["mlflow.parentRunId"] = config.parent_run_id  # nests the run under its parent in the MLflow UI
+    if config.sweep_id:
+        tags.update({"sweep.id": config.sweep_id, "sweep.job": config.sweep_job,
+                     "sweep.label": config.sweep_label or config.variant})
+    if os.environ.get("SLURM_JOB_ID"):
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        tags["slurm.job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
+                                else os.environ["SLURM_JOB_ID"])
+    return tags
+
+
 def preflight(config: TrainConfig):
     """Every check that needs no model and no process group: fails in seconds, naming the field."""
     from variants import make_config
@@ -246,8 +261,10 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                              tags={"variant": config.variant, "seed": config.seed, "model": config.model,
                                    "profile": config.profile, "git_commit": git_commit(),
                                    "world_size": accelerator.num_processes, "backend": launch["distributed_type"],
-                                   "zero_stage": launch["zero_stage"]})
-        if not resume_from:
+                                   "zero_stage": launch["zero_stage"], **sweep_tags(config)})
+        if resume_from:
+            tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
+        else:
             tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
                                                     for k, v in asdict(variant_config).items()}})
             skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
