@@ -214,6 +214,7 @@ def _exit_code(exc: Exception) -> int | None:
     from harness.data import DataError
     from harness.distributed import LaunchError
     from harness.model import ModelError
+    from harness.compare import CompareError
     from harness.sweep import SweepError
     from harness.tracking import TrackingError
     from harness.train import NonFiniteLoss, TrainingStopped
@@ -224,7 +225,7 @@ def _exit_code(exc: Exception) -> int | None:
     if isinstance(exc, NonFiniteLoss):
         return 3
     if isinstance(exc, (ConfigError, VariantError, DataError, ModelError, LaunchError, TrackingError,
-                        SweepError, FileNotFoundError)):
+                        SweepError, CompareError, FileNotFoundError)):
         return 2
     return None
 

@@ -163,7 +163,7 @@ def _pair(pair: str, flag: str) -> tuple[str, str]:
 
 def expand(spec: SweepSpec) -> list[Job]:
     """Every variant x grid point x seed, each validated as a training config before anything runs."""
-    from variants import get_variant, make_config
+    from variants import VariantError, get_variant, make_config
 
     option_takers = {}
     for variant in spec.variants:
@@ -186,7 +186,7 @@ def expand(spec: SweepSpec) -> list[Job]:
                     config = resolve_config({**settings, "variant": variant, "seed": seed,
                                              "variant_options": dict(options)})
                     make_config(variant, config.variant_options)
-                except ConfigError as exc:
+                except (ConfigError, VariantError) as exc:
                     raise ConfigError(f"sweep {spec.name}, job {label} seed {seed}: {exc}") from None
                 identity = json.dumps({"variant": variant, "seed": seed, "settings": settings, "options": options},
                                       sort_keys=True, default=str)
@@ -268,7 +268,8 @@ def job_state(runs: list) -> str:
 
 
 def _job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None) -> list[str]:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", meta["launch_config"]]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
+              meta["launch_config"]]
     nodes = int(os.environ.get("SLURM_NNODES", "1"))
     per_node = int(meta.get("processes_per_node") or 0)
     if per_node:
@@ -302,7 +303,7 @@ def latest_checkpoint(job_dir: Path) -> Path | None:
     """The run folder under a job's folder holding the newest complete checkpoint, if any."""
     from harness.checkpoint import CHECKPOINT_PREFIX
 
-    found = [(p.stat().st_mtime, p.parent.parent) for p in
+    found = [(p.stat().st_mtime, p.parents[2]) for p in
              job_dir.glob(f"*/checkpoints/{CHECKPOINT_PREFIX}*/loop_state.json")]
     return max(found)[1] if found else None
 
@@ -342,7 +343,7 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
             os.wait()
         except ChildProcessError:
             break
-    return code
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +354,7 @@ def _write_jobs_file(folder: Path, spec: SweepSpec, jobs: list[Job], parent_run_
                      experiment: str, processes_per_node: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "jobs.json"
-    meta = {"name": spec.name, "parent_run_id": parent_run_id, "launch_config": spec.launch_config,
+    meta = {"name": spec.name, "parent_run_id": parent_run_id, "launch_config": str(Path(spec.launch_config).resolve()),
             "cwd": str(Path.cwd()), "processes_per_node": processes_per_node,
             "env": {"MLFLOW_TRACKING_URI": tracking_uri}, "experiment": experiment,
             "spec": dataclasses.asdict(spec), "jobs": [dataclasses.asdict(j) for j in jobs]}

@@ -1,0 +1,329 @@
+"""`mtl-bench compare`: the study's table, its statistics and its plots, from MLflow runs.
+
+Runs are grouped by label (the variant, plus any grid values of a sweep) and paired with the
+baseline (`multitask`) by seed. Two tests say whether a difference in the overall score is more
+than noise:
+- over seeds: scipy's paired t-test on the per-seed overall scores (needs 2+ common seeds);
+- over dev examples: a paired bootstrap (scipy.stats.bootstrap) resampling each task's dev
+  examples, both models scored on the same resample, the difference averaged over seeds. Its
+  95% interval excluding 0 is what marks a difference as real.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.metrics import overall_score, task_metric
+from harness.tasks import OVERALL_TASKS, TASKS
+
+TASK_ORDER = ["sst", "cfimdb", "quora", "sts"]
+METRIC = {t: f"dev/{t}/{'pearson' if TASKS[t].metric == 'pearson' else 'accuracy'}" for t in TASK_ORDER}
+
+
+class CompareError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    label: str
+    variant: str
+    seed: int
+    scores: dict[str, float]  # task -> dev metric
+    overall: float | None
+    task_specific: int  # task-specific encoder parameters, all tasks (heads excluded: every variant has them)
+    ratio: float  # total parameters / encoder parameters
+    train_seconds: float
+    predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
+
+
+def _runs(client, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def collect(client, sweep: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], str | None]:
+    """Finished runs of a sweep (or an experiment), and the sweep's parent run id if there is one."""
+    from harness.sweep import PARENT_ROLE
+
+    parent_id = None
+    if sweep:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+        found = _runs(client, experiment_ids, f"tags.`sweep.id` = '{sweep}'")
+        parents = [r for r in found if r.data.tags.get("sweep.role") == PARENT_ROLE]
+        if not parents:
+            raise CompareError(f"no sweep {sweep!r} in {client.tracking_uri} (no run tagged sweep.id={sweep} "
+                               "and sweep.role=sweep); is --tracking-uri the store the sweep used?")
+        parent_id = parents[0].info.run_id
+        runs = [r for r in found if r.data.tags.get("sweep.role") != PARENT_ROLE]
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise CompareError(f"no experiment {experiment!r} in {client.tracking_uri}")
+        runs = [r for r in _runs(client, [exp.experiment_id], "") if r.data.tags.get("sweep.role") != PARENT_ROLE]
+    runs = [r for r in runs if r.info.status == "FINISHED" and "dev/sst/accuracy" in r.data.metrics]
+    if not runs:
+        raise CompareError(f"no finished runs with dev metrics in {'sweep ' + sweep if sweep else experiment}")
+    latest: dict[tuple[str, int], object] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        tags = run.data.tags
+        latest[(tags.get("sweep.label") or tags["variant"], int(tags["seed"]))] = run  # a repeat replaces
+    records = []
+    for (label, seed), run in sorted(latest.items()):
+        m = run.data.metrics
+        scores = {t: m[METRIC[t]] for t in TASK_ORDER if METRIC[t] in m}
+        records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores,
+                                 overall_score(scores), int(m.get("params/task_specific_total", 0)),
+                                 float(m.get("params/ratio_to_encoder", math.nan)),
+                                 float(m.get("time/train_seconds", math.nan))))
+    return records, parent_id
+
+
+def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]:
+    if not record.predictions:
+        local = Path(client.download_artifacts(record.run_id, "predictions", str(folder / record.run_id)))
+        for task in record.scores:
+            path = local / f"dev-{task}.csv"
+            if not path.is_file():
+                raise CompareError(f"run {record.run_id} ({record.label} seed {record.seed}): "
+                                   f"artifact predictions/dev-{task}.csv is missing")
+            with open(path, newline="") as fp:
+                rows = list(csv.DictReader(fp))
+            record.predictions[task] = {"ids": [r["id"] for r in rows],
+                                        "pred": np.array([float(r["prediction"]) for r in rows]),
+                                        "label": np.array([float(r["label"]) for r in rows])}
+    return record.predictions
+
+
+def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resamples: int = 1000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Paired bootstrap over dev examples of overall(variant) - overall(baseline), mean over seeds.
+
+    `pairs` holds (variant predictions, baseline predictions) per common seed. Each task's dev
+    examples are resampled (the same resample for every model and seed). Returns the observed
+    difference and the 95% percentile interval.
+    """
+    from scipy import stats
+
+    for variant, baseline in pairs:
+        for task in tasks:
+            if variant[task]["ids"] != baseline[task]["ids"]:
+                raise CompareError(f"dev examples of task {task} differ between runs: not the same dev set")
+
+    def overall_difference(*indices):
+        diffs = []
+        for variant, baseline in pairs:
+            scores = {}
+            for which, preds in (("v", variant), ("b", baseline)):
+                scores[which] = overall_score({t: task_metric(t, preds[t]["pred"][i], preds[t]["label"][i])
+                                               for t, i in zip(tasks, indices)})
+            diffs.append(scores["v"] - scores["b"])
+        return float(np.mean(diffs))
+
+    data = tuple(np.arange(len(pairs[0][0][t]["ids"])) for t in tasks)
+    observed = overall_difference(*data)
+    result = stats.bootstrap(data, overall_difference, n_resamples=resamples, vectorized=False, paired=False,
+                             method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
+    return observed, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int, client=None,
+              folder: Path | None = None) -> list[dict]:
+    """One row per label: means, stds, n, parameters, time, and the difference from the baseline."""
+    from scipy import stats
+
+    by_label: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_label.setdefault(record.label, []).append(record)
+    base = {r.seed: r for r in by_label.get(baseline, [])}
+    rows = []
+    for label, group in by_label.items():
+        row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group)}
+        for task in TASK_ORDER + ["overall"]:
+            values = [r.overall if task == "overall" else r.scores.get(task) for r in group]
+            row[f"{task}_mean"], row[f"{task}_std"] = _mean_std([v for v in values if v is not None])
+        row["task_specific_params"] = int(np.median([r.task_specific for r in group]))
+        row["ratio_to_encoder"] = float(np.median([r.ratio for r in group]))
+        row["train_minutes_mean"] = float(np.mean([r.train_seconds for r in group])) / 60
+        paired = [(r, base[r.seed]) for r in group if r.seed in base and r.overall is not None
+                  and base[r.seed].overall is not None]
+        row.update({"delta_overall": math.nan, "p_seeds": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                    "paired_seeds": len(paired), "verdict": ""})
+        if label != baseline and paired:
+            deltas = [r.overall - b.overall for r, b in paired]
+            row["delta_overall"] = float(np.mean(deltas))
+            if test in ("seeds", "both") and len(paired) >= 2:
+                row["p_seeds"] = float(stats.ttest_rel([r.overall for r, _ in paired],
+                                                       [b.overall for _, b in paired]).pvalue)
+            if test in ("bootstrap", "both"):
+                pairs = [(load_predictions(client, r, folder), load_predictions(client, b, folder)) for r, b in paired]
+                _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, list(OVERALL_TASKS), resamples)
+            row["verdict"] = _verdict(row, test)
+        rows.append(row)
+    order = {label: i for i, label in enumerate(_variant_order())}
+    rows.sort(key=lambda r: (order.get(r["variant"].split()[0], len(order)), r["variant"]))
+    return rows
+
+
+def _verdict(row: dict, test: str) -> str:
+    """`better`/`worse` only if the difference is beyond noise by the test(s) run; else `within noise`."""
+    beyond = []
+    if test in ("bootstrap", "both"):
+        beyond.append(row["ci_low"] > 0 or row["ci_high"] < 0)
+    if test in ("seeds", "both"):
+        beyond.append(not math.isnan(row["p_seeds"]) and row["p_seeds"] < 0.05)
+    if beyond and all(beyond):
+        return "better" if row["delta_overall"] > 0 else "worse"
+    return "within noise"
+
+
+def _variant_order() -> list[str]:
+    return ["single-task", "multitask", "embert", "pals-top", "pals-parallel", "pals-parallel-weighted",
+            "pals-top-parallel-same", "pals-top-parallel-different", "combined"]
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
+
+
+def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
+    lines = [f"| variant | n | SST acc | CFIMDB acc | Quora acc | STS r | overall | Δ overall vs {baseline} | "
+             "p (paired t, seeds) | 95% CI (bootstrap, dev examples) | verdict | task-specific params | "
+             "ratio to encoder | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "-" if math.isnan(r["delta_overall"]) else f"{r['delta_overall']:+.3f}"
+        p = "-" if math.isnan(r["p_seeds"]) else f"{r['p_seeds']:.3f}"
+        ci = "-" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(_fmt(r[f'{t}_mean'], r[f'{t}_std'])
+                                                             for t in TASK_ORDER + ["overall"])
+                     + f" | {delta} | {p} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
+                       f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fp:
+        writer = csv.DictWriter(fp, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _floor(ax, lows: list[float]) -> None:
+    """Bars start a little below the lowest value (not at 0), so that small differences show."""
+    if lows:
+        low = min(lows) - 0.05
+        top = max(ax.get_ylim()[1], low + 0.1)
+        ax.set_ylim(low if low < 0 else max(0.0, low), top)
+
+
+def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def err(values):
+        return [0 if math.isnan(v) else v for v in values]
+
+    paths = []
+    with_overall = [r for r in rows if not math.isnan(r["overall_mean"])]
+    names = [r["variant"] for r in with_overall]
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.bar(range(len(names)), [r["overall_mean"] for r in with_overall],
+           yerr=err([r["overall_std"] for r in with_overall]), capsize=4, color="#4c72b0")
+    for i, r in enumerate(with_overall):
+        if r["verdict"] in ("better", "worse"):
+            ax.annotate("*", (i, r["overall_mean"]), ha="center", va="bottom", fontsize=14)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    _floor(ax, [r["overall_mean"] - err([r["overall_std"]])[0] for r in with_overall])
+    ax.set_ylabel("dev overall (mean ± std over seeds)")
+    ax.set_title(f"{title}: overall score per variant (* beyond noise vs {baseline})")
+    fig.tight_layout()
+    paths.append(folder / "overall.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in with_overall:
+        ax.errorbar(r["task_specific_params"], r["overall_mean"], yerr=err([r["overall_std"]]), fmt="o", capsize=3)
+        ax.annotate(r["variant"], (r["task_specific_params"], r["overall_mean"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xscale("symlog", linthresh=1e4)
+    ax.set_xlabel("task-specific encoder parameters, all tasks (heads excluded)")
+    ax.set_ylabel("dev overall (mean ± std over seeds)")
+    ax.set_title(f"{title}: score against task-specific parameters")
+    fig.tight_layout()
+    paths.append(folder / "score_vs_params.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(TASK_ORDER), figsize=(16, 4.5))
+    for ax, task in zip(axes, TASK_ORDER):
+        present = [r for r in rows if not math.isnan(r[f"{task}_mean"])]
+        ax.bar(range(len(present)), [r[f"{task}_mean"] for r in present],
+               yerr=err([r[f"{task}_std"] for r in present]), capsize=3, color="#55a868")
+        ax.set_xticks(range(len(present)), [r["variant"] for r in present], rotation=60, ha="right", fontsize=7)
+        _floor(ax, [r[f"{task}_mean"] - err([r[f"{task}_std"]])[0] for r in present])
+        ax.set_title(f"{task} ({'Pearson r' if task == 'sts' else 'accuracy'})")
+    fig.suptitle(f"{title}: dev metric per task (mean ± std over seeds)")
+    fig.tight_layout()
+    paths.append(folder / "per_task.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
+            baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    records, parent_id = collect(client, sweep, experiment)
+    title = sweep or experiment
+    folder = Path(out_dir or Path("outputs") / "compare" / title)
+    folder.mkdir(parents=True, exist_ok=True)
+    if baseline not in {r.label for r in records}:
+        out(f"note: baseline {baseline!r} has no finished runs here: no differences or tests")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = summarise(records, baseline, test, resamples, client, Path(tmp))
+    table = markdown_table(rows, baseline, test)
+    (folder / "compare.md").write_text(
+        f"# {title}\n\nFinished runs: {len(records)}. Mean ± std over seeds (n). Δ: mean paired difference "
+        f"of the overall score from {baseline} over common seeds. Verdict `better`/`worse` only where "
+        f"{'both tests agree' if test == 'both' else 'the test finds'} the difference beyond noise "
+        "(p < 0.05; 95% interval excluding 0); otherwise `within noise`.\n\n" + table)
+    write_csv(rows, folder / "compare.csv")
+    paths = [folder / "compare.md", folder / "compare.csv", *plots(rows, folder, baseline, title)]
+    if parent_id:
+        for path in paths:
+            client.log_artifact(parent_id, str(path), "compare")
+    out(table)
+    out(f"written to {folder}" + (f" and logged to the sweep's parent run {parent_id} (artifacts/compare)"
+                                  if parent_id else ""))
+    return rows
