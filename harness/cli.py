@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(exc: Exception) -> int | None:
     """Errors the user can act on get a one-line message and an exit code instead of a traceback."""
+    from harness.compare import CompareError
     from harness.data import DataError
     from harness.distributed import LaunchError
     from harness.model import ModelError
-    from harness.compare import CompareError
     from harness.sweep import SweepError
     from harness.tracking import TrackingError
     from harness.train import NonFiniteLoss, TrainingStopped

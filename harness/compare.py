@@ -44,24 +44,15 @@ class RunRecord:
     predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
 
 
-def _runs(client, experiment_ids: list[str], filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def collect(client, sweep: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], str | None]:
     """Finished runs of a sweep (or an experiment), and the sweep's parent run id if there is one."""
     from harness.sweep import PARENT_ROLE
+    from harness.tracking import search_all_runs
 
     parent_id = None
     if sweep:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        found = _runs(client, experiment_ids, f"tags.`sweep.id` = '{sweep}'")
+        found = search_all_runs(client, experiment_ids, f"tags.`sweep.id` = '{sweep}'")
         parents = [r for r in found if r.data.tags.get("sweep.role") == PARENT_ROLE]
         if not parents:
             raise CompareError(f"no sweep {sweep!r} in {client.tracking_uri} (no run tagged sweep.id={sweep} "
@@ -72,7 +63,8 @@ def collect(client, sweep: str | None = None, experiment: str | None = None) -> 
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise CompareError(f"no experiment {experiment!r} in {client.tracking_uri}")
-        runs = [r for r in _runs(client, [exp.experiment_id], "") if r.data.tags.get("sweep.role") != PARENT_ROLE]
+        runs = [r for r in search_all_runs(client, [exp.experiment_id])
+                if r.data.tags.get("sweep.role") != PARENT_ROLE]
     runs = [r for r in runs if r.info.status == "FINISHED" and "dev/sst/accuracy" in r.data.metrics]
     if not runs:
         raise CompareError(f"no finished runs with dev metrics in {'sweep ' + sweep if sweep else experiment}")

@@ -238,18 +238,10 @@ def parent_run(client, experiment_id: str, spec: SweepSpec, jobs: list[Job], exe
 
 def job_runs(client, experiment_id: str, sweep_id: str) -> dict[str, list]:
     """The MLflow runs of a sweep's jobs, by job key (a job can have several: one per fresh start)."""
-    from harness.tracking import _retry
+    from harness.tracking import search_all_runs
 
-    runs, token = [], None
-    while True:
-        page = _retry(lambda: client.search_runs([experiment_id], f"tags.`sweep.id` = '{sweep_id}'",
-                                                 max_results=1000, page_token=token))
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
     out: dict[str, list] = {}
-    for run in runs:
+    for run in search_all_runs(client, [experiment_id], f"tags.`sweep.id` = '{sweep_id}'"):
         if run.data.tags.get("sweep.role") != PARENT_ROLE:
             out.setdefault(run.data.tags.get("sweep.job", ""), []).append(run)
     return out

@@ -225,6 +225,17 @@ def replay(fallback_file: str | os.PathLike, tracking_uri: str = "") -> int:
     return len(data["records"])
 
 
+def search_all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run matching the filter, page by page (one search returns at most 1000)."""
+    runs, token = [], None
+    while True:
+        page = _retry(lambda: client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token))
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def _store_lock(tracking_uri: str):
     """An inter-process lock beside a SQLite store's file; no lock for other stores."""
     import contextlib

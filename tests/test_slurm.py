@@ -8,9 +8,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from harness.sweep import SlurmOptions, load_spec, run_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster per machine

@@ -3,13 +3,12 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from harness.compare import bootstrap_difference, compare
 from harness.config import ConfigError
 from harness.sweep import expand, load_spec
