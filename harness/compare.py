@@ -100,10 +100,11 @@ def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]
 
 
 def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resamples: int = 1000,
-                         seed: int = 0) -> tuple[float, float, float]:
-    """Paired bootstrap over dev examples of overall(variant) - overall(baseline), mean over seeds.
+                         seed: int = 0, score=overall_score) -> tuple[float, float, float]:
+    """Paired bootstrap over dev examples of score(variant) - score(baseline), mean over seeds.
 
-    `pairs` holds (variant predictions, baseline predictions) per common seed. Each task's dev
+    `pairs` holds (variant predictions, baseline predictions) per common seed; `score` maps
+    {task: metric} to one number (default: the overall score of `tasks`). Each task's dev
     examples are resampled (the same resample for every model and seed). Returns the observed
     difference and the 95% percentile interval.
     """
@@ -119,7 +120,7 @@ def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resam
         for variant, baseline in pairs:
             scores = {}
             for which, preds in (("v", variant), ("b", baseline)):
-                scores[which] = overall_score({t: task_metric(t, preds[t]["pred"][i], preds[t]["label"][i])
+                scores[which] = score({t: task_metric(t, preds[t]["pred"][i], preds[t]["label"][i])
                                                for t, i in zip(tasks, indices)})
             diffs.append(scores["v"] - scores["b"])
         return float(np.mean(diffs))
@@ -170,6 +171,19 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
                 pairs = [(load_predictions(client, r, folder), load_predictions(client, b, folder)) for r, b in paired]
                 _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, list(OVERALL_TASKS), resamples)
             row["verdict"] = _verdict(row, test)
+        # Each task's own difference (the single-task model has no overall score, but has SST).
+        by_task = [(r, base[r.seed]) for r in group if r.seed in base]
+        for task in TASK_ORDER:
+            row[f"delta_{task}"] = row[f"ci_low_{task}"] = row[f"ci_high_{task}"] = math.nan
+            task_pairs = [(r, b) for r, b in by_task if task in r.scores and task in b.scores]
+            if label == baseline or not task_pairs:
+                continue
+            row[f"delta_{task}"] = float(np.mean([r.scores[task] - b.scores[task] for r, b in task_pairs]))
+            if test in ("bootstrap", "both"):
+                pairs = [(load_predictions(client, r, folder), load_predictions(client, b, folder))
+                         for r, b in task_pairs]
+                _, row[f"ci_low_{task}"], row[f"ci_high_{task}"] = bootstrap_difference(
+                    pairs, [task], resamples, score=lambda m, task=task: m[task])
         rows.append(row)
     order = {label: i for i, label in enumerate(_variant_order())}
     rows.sort(key=lambda r: (order.get(r["variant"].split()[0], len(order)), r["variant"]))
@@ -212,6 +226,28 @@ def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
                                                              for t in TASK_ORDER + ["overall"])
                      + f" | {delta} | {p} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
                        f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def task_difference_table(rows: list[dict], baseline: str) -> str:
+    """Each task's metric difference from the baseline (mean over common seeds) and its 95%
+    bootstrap interval; * where the interval excludes 0."""
+    lines = ["| variant | " + " | ".join(f"Δ {t}" for t in TASK_ORDER) + " |",
+             "|---|" + "---|" * len(TASK_ORDER)]
+    for r in rows:
+        if r["variant"] == baseline:
+            continue
+        cells = []
+        for t in TASK_ORDER:
+            if math.isnan(r[f"delta_{t}"]):
+                cells.append("-")
+                continue
+            cell = f"{r[f'delta_{t}']:+.3f}"
+            if not math.isnan(r[f"ci_low_{t}"]):
+                beyond = r[f"ci_low_{t}"] > 0 or r[f"ci_high_{t}"] < 0
+                cell += f" [{r[f'ci_low_{t}']:+.3f}, {r[f'ci_high_{t}']:+.3f}]" + ("*" if beyond else "")
+            cells.append(cell)
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -305,6 +341,10 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     with tempfile.TemporaryDirectory() as tmp:
         rows = summarise(records, baseline, test, resamples, client, Path(tmp))
     table = markdown_table(rows, baseline, test)
+    if baseline in {r["variant"] for r in rows}:
+        table += (f"\nPer task, the difference from {baseline} (mean over common seeds) and its 95% paired "
+                  "bootstrap interval over dev examples; * where the interval excludes 0:\n\n"
+                  + task_difference_table(rows, baseline))
     (folder / "compare.md").write_text(
         f"# {title}\n\nFinished runs: {len(records)}. Mean ± std over seeds (n). Δ: mean paired difference "
         f"of the overall score from {baseline} over common seeds. Verdict `better`/`worse` only where "

@@ -162,9 +162,14 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
     assert pals["task_specific_params"] > 0 and by_variant["multitask"]["task_specific_params"] == 0
     assert pals["paired_seeds"] == 3 and not np.isnan(pals["p_seeds"]) and pals["ci_low"] <= pals["ci_high"]
     assert pals["verdict"] in ("better", "worse", "within noise")
+    sst = [np.mean([r.data.metrics["dev/sst/accuracy"] for r in children if r.data.tags["variant"] == v])
+           for v in ("pals-top", "multitask")]
+    assert pals["delta_sst"] == pytest.approx(sst[0] - sst[1])
+    assert pals["ci_low_sst"] <= pals["ci_high_sst"]
     with open(out / "compare.csv") as fp:
         assert [r["variant"] for r in csv.DictReader(fp)] == ["multitask", "pals-top"]
     assert "| pals-top | 3 |" in (out / "compare.md").read_text()
+    assert "| variant | Δ sst | Δ cfimdb | Δ quora | Δ sts |" in (out / "compare.md").read_text()
     for name in ("overall.png", "score_vs_params.png", "per_task.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
