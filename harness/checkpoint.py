@@ -24,6 +24,7 @@ class LoopState:
     metrics: dict = field(default_factory=dict)  # last dev metrics
     sampler: dict = field(default_factory=dict)
     streams: dict = field(default_factory=dict)
+    train_seconds: float = 0.0  # training time up to this checkpoint, over all earlier segments of the run
 
 
 CHECKPOINT_PREFIX = "step-"

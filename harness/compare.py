@@ -44,40 +44,65 @@ class RunRecord:
     predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
 
 
-def collect(client, sweep: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], str | None]:
-    """Finished runs of a sweep (or an experiment), and the sweep's parent run id if there is one."""
+def collect(client, sweep: str | None = None, experiment: str | None = None,
+            out=print) -> tuple[list[RunRecord], str | None]:
+    """Finished runs of a sweep (or an experiment), and the sweep's parent run id if there is one.
+    Runs left out (not finished, or repeated for the same variant and seed) are counted in `out`."""
     from harness.sweep import PARENT_ROLE
     from harness.tracking import search_all_runs
 
     parent_id = None
     if sweep:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        found = search_all_runs(client, experiment_ids, f"tags.`sweep.id` = '{sweep}'")
-        parents = [r for r in found if r.data.tags.get("sweep.role") == PARENT_ROLE]
+        if "'" in sweep:
+            raise CompareError(f"--sweep {sweep!r}: a sweep id has no quotes")
+        experiments, token = [], None
+        while True:
+            page = client.search_experiments(page_token=token)
+            experiments.extend(page)
+            token = page.token
+            if not token:
+                break
+        parents = search_all_runs(client, [e.experiment_id for e in experiments],
+                                  f"tags.`sweep.id` = '{sweep}' and tags.`sweep.role` = '{PARENT_ROLE}'")
         if not parents:
             raise CompareError(f"no sweep {sweep!r} in {client.tracking_uri} (no run tagged sweep.id={sweep} "
                                "and sweep.role=sweep); is --tracking-uri the store the sweep used?")
+        if len(parents) > 1:
+            raise CompareError(f"sweep {sweep!r} exists in {len(parents)} experiments "
+                               f"({sorted(p.info.experiment_id for p in parents)}); compare by --experiment instead")
         parent_id = parents[0].info.run_id
-        runs = [r for r in found if r.data.tags.get("sweep.role") != PARENT_ROLE]
+        runs = search_all_runs(client, [parents[0].info.experiment_id], f"tags.`sweep.id` = '{sweep}'")
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise CompareError(f"no experiment {experiment!r} in {client.tracking_uri}")
-        runs = [r for r in search_all_runs(client, [exp.experiment_id])
-                if r.data.tags.get("sweep.role") != PARENT_ROLE]
-    runs = [r for r in runs if r.info.status == "FINISHED" and "dev/sst/accuracy" in r.data.metrics]
-    if not runs:
-        raise CompareError(f"no finished runs with dev metrics in {'sweep ' + sweep if sweep else experiment}")
+        runs = search_all_runs(client, [exp.experiment_id])
+    runs = [r for r in runs if r.data.tags.get("sweep.role") != PARENT_ROLE]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if len(finished) < len(runs):
+        out(f"left out: {len(runs) - len(finished)} run(s) not FINISHED")
+    for run in finished:
+        missing = [t for t in ("variant", "seed") if t not in run.data.tags]
+        if missing:
+            raise CompareError(f"run {run.info.run_id} has no {' or '.join(missing)} tag: not a harness run")
+    if not finished:
+        raise CompareError(f"no finished runs in {'sweep ' + sweep if sweep else 'experiment ' + experiment}")
     latest: dict[tuple[str, int], object] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time):
+    for run in sorted(finished, key=lambda r: r.info.start_time):
         tags = run.data.tags
-        latest[(tags.get("sweep.label") or tags["variant"], int(tags["seed"]))] = run  # a repeat replaces
+        key = (tags.get("sweep.label") or tags["variant"], int(tags["seed"]))
+        if key in latest:
+            out(f"left out: run {latest[key].info.run_id} ({key[0]} seed {key[1]}): a later run of the same "
+                "variant and seed replaces it")
+        latest[key] = run
     records = []
     for (label, seed), run in sorted(latest.items()):
         m = run.data.metrics
         scores = {t: m[METRIC[t]] for t in TASK_ORDER if METRIC[t] in m}
+        if "params/task_specific_total" not in m:
+            raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no params/task_specific_total metric")
         records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores,
-                                 overall_score(scores), int(m.get("params/task_specific_total", 0)),
+                                 overall_score(scores), int(m["params/task_specific_total"]),
                                  float(m.get("params/ratio_to_encoder", math.nan)),
                                  float(m.get("time/train_seconds", math.nan))))
     return records, parent_id
@@ -147,9 +172,11 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
     by_label: dict[str, list[RunRecord]] = {}
     for record in records:
         by_label.setdefault(record.label, []).append(record)
-    base = {r.seed: r for r in by_label.get(baseline, [])}
     rows = []
     for label, group in by_label.items():
+        # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same grid point.
+        base_label = " ".join([baseline] + label.split()[1:])
+        base = {r.seed: r for r in by_label.get(base_label, [])}
         row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group)}
         for task in TASK_ORDER + ["overall"]:
             values = [r.overall if task == "overall" else r.scores.get(task) for r in group]
@@ -161,7 +188,7 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
                   and base[r.seed].overall is not None]
         row.update({"delta_overall": math.nan, "p_seeds": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                     "paired_seeds": len(paired), "verdict": ""})
-        if label != baseline and paired:
+        if label != base_label and paired:
             deltas = [r.overall - b.overall for r, b in paired]
             row["delta_overall"] = float(np.mean(deltas))
             if test in ("seeds", "both") and len(paired) >= 2:
@@ -176,7 +203,7 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         for task in TASK_ORDER:
             row[f"delta_{task}"] = row[f"ci_low_{task}"] = row[f"ci_high_{task}"] = math.nan
             task_pairs = [(r, b) for r, b in by_task if task in r.scores and task in b.scores]
-            if label == baseline or not task_pairs:
+            if label == base_label or not task_pairs:
                 continue
             row[f"delta_{task}"] = float(np.mean([r.scores[task] - b.scores[task] for r, b in task_pairs]))
             if test in ("bootstrap", "both"):
@@ -191,12 +218,13 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
 
 
 def _verdict(row: dict, test: str) -> str:
-    """`better`/`worse` only if the difference is beyond noise by the test(s) run; else `within noise`."""
+    """`better`/`worse` only if every test that could run finds the difference beyond noise
+    (the t-test needs 2+ common seeds); else `within noise`."""
     beyond = []
-    if test in ("bootstrap", "both"):
+    if test in ("bootstrap", "both") and not math.isnan(row["ci_low"]):
         beyond.append(row["ci_low"] > 0 or row["ci_high"] < 0)
-    if test in ("seeds", "both"):
-        beyond.append(not math.isnan(row["p_seeds"]) and row["p_seeds"] < 0.05)
+    if test in ("seeds", "both") and not math.isnan(row["p_seeds"]):
+        beyond.append(row["p_seeds"] < 0.05)
     if beyond and all(beyond):
         return "better" if row["delta_overall"] > 0 else "worse"
     return "within noise"
@@ -235,7 +263,7 @@ def task_difference_table(rows: list[dict], baseline: str) -> str:
     lines = ["| variant | " + " | ".join(f"Δ {t}" for t in TASK_ORDER) + " |",
              "|---|" + "---|" * len(TASK_ORDER)]
     for r in rows:
-        if r["variant"] == baseline:
+        if r["variant"].split()[0] == baseline:
             continue
         cells = []
         for t in TASK_ORDER:
@@ -332,16 +360,16 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    records, parent_id = collect(client, sweep, experiment)
+    records, parent_id = collect(client, sweep, experiment, out)
     title = sweep or experiment
     folder = Path(out_dir or Path("outputs") / "compare" / title)
     folder.mkdir(parents=True, exist_ok=True)
-    if baseline not in {r.label for r in records}:
+    if baseline not in {r.variant for r in records}:
         out(f"note: baseline {baseline!r} has no finished runs here: no differences or tests")
     with tempfile.TemporaryDirectory() as tmp:
         rows = summarise(records, baseline, test, resamples, client, Path(tmp))
     table = markdown_table(rows, baseline, test)
-    if baseline in {r["variant"] for r in rows}:
+    if any(r["variant"].split()[0] == baseline for r in rows):
         table += (f"\nPer task, the difference from {baseline} (mean over common seeds) and its 95% paired "
                   "bootstrap interval over dev examples; * where the interval excludes 0:\n\n"
                   + task_difference_table(rows, baseline))

@@ -123,9 +123,10 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         data["seeds"] = seeds
     if launch_config:
         data["launch_config"] = launch_config
-    data["set"] = dict(data.get("set") or {})
-    data["grid"] = dict(data.get("grid") or {})
-    data["options"] = dict(data.get("options") or {})
+    for key in ("set", "grid", "options"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ConfigError(f"{where}: {key!r} must be a mapping of NAME: VALUE, got {data[key]!r}")
+        data[key] = dict(data.get(key) or {})
     for pair in settings:
         key, value = _pair(pair, "--set")
         data["set"][key] = value
@@ -140,10 +141,19 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
             raise ConfigError(f"{where}: {required!r} is missing (give it in the file or as --{required})")
     if not str(data["name"]).replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"{where}: name {data['name']!r} may hold only letters, digits, '-', '_' and '.'")
+    for key in ("variants", "seeds"):
+        if not isinstance(data[key], list):
+            example = "[multitask, pals-top]" if key == "variants" else "[0, 1, 2]"
+            raise ConfigError(f"{where}: {key!r} must be a list, e.g. {example}, got {data[key]!r}")
+        if len(set(map(str, data[key]))) != len(data[key]):
+            raise ConfigError(f"{where}: {key!r} lists a value twice: {data[key]!r}")
     try:
         data["seeds"] = [int(s) for s in data["seeds"]]
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: seeds must be integers, got {data['seeds']!r}") from None
+    both = sorted(set(data["set"]) & set(data["grid"]))
+    if both:
+        raise ConfigError(f"{where}: {both} both set for every job and varied in the grid; give each in one place")
     data["set"] = {k: _convert(k, v) for k, v in data["set"].items()}
     for key, values in data["grid"].items():
         if not isinstance(values, list) or not values:
@@ -185,11 +195,14 @@ def expand(spec: SweepSpec) -> list[Job]:
                 try:
                     config = resolve_config({**settings, "variant": variant, "seed": seed,
                                              "variant_options": dict(options)})
-                    make_config(variant, config.variant_options)
+                    typed = make_config(variant, config.variant_options)
                 except (ConfigError, VariantError) as exc:
                     raise ConfigError(f"sweep {spec.name}, job {label} seed {seed}: {exc}") from None
-                identity = json.dumps({"variant": variant, "seed": seed, "settings": settings, "options": options},
+                # Typed values: `pal_size: 204` in a file and `-o pal_size=204` are the same job.
+                identity = json.dumps({"variant": variant, "seed": seed, "settings": settings,
+                                       "options": {k: getattr(typed, k) for k in options}},
                                       sort_keys=True, default=str)
+                # (How a job is launched is not part of it: the same training on other hardware is the same job.)
                 key = hashlib.sha256(identity.encode()).hexdigest()[:12]
                 jobs.append(Job(len(jobs), key, label, variant, seed, settings, dict(options)))
     return jobs
@@ -259,18 +272,30 @@ def job_state(runs: list) -> str:
 # Running one job (on this machine, or as a SLURM array task)
 
 
+def _main_host() -> str:
+    """The first node of this SLURM job: where the processes of all nodes meet."""
+    out = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
+
+
 def _job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None) -> list[str]:
+    """`accelerate launch` of the harness for one job. The launch config holds the total process
+    count (for SLURM, `submit_slurm` wrote one for the requested nodes x GPUs)."""
+    import yaml
+
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
               meta["launch_config"]]
+    config = yaml.safe_load(Path(meta["launch_config"]).read_text()) or {}
     nodes = int(os.environ.get("SLURM_NNODES", "1"))
-    per_node = int(meta.get("processes_per_node") or 0)
-    if per_node:
-        launch += ["--num_processes", str(per_node * nodes)]
-    if nodes > 1:  # multi-node: every node runs this, rank from SLURM, rendezvous on the first node
-        main_host = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-                                   capture_output=True, text=True, check=True).stdout.split()[0]
+    if int(config.get("num_processes", 1)) > 1 or nodes > 1:
+        # A port of this job's own: jobs sharing a node must not meet on accelerate's default 29500.
+        job_id = os.environ.get("SLURM_JOB_ID")
+        port = 20000 + int(job_id) % 20000 if job_id else 29500 + 1 + job.index % 1000
+        launch += ["--main_process_port", str(port)]
+    if nodes > 1:  # every node runs this; its rank from SLURM; all meet on the first node
         launch += ["--num_machines", str(nodes), "--machine_rank", os.environ["SLURM_NODEID"],
-                   "--main_process_ip", main_host, "--main_process_port", str(meta.get("main_port", 29500))]
+                   "--main_process_ip", _main_host()]
     train = ["-m", "harness.cli", "train", "--variant", job.variant, "--seed", str(job.seed),
              "--parent-run-id", meta["parent_run_id"], "--sweep-id", meta["name"], "--sweep-job", job.key,
              "--sweep-label", job.label, "--run-name", job.run_name, "--launch-config", meta["launch_config"],
@@ -327,7 +352,7 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     code = child.wait()
     while True:  # orphaned descendants (training processes whose launcher died first)
@@ -343,11 +368,11 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
 
 
 def _write_jobs_file(folder: Path, spec: SweepSpec, jobs: list[Job], parent_run_id: str, tracking_uri: str,
-                     experiment: str, processes_per_node: int = 0) -> Path:
+                     experiment: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "jobs.json"
     meta = {"name": spec.name, "parent_run_id": parent_run_id, "launch_config": str(Path(spec.launch_config).resolve()),
-            "cwd": str(Path.cwd()), "processes_per_node": processes_per_node,
+            "cwd": str(Path.cwd()),
             "env": {"MLFLOW_TRACKING_URI": tracking_uri}, "experiment": experiment,
             "spec": dataclasses.asdict(spec), "jobs": [dataclasses.asdict(j) for j in jobs]}
     tmp = path.with_suffix(".tmp")
@@ -373,9 +398,16 @@ def run_local(jobs_file: Path, indices: list[int], parallel: int, on_done) -> No
                                   stdout=fp, stderr=subprocess.STDOUT, env=env).returncode
         return index, code, time.time() - started
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in [pool.submit(one, i) for i in indices]:
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    futures = [pool.submit(one, i) for i in indices]
+    try:
+        for future in futures:
             on_done(*future.result())
+    except KeyboardInterrupt:
+        # Ctrl-C reached the running jobs too: they write a checkpoint and stop. Start no more.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 @dataclass
@@ -394,10 +426,12 @@ class SlurmOptions:
 def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, python: str = sys.executable) -> str:
     name = json.loads(jobs_file.read_text())["name"]
     array = ",".join(map(str, indices)) + (f"%{options.max_running}" if options.max_running else "")
-    lines = ["#!/bin/bash", f"#SBATCH --job-name=mtl-{name}", f"#SBATCH --array={array}",
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={_job_name(name)}", f"#SBATCH --array={array}",
              f"#SBATCH --nodes={options.nodes}", "#SBATCH --ntasks-per-node=1",
              f"#SBATCH --time={options.time}", f"#SBATCH --output={jobs_file.parent}/logs/slurm-%A_%a.out",
              "#SBATCH --requeue",  # preempted jobs go back to the queue and resume from their checkpoint
+             # SIGTERM 120 s before the time limit: the job writes a checkpoint; a re-run resumes it.
+             "#SBATCH --signal=TERM@120",
              "#SBATCH --open-mode=append"]
     if options.partition:
         lines.append(f"#SBATCH --partition={options.partition}")
@@ -410,11 +444,17 @@ def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, py
     if options.mem:
         lines.append(f"#SBATCH --mem={options.mem}")
     lines += [f"#SBATCH {arg}" for arg in options.sbatch_args]
+    # srun does not inherit --cpus-per-task from sbatch in SLURM 22.05-23.02: pass it on.
+    cpus = f" --cpus-per-task={options.cpus_per_task}" if options.cpus_per_task else ""
     lines += ["", "# One array task per sweep job; srun runs it once per node (accelerate launch rendezvous",
               "# across nodes from SLURM's environment).",
-              f"srun --kill-on-bad-exit=1 {shlex.quote(python)} -m harness.sweep job "
+              f"srun --kill-on-bad-exit=1{cpus} {shlex.quote(python)} -m harness.sweep job "
               f"{shlex.quote(str(jobs_file))} \"$SLURM_ARRAY_TASK_ID\"", ""]
     return "\n".join(lines)
+
+
+def _job_name(sweep_name: str) -> str:
+    return f"mtl-{sweep_name}"
 
 
 def _slurm(*command: str) -> str:
@@ -434,7 +474,8 @@ def active_slurm_jobs(folder: Path) -> set[str]:
     if not record.exists():
         return set()
     submissions = {s["job_id"]: s for s in map(json.loads, record.read_text().splitlines())}
-    out = _slurm("squeue", "-h", "-r", "-j", ",".join(submissions), "-o", "%i")
+    # By name: `squeue -j ID` fails once SLURM has forgotten a finished job (MinJobAge).
+    out = _slurm("squeue", "-h", "-r", "--name", _job_name(folder.name), "-o", "%i")
     active = set()
     for task_id in out.split():
         array_id, _, index = task_id.partition("_")
@@ -443,14 +484,42 @@ def active_slurm_jobs(folder: Path) -> set[str]:
     return active
 
 
+def slurm_launch_config(source: Path, options: SlurmOptions, target: Path | None = None) -> Path | None:
+    """The launch config as the SLURM job will run it: --gpus-per-node N on --nodes M gives N x M
+    processes on M machines. A single-process config cannot use more than one GPU or node."""
+    import yaml
+
+    if options.nodes < 1 or options.gpus_per_node < 0:
+        raise ConfigError(f"--nodes must be >= 1 and --gpus-per-node >= 0, got {options.nodes} and "
+                          f"{options.gpus_per_node}")
+    config = yaml.safe_load(source.read_text()) or {}
+    per_node = options.gpus_per_node or int(config.get("num_processes", 1)) // int(config.get("num_machines", 1))
+    total = per_node * options.nodes
+    if total > 1 and str(config.get("distributed_type", "NO")) == "NO":
+        raise ConfigError(f"launch config {source} runs one process (distributed_type NO), but --nodes "
+                          f"{options.nodes} x {per_node} processes per node asks for {total}: use launch/ddp.yaml "
+                          "or launch/zero*.yaml")
+    config.update(num_processes=total, num_machines=options.nodes)
+    if "deepspeed_config" in config and "deepspeed_config_file" in config["deepspeed_config"]:
+        path = Path(config["deepspeed_config"]["deepspeed_config_file"])
+        config["deepspeed_config"]["deepspeed_config_file"] = str(path.resolve())
+    if target is None:  # only checked
+        return None
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
 def submit_slurm(jobs_file: Path, jobs: list[Job], options: SlurmOptions) -> str:
     """One array job for `jobs`. It reads its own copy of jobs.json: a later re-run of the sweep
     rewrites jobs.json, and tasks still pending must keep the indices they were submitted with."""
     folder = jobs_file.parent
     (folder / "logs").mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+    meta = json.loads(jobs_file.read_text())
+    meta["launch_config"] = str(slurm_launch_config(Path(meta["launch_config"]), options,
+                                                    folder / f"launch-{stamp}.yaml"))
     own = folder / f"jobs-{stamp}.json"
-    own.write_text(jobs_file.read_text())
+    own.write_text(json.dumps(meta, indent=1))
     script = folder / f"sbatch-{stamp}.sh"
     script.write_text(sbatch_script(own, [j.index for j in jobs], options))
     job_id = _slurm("sbatch", "--parsable", str(script)).strip().split(";")[0]
@@ -461,8 +530,9 @@ def submit_slurm(jobs_file: Path, jobs: list[Job], options: SlurmOptions) -> str
 
 
 def wait_slurm(job_id: str, poll: float = 5.0, timeout: float | None = None) -> None:
+    """Until no task of array job `job_id` is pending, running or completing."""
     started = time.time()
-    while _slurm("squeue", "-h", "-r", "-j", job_id, "-o", "%i").strip():
+    while any(t.partition("_")[0] == job_id for t in _slurm("squeue", "-h", "-r", "-o", "%i").split()):
         if timeout is not None and time.time() - started > timeout:
             raise SweepError(f"SLURM job {job_id} still queued or running after {timeout:.0f} s")
         time.sleep(poll)
@@ -481,9 +551,14 @@ def run_sweep(spec: SweepSpec, executor: str = "local", parallel: int = 1, slurm
 
     if executor not in ("local", "slurm"):
         raise ConfigError(f"--executor: expected local or slurm, got {executor!r}")
+    if parallel < 1:
+        raise ConfigError(f"--parallel: expected a positive number of jobs at a time, got {parallel}")
     if not Path(spec.launch_config).is_file():
         raise ConfigError(f"launch_config: {spec.launch_config} does not exist (see launch/)")
     jobs = expand(spec)
+    if executor == "slurm":
+        slurm = slurm or SlurmOptions()
+        slurm_launch_config(Path(spec.launch_config), slurm)  # fails now, not when the jobs start
     folder = sweep_dir(spec)
     tracking_uri, experiment = tracking_of(spec)
     if dry_run:
@@ -497,8 +572,7 @@ def run_sweep(spec: SweepSpec, executor: str = "local", parallel: int = 1, slurm
         # Created once here, before any job starts: concurrent creation by jobs would race.
         experiment_id = _retry(lambda: _get_or_create_experiment(client, experiment, tracking_uri))
     parent_id = parent_run(client, experiment_id, spec, jobs, executor)
-    jobs_file = _write_jobs_file(folder, spec, jobs, parent_id, tracking_uri, experiment,
-                                 slurm.gpus_per_node if slurm else 0)
+    jobs_file = _write_jobs_file(folder, spec, jobs, parent_id, tracking_uri, experiment)
     client.log_artifact(parent_id, str(jobs_file))
     states = {key: job_state(runs) for key, runs in job_runs(client, experiment_id, spec.name).items()}
     todo = [j for j in jobs if states.get(j.key) != "FINISHED"]
@@ -519,9 +593,14 @@ def run_sweep(spec: SweepSpec, executor: str = "local", parallel: int = 1, slurm
             out(f"[{done[0]}/{len(todo)}] {jobs[index].run_name}: {job_state(runs)} (exit {code}) "
                 f"in {seconds / 60:.1f} min")
 
-        run_local(jobs_file, [j.index for j in todo], parallel, report)
+        try:
+            run_local(jobs_file, [j.index for j in todo], parallel, report)
+        except KeyboardInterrupt:
+            client.set_terminated(parent_id, "KILLED")
+            out(f"sweep {spec.name}: interrupted; running jobs wrote a checkpoint. Run the same command to go on.")
+            raise
     elif todo:
-        job_id = submit_slurm(jobs_file, todo, slurm or SlurmOptions())
+        job_id = submit_slurm(jobs_file, todo, slurm)
         out(f"submitted SLURM array job {job_id} ({len(todo)} tasks); logs in {folder / 'logs'}")
         if wait:
             wait_slurm(job_id)

@@ -192,8 +192,14 @@ class Run:
     out_dir: Path
     deepspeed: bool
     variant_config: Any
+    started: float = 0.0  # perf_counter when this process started the run (or resumed it)
+    seconds_before: float = 0.0  # training time of the segments before a resume
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
 
     def checkpoint(self) -> Path:
+        self.state.train_seconds = self.train_seconds()
         self.state.sampler = self.sampler.state_dict()
         self.state.streams = {t: s.state_dict() for t, s in self.streams.items()}
         return save_checkpoint(self.accelerator, self.out_dir, self.state, self.tracker)
@@ -403,6 +409,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     started = time.perf_counter()
     variant_config, resume_from = preflight(config)
     run = setup(config, variant_config, resume_from)
+    run.started, run.seconds_before = started, run.state.train_seconds
     step_seconds: list[float] = []
     with StopSignals() as stop:
         try:
@@ -423,7 +430,7 @@ def train(config: TrainConfig) -> dict[str, float]:
             _end_run(run, "FAILED", {"failure/reason": f"{type(exc).__name__}: {exc}"[:5000],
                                      "failure/step": run.state.step})
             raise
-    finish(run, rows, step_seconds, started, time.perf_counter() - started)
+    finish(run, rows, step_seconds, started, run.train_seconds())
     return dev_metric_names(run.state.metrics)
 
 

@@ -52,8 +52,10 @@ def spec(tmp_path, tiny_bert, small_data, tracking_uri, name, variants, seeds, s
 def sweep_runs(tracking_uri, name):
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.`sweep.id` = '{name}'")
-    return ([r for r in runs if r.data.tags.get("sweep.role") == "sweep"],
-            {r.data.tags["sweep.job"]: r for r in runs if r.data.tags.get("sweep.role") != "sweep"})
+    children = [r for r in runs if r.data.tags.get("sweep.role") != "sweep"]
+    by_job = {r.data.tags["sweep.job"]: r for r in children}
+    assert len(by_job) == len(children), "a job has more than one MLflow run"
+    return [r for r in runs if r.data.tags.get("sweep.role") == "sweep"], by_job
 
 
 def sacct_states(job_id: str) -> dict[str, str]:
