@@ -344,7 +344,17 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    child = subprocess.Popen(command, cwd=meta["cwd"], env={**os.environ, **meta.get("env", {})})
+    env = {**os.environ, **meta.get("env", {})}
+    if "OMP_NUM_THREADS" not in env:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 when it is unset: on CPUs that halves a 2-core
+        # machine's speed. Give each process of this node its share of the node's CPUs instead.
+        import yaml
+
+        config = yaml.safe_load(Path(meta["launch_config"]).read_text()) or {}
+        local = max(1, int(config.get("num_processes", 1)) // int(config.get("num_machines", 1)))
+        cpus = int(env.get("SLURM_CPUS_ON_NODE") or len(os.sched_getaffinity(0)))
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // local))
+    child = subprocess.Popen(command, cwd=meta["cwd"], env=env)
 
     def forward(signum, frame):  # SLURM signals every process of the step; Ctrl-C reaches the group
         try:

@@ -267,7 +267,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                              tags={"variant": config.variant, "seed": config.seed, "model": config.model,
                                    "profile": config.profile, "git_commit": git_commit(),
                                    "world_size": accelerator.num_processes, "backend": launch["distributed_type"],
-                                   "zero_stage": launch["zero_stage"], **sweep_tags(config)})
+                                   "zero_stage": launch["zero_stage"], "torch_threads": torch.get_num_threads(),
+                                   **sweep_tags(config)})
         if resume_from:
             tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
         else:

@@ -1,6 +1,7 @@
 """Sweeps on the local executor, and `mtl-bench compare` on their runs (real MLflow store)."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,8 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.data.tags["sweep.label"] == run.data.tags["variant"]
+        # `accelerate launch` alone would set OMP_NUM_THREADS=1; a job gets the machine's CPUs.
+        assert run.data.tags["torch_threads"] == str(len(os.sched_getaffinity(0)))
         assert {"dev/overall", "dev/sst/accuracy", "params/task_specific_total"} <= set(run.data.metrics)
     assert parents[0].data.params["variants"] == "multitask,pals-top"
 
