@@ -294,6 +294,15 @@ def _floor(ax, lows: list[float]) -> None:
         ax.set_ylim(low if low < 0 else max(0.0, low), top)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Path]:
     import matplotlib
 
@@ -317,10 +326,7 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
     _floor(ax, [r["overall_mean"] - err([r["overall_std"]])[0] for r in with_overall])
     ax.set_ylabel("dev overall (mean ± std over seeds)")
     ax.set_title(f"{title}: overall score per variant (* beyond noise vs {baseline})")
-    fig.tight_layout()
-    paths.append(folder / "overall.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, folder / "overall.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in with_overall:
@@ -331,10 +337,7 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
     ax.set_xlabel("task-specific encoder parameters, all tasks (heads excluded)")
     ax.set_ylabel("dev overall (mean ± std over seeds)")
     ax.set_title(f"{title}: score against task-specific parameters")
-    fig.tight_layout()
-    paths.append(folder / "score_vs_params.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, folder / "score_vs_params.png"))
 
     fig, axes = plt.subplots(1, len(TASK_ORDER), figsize=(16, 4.5))
     for ax, task in zip(axes, TASK_ORDER):
@@ -345,10 +348,7 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
         _floor(ax, [r[f"{task}_mean"] - err([r[f"{task}_std"]])[0] for r in present])
         ax.set_title(f"{task} ({'Pearson r' if task == 'sts' else 'accuracy'})")
     fig.suptitle(f"{title}: dev metric per task (mean ± std over seeds)")
-    fig.tight_layout()
-    paths.append(folder / "per_task.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, folder / "per_task.png"))
     return paths
 
 
