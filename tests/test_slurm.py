@@ -1,7 +1,8 @@
 """Sweeps on a real SLURM: a single-node cluster (slurmctld, slurmd, slurmdbd + MariaDB, munge) on
-this machine, started by launch/slurm/start-local-cluster.sh. Needs root and Debian's slurm-wlm,
-munge, slurmdbd and mariadb-server (.ci/run installs them); without them these tests fail with the
-start script's message instead of being skipped.
+this machine, started by launch/slurm/start-local-cluster.sh. Needs Debian's slurm-wlm, munge, slurmdbd and
+mariadb-server, which the start script installs (launch/slurm/install-packages.sh) when they are
+missing and it runs as root; elsewhere these tests fail with its message saying what to install
+and how to leave them out (-m "not slurm"), instead of being skipped.
 """
 import os
 import subprocess

@@ -2,9 +2,8 @@
 # A throw-away single-node SLURM cluster on this machine, for testing sweeps against a real
 # scheduler (tests/test_slurm.py and .ci/run use it). slurmctld and slurmd on 127.0.0.1,
 # proctrack/linuxproc, task/none, no cgroups; with MariaDB + slurmdbd so that sacct (and job
-# states of cancelled jobs) work. Runs as root, without systemd. Needs (Debian 12):
-#   apt-get install -y slurm-wlm munge
-#   apt-get install -y --no-install-recommends slurmdbd mariadb-server
+# states of cancelled jobs) work. Runs as root, without systemd. Needs Debian's slurm-wlm, munge,
+# slurmdbd and mariadb-server, which install-packages.sh (called first) installs when missing.
 # Settings (environment):
 #   SLURM_CI_DIR    folder for conf, state, logs, pids (default /tmp/slurm-ci)
 #   SLURM_WITH_DBD  1 = MariaDB + slurmdbd, so that sacct works (default 1); 0 = without
@@ -19,17 +18,8 @@ MEM=$(( $(awk '/^MemTotal/{print int($2/1024)}' /proc/meminfo) * 8 / 10 ))   # m
 export SLURM_CONF=$D/slurm.conf
 RUN=$D/run
 t0=$(date +%s.%N)
-for tool in slurmctld slurmd munged; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
-    echo "start-local-cluster: $tool not found; install slurm-wlm and munge (see the top of this script)" >&2; exit 1; }
-done
-if [ "$WITH_DBD" = 1 ]; then
-  for tool in slurmdbd mariadbd; do
-    [ -x "/usr/sbin/$tool" ] || {
-      echo "start-local-cluster: /usr/sbin/$tool not found; install slurmdbd and mariadb-server, or set SLURM_WITH_DBD=0" >&2
-      exit 1; }
-  done
-fi
+# Installs the Debian packages when they are missing (as root; otherwise says what to install).
+bash "$(dirname "$0")/install-packages.sh"
 if [ "$(id -u)" != 0 ]; then echo "start-local-cluster: must run as root" >&2; exit 1; fi
 for port in 6817 6818 6819; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -155,4 +145,4 @@ if ! wait_for 30 "node $NODE idle" node_idle; then
   sinfo -R; tail -20 "$D/log/slurmctld.log" "$D/log/slurmd.log" >&2; exit 1
 fi
 sinfo
-echo "start-local-cluster: cluster up in $(echo "$(date +%s.%N) - $t0" | bc)s (dbd=$WITH_DBD); export SLURM_CONF=$SLURM_CONF"
+echo "start-local-cluster: cluster up in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")s (dbd=$WITH_DBD); export SLURM_CONF=$SLURM_CONF"
