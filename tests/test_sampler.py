@@ -100,3 +100,50 @@ def test_length_grouped_stream_keeps_its_guarantees():
             lengths[x].max() * len(x) for x in batches)
 
     assert padding(TaskStream(1000, seed=5, lengths=lengths, step_size=16, pool_steps=50)) < 0.1 < padding(plain)
+
+
+def test_annealing_over_ten_epochs_with_unequal_task_sizes_flattens_the_draws():
+    """The bundled training-set sizes (unequal, so the exponent matters), E = 10 epochs."""
+    sizes = {"sst": 8544, "cfimdb": 1707, "quora": 16194, "sts": 6040}
+    num_epochs = 10
+    sampler = TaskSampler(sizes, "annealed", num_epochs=num_epochs, seed=1234)
+
+    def expected(epoch):  # written out here, not taken from harness.sampler
+        a = 1 - 0.8 * (epoch - 1) / (num_epochs - 1)
+        total = sum(n ** a for n in sizes.values())
+        return a, {t: n ** a / total for t, n in sizes.items()}
+
+    assert expected(1)[0] == 1.0 and expected(10)[0] == pytest.approx(0.2, abs=1e-15)
+    for epoch in (1, 5, 10):
+        got = sampler.probabilities(epoch)
+        assert list(got) == list(sizes)
+        for task in sizes:
+            assert got[task] == pytest.approx(expected(epoch)[1][task], rel=1e-12), (epoch, task)
+    # Epoch 1 is proportional sampling; by epoch 10 the small CFIMDB is drawn about 3.6 times as often.
+    assert sampler.probabilities(1)["cfimdb"] == pytest.approx(1707 / sum(sizes.values()), rel=1e-12)
+    assert sampler.probabilities(10)["cfimdb"] > 3.5 * sampler.probabilities(1)["cfimdb"]
+
+    # Flattening, epoch by epoch: the largest task's share falls, the smallest task's rises, the
+    # largest-to-smallest ratio shrinks and the entropy grows, strictly, at every epoch.
+    per_epoch = [sampler.probabilities(e) for e in range(1, num_epochs + 1)]
+    for before, after in zip(per_epoch, per_epoch[1:]):
+        assert after["quora"] < before["quora"]
+        assert after["cfimdb"] > before["cfimdb"]
+        assert max(after.values()) / min(after.values()) < max(before.values()) / min(before.values())
+        entropy = [-sum(p * math.log(p) for p in d.values()) for d in (before, after)]
+        assert entropy[1] > entropy[0]
+    ranks = [sorted(sizes, key=d.get) for d in per_epoch]
+    assert all(r == ["cfimdb", "sts", "sst", "quora"] for r in ranks)  # never inverted, only flattened
+
+    # Draws within one epoch follow that epoch's probabilities: each task's frequency is within
+    # 4 binomial standard errors (sqrt(p (1 - p) / n)) of its probability. The seed is fixed, so
+    # this is deterministic; 4 SE at n = 20000 is at most 0.014, while epochs 1 and 10 differ by
+    # 0.13 on CFIMDB.
+    n = 20000
+    for epoch in (1, 5, 10):
+        draws = [sampler.sample(epoch) for _ in range(n)]
+        probabilities = expected(epoch)[1]
+        for task, p in probabilities.items():
+            standard_error = math.sqrt(p * (1 - p) / n)
+            frequency = draws.count(task) / n
+            assert abs(frequency - p) < 4 * standard_error, (epoch, task, frequency, p, standard_error)
