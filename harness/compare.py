@@ -7,6 +7,9 @@ than noise:
 - over dev examples: a paired bootstrap (scipy.stats.bootstrap) resampling each task's dev
   examples, both models scored on the same resample, the difference averaged over seeds. Its
   95% interval excluding 0 is what marks a difference as real.
+The t-test p-values of all the labels compared with the baseline in one call are Holm-adjusted
+(Holm-Bonferroni step-down) for multiple comparisons, and the verdict uses the adjusted p-value.
+The bootstrap intervals are not corrected: each is a plain 95% interval.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from harness.metrics import overall_score, task_metric
 from harness.tasks import OVERALL_TASKS, TASKS
 
 TASK_ORDER = ["sst", "cfimdb", "quora", "sts"]
+ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
 METRIC = {t: f"dev/{t}/{'pearson' if TASKS[t].metric == 'pearson' else 'accuracy'}" for t in TASK_ORDER}
 
 
@@ -157,6 +161,24 @@ def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resam
     return observed, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni (step-down) adjusted p-values, in the order given.
+
+    With the m p-values sorted p(1) <= ... <= p(m), p(i) becomes max over j <= i of (m - j + 1) p(j),
+    capped at 1: rejecting where the adjusted p < alpha keeps the chance of any false "beyond noise"
+    among the m comparisons at most alpha. NaN (no test ran) stays NaN and is not counted in m.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, (m - rank) * p[i])
+        adjusted[i] = min(1.0, running)
+    return [float(a) for a in adjusted]
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -166,13 +188,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int, client=None,
               folder: Path | None = None) -> list[dict]:
-    """One row per label: means, stds, n, parameters, time, and the difference from the baseline."""
+    """One row per label: means, stds, n, parameters, time, and the difference from the baseline.
+    The t-test p-values are Holm-adjusted across every label compared here (`p_seeds_holm`)."""
     from scipy import stats
 
     by_label: dict[str, list[RunRecord]] = {}
     for record in records:
         by_label.setdefault(record.label, []).append(record)
-    rows = []
+    rows, compared = [], []
     for label, group in by_label.items():
         # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same grid point.
         base_label = " ".join([baseline] + label.split()[1:])
@@ -186,8 +209,8 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         row["train_minutes_mean"] = float(np.mean([r.train_seconds for r in group])) / 60
         paired = [(r, base[r.seed]) for r in group if r.seed in base and r.overall is not None
                   and base[r.seed].overall is not None]
-        row.update({"delta_overall": math.nan, "p_seeds": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                    "paired_seeds": len(paired), "verdict": ""})
+        row.update({"delta_overall": math.nan, "p_seeds": math.nan, "p_seeds_holm": math.nan, "ci_low": math.nan,
+                    "ci_high": math.nan, "paired_seeds": len(paired), "verdict": ""})
         if label != base_label and paired:
             deltas = [r.overall - b.overall for r, b in paired]
             row["delta_overall"] = float(np.mean(deltas))
@@ -197,7 +220,7 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
             if test in ("bootstrap", "both"):
                 pairs = [(load_predictions(client, r, folder), load_predictions(client, b, folder)) for r, b in paired]
                 _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, list(OVERALL_TASKS), resamples)
-            row["verdict"] = _verdict(row, test)
+            compared.append(row)
         # Each task's own difference (the single-task model has no overall score, but has SST).
         by_task = [(r, base[r.seed]) for r in group if r.seed in base]
         for task in TASK_ORDER:
@@ -212,6 +235,11 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
                 _, row[f"ci_low_{task}"], row[f"ci_high_{task}"] = bootstrap_difference(
                     pairs, [task], resamples, score=lambda m, task=task: m[task])
         rows.append(row)
+    # Multiple comparisons: Holm over the t-tests of every label compared with the baseline; then the verdicts.
+    for row, adjusted in zip(compared, holm([r["p_seeds"] for r in compared])):
+        row["p_seeds_holm"] = adjusted
+    for row in compared:
+        row["verdict"] = _verdict(row, test)
     order = {label: i for i, label in enumerate(_variant_order())}
     rows.sort(key=lambda r: (order.get(r["variant"].split()[0], len(order)), r["variant"]))
     return rows
@@ -219,12 +247,12 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
 
 def _verdict(row: dict, test: str) -> str:
     """`better`/`worse` only if every test that could run finds the difference beyond noise
-    (the t-test needs 2+ common seeds); else `within noise`."""
+    (the t-test needs 2+ common seeds; its Holm-adjusted p-value is what counts); else `within noise`."""
     beyond = []
     if test in ("bootstrap", "both") and not math.isnan(row["ci_low"]):
         beyond.append(row["ci_low"] > 0 or row["ci_high"] < 0)
-    if test in ("seeds", "both") and not math.isnan(row["p_seeds"]):
-        beyond.append(row["p_seeds"] < 0.05)
+    if test in ("seeds", "both") and not math.isnan(row["p_seeds_holm"]):
+        beyond.append(row["p_seeds_holm"] < ALPHA)
     if beyond and all(beyond):
         return "better" if row["delta_overall"] > 0 else "worse"
     return "within noise"
@@ -242,19 +270,43 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
-    lines = [f"| variant | n | SST acc | CFIMDB acc | Quora acc | STS r | overall | Δ overall vs {baseline} | "
-             "p (paired t, seeds) | 95% CI (bootstrap, dev examples) | verdict | task-specific params | "
-             "ratio to encoder | train min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [(f"| variant | n | SST acc | CFIMDB acc | Quora acc | STS r | overall | Δ overall vs {baseline} | "
+              "p (paired t, seeds) | p Holm-adjusted | 95% CI (bootstrap, dev examples) | verdict | "
+              "task-specific params | ratio to encoder | train min |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         delta = "-" if math.isnan(r["delta_overall"]) else f"{r['delta_overall']:+.3f}"
         p = "-" if math.isnan(r["p_seeds"]) else f"{r['p_seeds']:.3f}"
+        p_holm = "-" if math.isnan(r["p_seeds_holm"]) else f"{r['p_seeds_holm']:.3f}"
         ci = "-" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
         lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(_fmt(r[f'{t}_mean'], r[f'{t}_std'])
                                                              for t in TASK_ORDER + ["overall"])
-                     + f" | {delta} | {p} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
+                     + f" | {delta} | {p} | {p_holm} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
                        f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def caption(rows: list[dict], baseline: str, test: str) -> str:
+    """What the verdict requires, and which correction for multiple comparisons applies to which test."""
+    n_t = sum(not math.isnan(r["p_seeds"]) for r in rows)
+    n_b = sum(not math.isnan(r["ci_low"]) for r in rows)
+    level = "95%"  # bootstrap_difference's confidence_level
+    holm_text = (f"Holm (step-down) is applied to the t-test p-values across the {n_t} comparison(s) with "
+                 f"{baseline}; ")
+    plain = (f"the bootstrap intervals are not corrected for multiple comparisons (each is a plain {level} "
+             "interval).")
+    if test == "seeds":
+        rule = f"the Holm-adjusted p < {ALPHA}"
+        note = holm_text + "no bootstrap ran."
+    elif test == "bootstrap":
+        rule = f"the {level} bootstrap interval excludes 0"
+        note = (f"No correction for multiple comparisons applies to the verdict (no t-test ran): each of the {n_b} "
+                f"intervals is a plain {level} interval.")
+    else:
+        rule = (f"the Holm-adjusted p < {ALPHA} and the {level} bootstrap interval excludes 0 (with under 2 "
+                "common seeds there is no t-test, and the interval alone decides)")
+        note = holm_text + plain
+    return f"Verdict `better`/`worse` only where {rule}; otherwise `within noise`. {note}"
 
 
 def task_difference_table(rows: list[dict], baseline: str) -> str:
@@ -375,15 +427,14 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
                   + task_difference_table(rows, baseline))
     (folder / "compare.md").write_text(
         f"# {title}\n\nFinished runs: {len(records)}. Mean ± std over seeds (n). Δ: mean paired difference "
-        f"of the overall score from {baseline} over common seeds. Verdict `better`/`worse` only where "
-        f"{'both tests agree' if test == 'both' else 'the test finds'} the difference beyond noise "
-        "(p < 0.05; 95% interval excluding 0); otherwise `within noise`.\n\n" + table)
+        f"of the overall score from {baseline} over common seeds. {caption(rows, baseline, test)}\n\n" + table)
     write_csv(rows, folder / "compare.csv")
     paths = [folder / "compare.md", folder / "compare.csv", *plots(rows, folder, baseline, title)]
     if parent_id:
         for path in paths:
             client.log_artifact(parent_id, str(path), "compare")
     out(table)
+    out(caption(rows, baseline, test))
     out(f"written to {folder}" + (f" and logged to the sweep's parent run {parent_id} (artifacts/compare)"
                                   if parent_id else ""))
     return rows

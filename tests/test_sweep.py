@@ -1,5 +1,6 @@
 """Sweeps on the local executor, and `mtl-bench compare` on their runs (real MLflow store)."""
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -167,7 +168,8 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
     pals = by_variant["pals-top"]
     assert pals["task_specific_params"] > 0 and by_variant["multitask"]["task_specific_params"] == 0
     assert pals["paired_seeds"] == 3 and not np.isnan(pals["p_seeds"]) and pals["ci_low"] < pals["ci_high"]
-    noise = pals["ci_low"] <= 0 <= pals["ci_high"] or pals["p_seeds"] >= 0.05
+    assert pals["p_seeds_holm"] == pytest.approx(pals["p_seeds"])  # one comparison: Holm changes nothing
+    noise = pals["ci_low"] <= 0 <= pals["ci_high"] or pals["p_seeds_holm"] >= 0.05
     assert (pals["verdict"] == "within noise") == noise
     sst = [np.mean([r.data.metrics["dev/sst/accuracy"] for r in children if r.data.tags["variant"] == v])
            for v in ("pals-top", "multitask")]
@@ -176,6 +178,8 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
     with open(out / "compare.csv") as fp:
         assert [r["variant"] for r in csv.DictReader(fp)] == ["multitask", "pals-top"]
     assert "| pals-top | 3 |" in (out / "compare.md").read_text()
+    assert "Holm (step-down) is applied to the t-test p-values across the 1 comparison(s)" in (
+        out / "compare.md").read_text()
     assert "| variant | Δ sst | Δ cfimdb | Δ quora | Δ sts |" in (out / "compare.md").read_text()
     for name in ("overall.png", "score_vs_params.png", "per_task.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -273,14 +277,76 @@ def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slu
 
 
 @pytest.mark.parametrize("row, test, verdict", [
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.01), "both", "better"),
-    (dict(delta_overall=-0.02, ci_low=-0.03, ci_high=-0.01, p_seeds=0.01), "both", "worse"),
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.20), "both", "within noise"),
-    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01), "both", "within noise"),
-    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01), "seeds", "better"),
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=float("nan")), "both", "better"),  # 1 seed
+    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "both", "better"),
+    (dict(delta_overall=-0.02, ci_low=-0.03, ci_high=-0.01, p_seeds=0.01, p_seeds_holm=0.01), "both", "worse"),
+    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.20, p_seeds_holm=0.20), "both", "within noise"),
+    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "both", "within noise"),
+    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "seeds", "better"),
+    # raw p below 0.05, Holm-adjusted not: the adjusted one decides
+    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.03, p_seeds_holm=0.09), "both", "within noise"),
+    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=float("nan"), p_seeds_holm=float("nan")),
+     "both", "better"),  # 1 seed
 ])
 def test_a_difference_is_called_only_when_every_test_that_ran_finds_it(row, test, verdict):
     from harness.compare import _verdict
 
     assert _verdict(row, test) == verdict
+
+
+@pytest.mark.parametrize("raw, adjusted", [
+    ([0.01, 0.04, 0.03, 0.20], [0.04, 0.09, 0.09, 0.20]),  # 4*0.01; 3*0.03; max(2*0.04, 0.09); 1*0.20
+    ([0.4, 0.5, 0.6], [1.0, 1.0, 1.0]),  # 1.2, 1.0, 0.6 -> capped at 1, then kept monotone
+    ([0.01, float("nan"), 0.04], [0.02, float("nan"), 0.04]),  # no t-test: NaN, and not counted in m
+    ([0.03], [0.03]),  # one comparison: nothing to correct
+    ([], []),
+])
+def test_holm_adjusts_p_values_step_down_monotone_and_capped_at_1(raw, adjusted):
+    from harness.compare import holm
+
+    result = holm(raw)
+    assert result == pytest.approx(adjusted, nan_ok=True)
+    tested = sorted((p, a) for p, a in zip(raw, result) if not np.isnan(p))
+    assert all(a1 <= a2 <= 1 for (_, a1), (_, a2) in itertools.pairwise(tested))
+    assert all(a >= p for p, a in tested)
+
+
+def _records(deltas: dict[str, list[float]]) -> list:
+    """Synthetic runs: the baseline and each variant at seeds 0-2, overall = baseline's + delta."""
+    from harness.compare import RunRecord
+
+    base = [0.50, 0.52, 0.54]
+    records = [RunRecord(f"multitask-{s}", "multitask", "multitask", s, {}, base[s], 0, 1.0, 60.0) for s in range(3)]
+    for variant, ds in deltas.items():
+        records += [RunRecord(f"{variant}-{s}", variant, variant, s, {}, base[s] + d, 10, 1.1, 60.0)
+                    for s, d in enumerate(ds)]
+    return records
+
+
+def test_a_variant_beyond_noise_before_the_holm_correction_and_not_after_is_within_noise():
+    from harness.compare import ALPHA, caption, markdown_table, summarise
+
+    clear = [0.100, 0.101, 0.102]  # t ~ 175: beyond noise after any correction
+    marginal = [0.015, 0.030, 0.0225]  # t ~ 5.2, 2 df: raw p ~ 0.035
+    noise = {"pals-parallel": [0.01, -0.02, 0.005], "combined": [-0.01, 0.02, 0.0]}
+
+    alone = {r["variant"]: r for r in summarise(_records({"pals-top": marginal}), "multitask", "seeds", 0)}
+    assert alone["pals-top"]["p_seeds"] < ALPHA
+    assert alone["pals-top"]["p_seeds_holm"] == pytest.approx(alone["pals-top"]["p_seeds"])  # 1 comparison
+    assert alone["pals-top"]["verdict"] == "better"
+
+    rows = summarise(_records({"embert": clear, "pals-top": marginal, **noise}), "multitask", "seeds", 0)
+    by = {r["variant"]: r for r in rows}
+    pals = by["pals-top"]
+    assert pals["p_seeds"] == pytest.approx(alone["pals-top"]["p_seeds"])
+    assert pals["p_seeds"] < ALPHA <= pals["p_seeds_holm"]  # 2nd smallest of 4: 3 x raw
+    assert pals["p_seeds_holm"] == pytest.approx(3 * pals["p_seeds"])
+    assert pals["verdict"] == "within noise"
+    assert by["embert"]["p_seeds_holm"] < ALPHA and by["embert"]["verdict"] == "better"
+    assert by["multitask"]["verdict"] == "" and np.isnan(by["multitask"]["p_seeds_holm"])
+    assert list(pals).index("p_seeds_holm") == list(pals).index("p_seeds") + 1  # next to the raw one in the CSV
+
+    table = markdown_table(rows, "multitask", "seeds")
+    assert "| p (paired t, seeds) | p Holm-adjusted |" in table
+    assert f"| {pals['p_seeds']:.3f} | {pals['p_seeds_holm']:.3f} |" in table
+    assert "Holm (step-down) is applied to the t-test p-values across the 4 comparison(s)" in caption(
+        rows, "multitask", "seeds")
