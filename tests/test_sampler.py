@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_annealing_over_ten_epochs_with_unequal_task_sizes_flattens_the_draws():
     # Flattening, epoch by epoch: the largest task's share falls, the smallest task's rises, the
     # largest-to-smallest ratio shrinks and the entropy grows, strictly, at every epoch.
     per_epoch = [sampler.probabilities(e) for e in range(1, num_epochs + 1)]
-    for before, after in zip(per_epoch, per_epoch[1:]):
+    for before, after in itertools.pairwise(per_epoch):
         assert after["quora"] < before["quora"]
         assert after["cfimdb"] > before["cfimdb"]
         assert max(after.values()) / min(after.values()) < max(before.values()) / min(before.values())
