@@ -54,18 +54,62 @@ def check_model(model: str) -> None:
 
 
 def load_encoder(model: str):
-    """The pretrained BertModel (no pooler: the heads read hidden states) and its tokenizer."""
+    """The pretrained BertModel (no pooler: the heads read hidden states) and its tokenizer.
+
+    Every encoder weight must come from the checkpoint: one it lacks would be randomly
+    initialised, so that is a ModelError naming the folder and the keys. Checkpoint weights the
+    encoder does not use are reported with a warning, except the pooler's (`pooler.dense.*`,
+    or `bert.pooler.dense.*`), which are unused on purpose since the encoder has no pooler.
+    """
+    import logging
+    import re
+    import warnings
+
     from transformers import AutoTokenizer, BertModel
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
-    # The checkpoint's pooler weights are unused on purpose; its load report would only alarm.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    # transformers logs its own load report (a table of missing and unexpected keys) as a
+    # warning. Only that record is held back while loading, and shown if anything besides the
+    # pooler's weights is off; every other message transformers logs goes through unchanged.
+    report_logger, held = logging.getLogger("transformers.modeling_utils"), []
+
+    def hold_load_report(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    def release_load_report() -> None:
+        for record in held:
+            report_logger.handle(record)
+
+    report_logger.addFilter(hold_load_report)
     try:
-        encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        encoder, info = BertModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True)
+    except Exception:
+        report_logger.removeFilter(hold_load_report)
+        release_load_report()  # transformers raises after its report (size mismatches, bad weights)
+        raise
+    report_logger.removeFilter(hold_load_report)
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+
+    missing = sorted(info["missing_keys"])
+    pooler = sorted(k for k in info["unexpected_keys"] if re.search(r"(^|\.)pooler\.dense\.", k))
+    unused = sorted(set(info["unexpected_keys"]) - set(pooler))
+    if missing or unused:
+        release_load_report()
+    if missing:
+        raise ModelError(f"--model {model}: the checkpoint in {path} lacks {len(missing)} encoder weight(s), "
+                         f"which would be randomly initialised: {listed(missing)}")
+    if unused:
+        warnings.warn(f"--model {model}: {len(unused)} weight(s) in the checkpoint in {path} are not part of "
+                      f"the encoder and are left unused: {listed(unused)}", stacklevel=2)
+    if pooler:
+        logging.getLogger(__name__).info("--model %s: the checkpoint's pooler weights (%s) are unused on purpose: "
+                                         "the encoder has no pooler, the heads read hidden states",
+                                         model, ", ".join(pooler))
     tokenizer = AutoTokenizer.from_pretrained(path)
     return encoder, tokenizer
 
