@@ -49,7 +49,8 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from harness.model import build_model, load_encoder, predictions, task_loss
-    from harness.params import count_parameters, optimizer_groups
+    from harness.optim import optimizer_groups
+    from harness.params import count_parameters
     from harness.train import peak_rss_mb
     from variants import make_config
 

@@ -21,7 +21,8 @@ class LoopState:
     epoch: int = 1  # 1-based epoch in progress
     step_in_epoch: int = 0
     run_id: str = ""
-    metrics: dict = field(default_factory=dict)  # last dev metrics
+    metrics: dict = field(default_factory=dict)  # the dev metrics to report (the best or the last epoch's)
+    metrics_epoch: int = 0  # the epoch they are from
     sampler: dict = field(default_factory=dict)
     streams: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # training time up to this checkpoint, over all earlier segments of the run

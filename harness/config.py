@@ -12,6 +12,12 @@ from harness.sampler import SCHEDULES
 
 SCHEDULERS = ("constant", "linear")
 TASK_PER = ("window", "micro")
+# Kept here, not imported from the modules that use them, so that validation stays light.
+INACTIVE_TASKS = ("skip", "zero-grad")  # see harness/optim.py
+OPTIMIZERS = ("adamw", "sgd")
+HEAD_INPUTS = ("cls", "pooler")  # see harness/model.py
+REPORT_EPOCHS = ("best", "last")
+PAIR_ENCODINGS = ("joint", "separate")
 
 # Budgets. `paper` is the seed study's: 10 epochs x 400 batches at lr 1e-5, constant from the
 # first step (the study has no warm-up, so the paper profile sets warmup_fraction=0 rather than
@@ -45,6 +51,10 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # "sgd": plain SGD (tests use it: its update is linear in the gradient)
+    inactive_tasks: str = "skip"  # what a step does to the tasks it does not train (harness/optim.py)
+    freeze_encoder: bool = False  # train only the variant's parts and the heads (the starter's "pretrain")
+    head_input: str = "cls"  # heads read the last layer's [CLS] state, or the pretrained "pooler"'s output
     scheduler: str = "linear"
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
@@ -54,6 +64,7 @@ class TrainConfig:
     length_grouping: bool = True  # batch examples of similar length together (less padding)
     eval_batch_size: int = 64
     eval_every_epoch: bool = False
+    report_epoch: str = "best"  # with eval_every_epoch: dev/* are the best epoch's (by dev/overall) or the "last"
     lenient_data: bool = False  # skip malformed rows (counted and recorded) instead of failing
     cache_dir: str = ""  # tokenised datasets; empty: the datasets library's cache
     experiment: str = "bert-mtl-bench"
@@ -95,12 +106,14 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
-        if self.sampling not in SCHEDULES:
-            raise ConfigError(f"sampling: {self.sampling!r} is not one of {list(SCHEDULES)}")
-        from harness.model import PAIR_ENCODINGS
-
-        if self.pair_encoding not in PAIR_ENCODINGS:
-            raise ConfigError(f"pair_encoding: {self.pair_encoding!r} is not one of {list(PAIR_ENCODINGS)}")
+        for name, choices in (("sampling", SCHEDULES), ("pair_encoding", PAIR_ENCODINGS), ("optimizer", OPTIMIZERS),
+                              ("inactive_tasks", INACTIVE_TASKS), ("head_input", HEAD_INPUTS),
+                              ("report_epoch", REPORT_EPOCHS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {list(choices)}")
+        if self.head_input == "pooler" and self.pair_encoding == "separate":
+            raise ConfigError("head_input: 'pooler' reads the [CLS] state of a joint encoding; with "
+                              "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")
 
     @property
     def total_steps(self) -> int:

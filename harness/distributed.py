@@ -24,7 +24,7 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def make_accelerator(grad_accum: int, batch_size: int, timeout_seconds: int = 600):
+def make_accelerator(grad_accum: int, batch_size: int, timeout_seconds: int = 600, max_grad_norm: float = 1.0):
     from datetime import timedelta
 
     from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
@@ -42,6 +42,11 @@ def make_accelerator(grad_accum: int, batch_size: int, timeout_seconds: int = 60
         # micro-batch size must be given here.
         plugin = accelerator.state.deepspeed_plugin
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+        # Accelerate turns an "auto" gradient_clipping into 1.0 whatever the run asks for; DeepSpeed
+        # clips inside its step (Accelerate's clip_grad_norm_ does nothing then), so it must get
+        # --max-grad-norm itself (0 disables clipping, as without DeepSpeed).
+        if plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
         return accelerator
     handlers.append(InitProcessGroupKwargs(timeout=timeout))
     return Accelerator(gradient_accumulation_steps=grad_accum, cpu=cpu_only, kwargs_handlers=handlers)

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.config import HEAD_INPUTS, PAIR_ENCODINGS
 from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
-
-PAIR_ENCODINGS = ("joint", "separate")
 DEFAULT_MODEL = "default"
 
 
@@ -53,13 +52,13 @@ def check_model(model: str) -> None:
         raise ModelError(f"--model {model}: {config_file} has model_type {model_type!r} (expected 'bert')")
 
 
-def load_encoder(model: str):
-    """The pretrained BertModel (no pooler: the heads read hidden states) and its tokenizer.
+def load_encoder(model: str, pooler: bool = False):
+    """The pretrained BertModel and its tokenizer; with its pooler only if `pooler` (head_input="pooler").
 
     Every encoder weight must come from the checkpoint: one it lacks would be randomly
     initialised, so that is a ModelError naming the folder and the keys. Checkpoint weights the
     encoder does not use are reported with a warning, except the pooler's (`pooler.dense.*`,
-    or `bert.pooler.dense.*`), which are unused on purpose since the encoder has no pooler.
+    or `bert.pooler.dense.*`), which are unused on purpose when the encoder is built without its pooler.
     """
     import logging
     import re
@@ -85,7 +84,7 @@ def load_encoder(model: str):
 
     report_logger.addFilter(hold_load_report)
     try:
-        encoder, info = BertModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True)
+        encoder, info = BertModel.from_pretrained(path, add_pooling_layer=pooler, output_loading_info=True)
     except Exception:
         report_logger.removeFilter(hold_load_report)
         release_load_report()  # transformers raises after its report (size mismatches, bad weights)
@@ -96,8 +95,8 @@ def load_encoder(model: str):
         return ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
 
     missing = sorted(info["missing_keys"])
-    pooler = sorted(k for k in info["unexpected_keys"] if re.search(r"(^|\.)pooler\.dense\.", k))
-    unused = sorted(set(info["unexpected_keys"]) - set(pooler))
+    unused_pooler = sorted(k for k in info["unexpected_keys"] if re.search(r"(^|\.)pooler\.dense\.", k))
+    unused = sorted(set(info["unexpected_keys"]) - set(unused_pooler))
     if missing or unused:
         release_load_report()
     if missing:
@@ -106,10 +105,10 @@ def load_encoder(model: str):
     if unused:
         warnings.warn(f"--model {model}: {len(unused)} weight(s) in the checkpoint in {path} are not part of "
                       f"the encoder and are left unused: {listed(unused)}", stacklevel=2)
-    if pooler:
+    if unused_pooler:
         logging.getLogger(__name__).info("--model %s: the checkpoint's pooler weights (%s) are unused on purpose: "
-                                         "the encoder has no pooler, the heads read hidden states",
-                                         model, ", ".join(pooler))
+                                         "the heads read the [CLS] hidden state (head_input 'cls')",
+                                         model, ", ".join(unused_pooler))
     tokenizer = AutoTokenizer.from_pretrained(path)
     return encoder, tokenizer
 
@@ -148,14 +147,27 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MultitaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, adapter: nn.Module, tasks: tuple[str, ...], pair_encoding: str = "joint"):
+    """The encoder, the variant's adapter and one head per task.
+
+    head_input="cls" (default): a head reads the last layer's [CLS] state (after the variant's
+    `top`). "pooler": it reads the pretrained pooler's tanh(W [CLS] + b), as the CS224N starter
+    and the PALs code do; the encoder must then be loaded with its pooler.
+    """
+
+    def __init__(self, encoder: nn.Module, adapter: nn.Module, tasks: tuple[str, ...], pair_encoding: str = "joint",
+                 head_input: str = "cls"):
         super().__init__()
         if pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"pair_encoding: {pair_encoding!r} is not one of {list(PAIR_ENCODINGS)}")
+        if head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input: {head_input!r} is not one of {list(HEAD_INPUTS)}")
+        if head_input == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ValueError("head_input: 'pooler' needs an encoder loaded with its pooler (load_encoder(pooler=True))")
         self.encoder = encoder
         self.variant = adapter
         self.tasks = tuple(tasks)
         self.pair_encoding = pair_encoding
+        self.head_input = head_input
         hidden, dropout = encoder.config.hidden_size, encoder.config.hidden_dropout_prob
         self.heads = nn.ModuleDict({t: make_head(TASKS[t], hidden, pair_encoding, dropout) for t in self.tasks})
         adapter.attach(encoder)
@@ -165,7 +177,9 @@ class MultitaskModel(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
         hidden = self.variant.top(hidden)
-        return hidden[:, 0] if pool == "cls" else mean_pool(hidden, attention_mask)
+        if pool == "mean":
+            return mean_pool(hidden, attention_mask)
+        return self.encoder.pooler(hidden) if self.head_input == "pooler" else hidden[:, 0]
 
     def forward(self, task: str, input_ids, attention_mask, token_type_ids=None, input_ids_b=None,
                 attention_mask_b=None, labels=None) -> torch.Tensor:
@@ -204,9 +218,13 @@ def predictions(task: str, outputs: torch.Tensor, pair_encoding: str) -> torch.T
     return outputs
 
 
-def build_model(encoder, variant_name: str, variant_config, pair_encoding: str) -> MultitaskModel:
+def build_model(encoder, variant_name: str, variant_config, pair_encoding: str, head_input: str = "cls",
+                freeze_encoder: bool = False) -> MultitaskModel:
+    """The multitask model; with `freeze_encoder` the encoder's own parameters do not train."""
     from variants import get_variant
 
     variant = get_variant(variant_name)
     adapter = variant.adapter_class(variant_config, encoder.config, variant_config.tasks)
-    return MultitaskModel(encoder, adapter, variant_config.tasks, pair_encoding)
+    if freeze_encoder:
+        encoder.requires_grad_(False)
+    return MultitaskModel(encoder, adapter, variant_config.tasks, pair_encoding, head_input)

@@ -81,20 +81,6 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     return counts
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """One optimizer parameter group for the shared parameters and one per task (its parts and head).
-
-    The loop gives the groups of tasks not trained in a step a learning rate of 0, so their
-    parameters stay exactly as they are on every backend (see harness.train).
-    """
-    by_task: dict[str | None, list] = {None: []}
-    for name, parameter in model.named_parameters():
-        _, task = parameter_group(name)
-        by_task.setdefault(task, []).append(parameter)
-    return [{"params": params, "task": task or "", "weight_decay": weight_decay}
-            for task, params in by_task.items() if params]
-
-
 def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint") -> str:
     """A Markdown table of the counts of every registered variant, built without training.
 

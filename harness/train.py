@@ -33,7 +33,8 @@ from harness.distributed import (
 )
 from harness.metrics import overall_score, task_metric
 from harness.model import build_model, check_model, load_encoder, predictions, task_loss
-from harness.params import count_parameters, optimizer_groups
+from harness.optim import TaskSteps, fill_missing_gradients, make_optimizer
+from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
 from harness.tracking import RunTracker, check_reachable, git_commit, resolve_tracking_uri
 
@@ -46,25 +47,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     if config.scheduler == "linear":
         return config.lr * max(0.0, (total - step) / max(1, total - warmup))
     return config.lr
-
-
-def set_learning_rates(optimizer, lr: float, tasks: set[str]) -> None:
-    """Shared parameters and the parts of `tasks` get `lr`; other tasks' parts get 0.
-
-    AdamW moves a parameter whose gradient is zero (momentum, weight decay), and under DDP or
-    DeepSpeed an unused parameter's gradient is a zero tensor, not None. A learning rate of 0
-    leaves it exactly unchanged on every backend.
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr if (not group["task"] or group["task"] in tasks) else 0.0
-
-
-def fill_missing_gradients(model) -> None:
-    """Gives parameters without a gradient a zero one, so that AdamW's state advances the same
-    way as under DeepSpeed, whose flat gradient buffers hold zeros for unused parameters."""
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
 
 
 def _batch(dataset, indices, device) -> dict[str, torch.Tensor]:
@@ -134,12 +116,20 @@ def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
     return paths
 
 
-def dev_metric_names(metrics: dict[str, float]) -> dict[str, float]:
-    out = {f"dev/{task}/{'pearson' if task == 'sts' else 'accuracy'}": v for task, v in metrics.items()}
+def dev_metric_names(metrics: dict[str, float], prefix: str = "dev") -> dict[str, float]:
+    out = {f"{prefix}/{task}/{'pearson' if task == 'sts' else 'accuracy'}": v for task, v in metrics.items()}
     overall = overall_score(metrics)
     if overall is not None:
-        out["dev/overall"] = overall
+        out[f"{prefix}/overall"] = overall
     return out
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+    """What picks the best epoch: the overall score, or the mean of the task metrics where the
+    task set has no overall score (single-task); NaN (a constant predictor's r) counts as worst."""
+    overall = overall_score(metrics)
+    score = overall if overall is not None else float(np.mean(list(metrics.values())))
+    return -np.inf if np.isnan(score) else score
 
 
 class NonFiniteLoss(RuntimeError):
@@ -192,6 +182,7 @@ class Run:
     out_dir: Path
     deepspeed: bool
     variant_config: Any
+    task_steps: TaskSteps
     started: float = 0.0  # perf_counter when this process started the run (or resumed it)
     seconds_before: float = 0.0  # training time of the segments before a resume
 
@@ -248,15 +239,16 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
 
     tasks = list(variant_config.tasks)
     state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
-    accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout)
+    accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm)
     launch = check_launch(accelerator, config.launch_config)
     set_seed(config.seed)
-    encoder, tokenizer = load_encoder(config.model)
+    encoder, tokenizer = load_encoder(config.model, pooler=config.head_input == "pooler")
     with accelerator.main_process_first():
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None)
-    model = build_model(encoder, config.variant, variant_config, config.pair_encoding)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, config.weight_decay), lr=config.lr)
+    model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input,
+                        config.freeze_encoder)
+    optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
 
@@ -282,7 +274,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
               {t: make_stream(data[t].train, config.seed * 1000 + i, config, accelerator.num_processes)
                for i, t in enumerate(tasks)},
               state, tracker, Path(config.output_dir) / state.run_id,
-              accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config)
+              accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config,
+              TaskSteps(optimizer, config.inactive_tasks))
     if resume_from:
         accelerator.load_state(str(resume_from))
         run.sampler.load_state_dict(state.sampler)
@@ -295,7 +288,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
 def train_step(run: Run, window: list[str]) -> dict[str, float]:
     """One optimizer step over an accumulation window; returns the mean loss per task, all ranks."""
     config, accelerator, model, optimizer, state = run.config, run.accelerator, run.model, run.optimizer, run.state
-    set_learning_rates(optimizer, learning_rate(config, state.step), set(window))
+    run.task_steps.begin(learning_rate(config, state.step), set(window))
     if run.deepspeed:
         clear_stale_zero3_gradients(model)
     world, rank, micro = accelerator.num_processes, accelerator.process_index, config.batch_size
@@ -319,8 +312,8 @@ def train_step(run: Run, window: list[str]) -> dict[str, float]:
     return {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
 
 
-def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]):
-    """Epochs of `batches_per_epoch` optimizer steps; returns the last evaluation's predictions."""
+def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
+    """Epochs of `batches_per_epoch` optimizer steps, each epoch's dev evaluation (see `record_evaluation`)."""
     config, state, tracker, sampler = run.config, run.state, run.tracker, run.sampler
     progress = None
     if run.accelerator.is_main_process and config.progress:
@@ -328,7 +321,6 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]):
 
         progress = tqdm(total=config.total_steps, initial=state.step, desc=f"{config.variant} training", unit="step",
                         disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
-    rows = None
     if tracker and state.step == 0:
         import psutil
 
@@ -362,29 +354,41 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]):
                     and state.step_in_epoch < config.batches_per_epoch:
                 run.checkpoint()
         if config.eval_every_epoch or epoch == config.epochs:
-            state.metrics, rows = evaluate(run.model, run.data, config, run.accelerator)
-            if tracker:
-                tracker.log_metrics(dev_metric_names(state.metrics), step=state.step)
+            record_evaluation(run, epoch, *evaluate(run.model, run.data, config, run.accelerator))
         state.epoch += 1
         state.step_in_epoch = 0
         run.checkpoint()
     if progress:
         progress.close()
-    return rows
 
 
-def finish(run: Run, rows, step_seconds: list[float], started: float, train_seconds: float) -> None:
+def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dict[str, list]) -> None:
+    """Logs an epoch's dev metrics as dev_epoch/*; if this epoch is the one to report (the best so
+    far by `selection_score`, as the CS224N starter keeps its best dev checkpoint, or the last with
+    report_epoch="last"), it becomes the run's dev/* and its predictions are written."""
+    state = run.state
+    if run.tracker:
+        run.tracker.log_metrics(dev_metric_names(metrics, "dev_epoch"), step=state.step)
+    if run.config.report_epoch == "best" and state.metrics and selection_score(metrics) <= selection_score(state.metrics):
+        return
+    state.metrics, state.metrics_epoch = metrics, epoch
+    if run.accelerator.is_main_process:
+        write_predictions(rows, run.out_dir / "predictions")
+
+
+def finish(run: Run, step_seconds: list[float], started: float, train_seconds: float) -> None:
     config, accelerator, tracker, out_dir = run.config, run.accelerator, run.tracker, run.out_dir
     if config.save_model:
         weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the partitions
         if accelerator.is_main_process:
             torch.save(weights, out_dir / "model.pt")
     write_timing(out_dir, accelerator.process_index, step_seconds, config.grad_accum)
-    if rows is None:  # resumed from the checkpoint after the last evaluation
-        run.state.metrics, rows = evaluate(run.model, run.data, config, accelerator)
     if accelerator.is_main_process:
-        for path in write_predictions(rows, out_dir / "predictions"):
-            tracker.log_artifact(path, "predictions")
+        # The reported epoch's, written by record_evaluation (also before a resume).
+        for task in run.tasks:
+            tracker.log_artifact(out_dir / "predictions" / f"dev-{task}.csv", "predictions")
+        tracker.log_metrics({**dev_metric_names(run.state.metrics), "dev/epoch": run.state.metrics_epoch},
+                            step=run.state.step)
         resolved = out_dir / "config.json"
         resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(run.variant_config)}, indent=2))
         tracker.log_artifact(resolved)
@@ -414,7 +418,7 @@ def train(config: TrainConfig) -> dict[str, float]:
     step_seconds: list[float] = []
     with StopSignals() as stop:
         try:
-            rows = train_loop(run, stop, step_seconds)
+            train_loop(run, stop, step_seconds)
         except NonFiniteLoss as exc:
             # The model and optimizer are as the last completed step left them; the loop state is
             # the failed step's (its window was drawn), which resuming would retry differently.
@@ -431,7 +435,7 @@ def train(config: TrainConfig) -> dict[str, float]:
             _end_run(run, "FAILED", {"failure/reason": f"{type(exc).__name__}: {exc}"[:5000],
                                      "failure/step": run.state.step})
             raise
-    finish(run, rows, step_seconds, started, run.train_seconds())
+    finish(run, step_seconds, started, run.train_seconds())
     return dev_metric_names(run.state.metrics)
 
 

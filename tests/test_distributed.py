@@ -4,6 +4,7 @@ Every launch is a real `accelerate launch --config_file launch/cpu-*.yaml`, the 
 user runs. Tolerance for "the same parameters": 5e-5 absolute in fp32 (observed: about 4e-6).
 """
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -56,9 +57,9 @@ def final_weights(out: Path) -> dict:
     return torch.load(path)
 
 
-def only_run(out: Path):
+def only_run(out: Path, experiment: str = "bert-mtl-bench"):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1, f"expected one MLflow run for the launch, found {len(runs)}"
     return client, runs[0]
 
@@ -68,20 +69,57 @@ def tiny_bert_no_dropout(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("bert-nodrop"), dropout=0.0)
 
 
+def train_checks(spec: dict, out: Path, config: str | None = None, timeout: int = 600):
+    """Runs tests/helpers/train_checks.py: under `accelerate launch` with `config`, else as one plain process."""
+    spec_file = out / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    script = [str(REPO / "tests" / "helpers" / "train_checks.py"), str(spec_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if config:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+                   "--main_process_port", str(free_port()), *script]
+    else:
+        command = [sys.executable, *script]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# SGD's update is linear in the gradient, so a wrong 1/world-size or 1/accumulation factor shows
+# in the parameters (AdamW divides a constant factor out). Clipping would hide it too: 1e6 never clips.
+SGD = ["--optimizer", "sgd", "--lr", "0.1", "--max-grad-norm", "1e6"]
+CHECKS = [*VARIANTS, "multitask-sgd"]
+
+
+def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str | None) -> list[str]:
+    variant = check.removesuffix("-sgd")
+    # One store per launch (creating one costs seconds), an experiment per check.
+    flags = common_args(tiny_bert, small_data, out / check, variant) + STEPS
+    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", check, "--cache-dir", str(out / "cache")]
+    flags += ["--batch-size", "2", "--grad-accum", "2"] if launch_config else ["--batch-size", "8"]
+    if check.endswith("-sgd"):
+        flags += SGD
+    return flags + (["--launch-config", launch_config] if launch_config else [])
+
+
+def inactive_flags(tiny_bert, small_data, out: Path, mode: str, launch_config: str | None) -> list[str]:
+    flags = common_args(tiny_bert, small_data, out / f"inactive-{mode}", "pals-parallel")
+    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", f"inactive-{mode}",
+              "--cache-dir", str(out / "cache")]
+    flags += ["--weight-decay", "0.1", "--inactive-tasks", mode]
+    flags += ["--batch-size", "2", "--grad-accum", "2"] if launch_config else ["--batch-size", "8"]
+    return flags + (["--launch-config", launch_config] if launch_config else [])
+
+
 @pytest.fixture(scope="module")
 def references(tmp_path_factory, tiny_bert_no_dropout, small_data):
-    """One process, batch 8, no accumulation: the result every launch must reproduce."""
-    cache = {}
-
-    def get(variant):
-        if variant not in cache:
-            out = tmp_path_factory.mktemp(f"ref-{variant}")
-            result = single(common_args(tiny_bert_no_dropout, small_data, out, variant) + STEPS + ["--batch-size", "8"])
-            assert result.returncode == 0, result.stderr[-3000:]
-            cache[variant] = out
-        return cache[variant]
-
-    return get
+    """One process, batch 8, no accumulation: the results every launch must reproduce; and the
+    inactive-task check on one process, with the default and with the old zero-gradient mode."""
+    out = tmp_path_factory.mktemp("references")
+    spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, out, c, None) for c in CHECKS],
+            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, out, mode, None),
+                          "result": str(out / f"inactive-{mode}")} for mode in ("skip", "zero-grad")]}
+    result = train_checks(spec, out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
 
 
 def initial_weights(tiny_bert, variant):
@@ -95,38 +133,68 @@ def initial_weights(tiny_bert, variant):
     return build_model(encoder, variant, make_config(variant), "joint").state_dict()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+def inactive_report(prefix: str, ranks: int) -> list[dict]:
+    reports = [json.loads(Path(f"{prefix}-rank{r}.json").read_text()) for r in range(ranks)]
+    assert all(r["world_size"] == ranks for r in reports)
+    return reports
+
+
+def assert_inactive_task_untouched(reports: list[dict], where: str) -> None:
+    """The probe task (sst) trained at step 1, not drawn at steps 2-4, trained again at step 5."""
+    for report in reports:
+        steps = report["schedule"]
+        assert steps[0]["tensors"] > 0
+        for step in steps[1:4]:
+            assert step["unchanged"], (f"{where}, rank {report['rank']}: sst's parameters or optimizer state moved "
+                                       f"at step {step['step']}, which trained {step['task']}")
+        assert not steps[4]["unchanged"], f"{where}: training sst again did not move it (the check sees nothing)"
+
+
+def test_one_process_leaves_inactive_tasks_and_their_optimizer_state_untouched(references):
+    assert_inactive_task_untouched(inactive_report(str(references / "inactive-skip"), 1), "1 process")
+    # The old zero-gradient mode moves AdamW's state while a task is not drawn: the check sees it.
+    old = inactive_report(str(references / "inactive-zero-grad"), 1)[0]["schedule"]
+    assert not any(step["unchanged"] for step in old[1:4])
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_two_ranks_with_accumulation_match_one_process(backend, variant, tmp_path, tiny_bert_no_dropout, small_data,
+def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_bert_no_dropout, small_data,
                                                        references):
-    reference_dir = references(variant)
-    result = launch(BACKENDS[backend], common_args(tiny_bert_no_dropout, small_data, tmp_path, variant) + STEPS
-                    + ["--batch-size", "2", "--grad-accum", "2"])
+    """One launch per backend: each variant (AdamW), multitask with SGD, and the inactive-task check."""
+    config = BACKENDS[backend]
+    spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, tmp_path, c, config) for c in CHECKS],
+            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, tmp_path, "skip", config),
+                          "result": str(tmp_path / "inactive-skip")}]}
+    result = train_checks(spec, tmp_path, config)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]  # ZeRO-3 included: a clean exit
+    assert_inactive_task_untouched(inactive_report(str(tmp_path / "inactive-skip"), 2), backend)
 
-    got, expected = final_weights(tmp_path), final_weights(reference_dir)
-    assert set(got) == set(expected)
-    worst = max((got[k] - expected[k]).abs().max().item() for k in got)
-    assert worst < ATOL, f"{backend}/{variant}: parameters differ by {worst:.2e}"
+    for check in CHECKS:
+        variant = check.removesuffix("-sgd")
+        got, expected = final_weights(tmp_path / check), final_weights(references / check)
+        assert set(got) == set(expected)
+        worst = max((got[k] - expected[k]).abs().max().item() for k in got)
+        assert worst < ATOL, f"{backend}/{check}: parameters differ by {worst:.2e}"
 
-    # The never-trained task's parameters are exactly where they started, on every backend.
-    init = initial_weights(tiny_bert_no_dropout, variant)
-    untrained = [k for k in got if f"per_task.{UNTRAINED}." in k or k.startswith(f"heads.{UNTRAINED}.")]
-    assert untrained
-    for key in untrained:
-        assert torch.equal(got[key], init[key]), f"{backend}: {key} moved although {UNTRAINED} was never trained"
-    trained = [k for k in got if k.startswith("heads.quora.")]
-    assert all(not torch.equal(got[k], init[k]) for k in trained)
+        # The never-trained task's parameters are exactly where they started, on every backend.
+        init = initial_weights(tiny_bert_no_dropout, variant)
+        untrained = [k for k in got if f"per_task.{UNTRAINED}." in k or k.startswith(f"heads.{UNTRAINED}.")]
+        assert untrained
+        for key in untrained:
+            assert torch.equal(got[key], init[key]), f"{backend}/{check}: {key} moved although {UNTRAINED} was " \
+                                                     "never trained"
+        trained = [k for k in got if k.startswith("heads.quora.")]
+        assert all(not torch.equal(got[k], init[k]) for k in trained)
 
-    # One MLflow run per launch, with the same parameter counts as the single process.
-    _, run = only_run(tmp_path)
-    _, reference_run = only_run(reference_dir)
-    assert run.data.tags["world_size"] == "2"
-    counts = {k: v for k, v in run.data.metrics.items() if k.startswith("params/")}
-    assert counts == {k: v for k, v in reference_run.data.metrics.items() if k.startswith("params/")}
-    assert run.data.metrics["params/total"] > 0
-    for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall"):
-        assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
+        # One MLflow run per launch, with the same parameter counts as the single process.
+        _, run = only_run(tmp_path, check)
+        _, reference_run = only_run(references, check)
+        assert run.data.tags["world_size"] == "2"
+        counts = {k: v for k, v in run.data.metrics.items() if k.startswith("params/")}
+        assert counts == {k: v for k, v in reference_run.data.metrics.items() if k.startswith("params/")}
+        assert run.data.metrics["params/total"] > 0
+        for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall"):
+            assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
 
 
 def test_a_desynchronised_sampler_stops_the_run_with_an_error(tmp_path, tiny_bert_no_dropout, small_data):

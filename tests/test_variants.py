@@ -91,10 +91,12 @@ def expected_task_specific(name, config):
     P = getattr(config, "pal_size", 0)
     pal = (H * P + P) + 3 * (P * P + P) + (P * H + H)  # V_E, g's Q/K/V, V_D
     embert = 3 * L * H
+    top_norm = 2 * H if getattr(config, "top_mode", "") == "bert-layer" else 0  # the top block's LayerNorm
+    scale = L if getattr(config, "layer_scale", False) else 0
     return {
-        "single-task": 0, "multitask": 0, "embert": embert, "pals-top": pal, "pals-parallel": L * pal,
-        "pals-parallel-weighted": L * pal + L, "pals-top-parallel-same": pal,
-        "pals-top-parallel-different": 2 * pal, "combined": embert + pal,
+        "single-task": 0, "multitask": 0, "embert": embert, "pals-top": pal + top_norm, "pals-parallel": L * pal,
+        "pals-parallel-weighted": L * pal + scale, "pals-top-parallel-same": pal + top_norm + scale,
+        "pals-top-parallel-different": 2 * pal + top_norm + scale, "combined": embert + pal + top_norm + scale,
     }.get(name)
 
 

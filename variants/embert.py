@@ -80,6 +80,7 @@ class CombinedConfig(PALsConfig, EmbertConfig):
     parallel: bool = True
     parallel_sharing: str = "shared"
     top_shares_parallel: bool = True
+    layer_scale: bool = True  # see variants/pals.py's docstring: the seed's "scalar multipliers"
     # validate(): PALsConfig's, whose super() in this MRO is EmbertConfig's, covers both.
 
 

@@ -4,19 +4,45 @@ A PAL is TS(h) = gelu(V_D g(V_E h)): V_E projects the hidden size H down to a sm
 (204 in the PALs paper), g is multi-head self-attention in that space (6 heads and no output
 matrix, as `BERTPals` in the PALs code), V_D projects back up. In parallel, layer l's PAL
 reads the layer's input and its output is added inside the layer's output residual, before
-the final LayerNorm: LayerNorm(FFN(a) + a + TS_l(h)). On top, a PAL sits between the last
-layer and the task head.
+the final LayerNorm: LayerNorm(FFN(a) + a + TS_l(h)) (the PALs code's BERTLayer). On top, a
+PAL sits between the last layer and the task head.
 
-Choices the study leaves open, taken from the PALs code and exposed as config fields:
+The top PAL, `top_mode` (which source each choice follows):
+- "bert-layer" (default): the seed study's "task-specific, miniature BERT layers between the
+  last base BERT layer and the classification heads". Like a BERT layer's attention block, the
+  PAL's output enters a residual connection and a task-specific LayerNorm:
+  top(h) = LayerNorm_t(h + TS(h)), LayerNorm_t initialised to (1, 0). At initialisation TS is
+  small, so the pretrained representation passes through (renormalised). The seed does not say
+  whether its miniature layer also has a feed-forward block; this one has none (a PAL is an
+  attention layer).
+- "pals-code": the PALs code's top (Bert-n-Pals modeling.py, BERTEncoder with config.top):
+  V_E down to P, then `top_blocks` BERT attention blocks in that space (self-attention with
+  `top_heads` heads, an output projection, residual and LayerNorm each; the code has 6 blocks
+  of 12 heads), then V_D back up without gelu, replacing the last hidden states. In that code
+  the pretrained pooler follows and the heads read its output: use `--head-input pooler` with
+  it. Departure: the code's init_weights draws LayerNorm gains from N(0, 0.02); here they
+  start at 1, as transformers' BERT initialises a new LayerNorm.
+- "replace": top(h) = TS(h), the PAL's output replacing the last hidden states. With every
+  Linear drawn from N(0, 0.02) this shrinks the [CLS] state about 170x at initialisation on
+  the packaged MiniLM, and training collapses on a short budget (docs/results-quick.md, the
+  first study table). Kept for comparison; neither source does this.
+- "residual": top(h) = h + TS(h), without a LayerNorm.
+
+Other choices the study leaves open, taken from the PALs code and exposed as config fields:
 - init="bert": every Linear N(0, 0.02), biases 0 (the PALs code's init_bert_weights).
   init="zero-decoder" zeroes V_D, so parallel PALs add exactly 0 at initialisation.
-- top_mode="replace": the top PAL's output replaces the last hidden states, as the PALs code
-  does with its top layers; "residual" adds it to them instead.
 - parallel_sharing: "per-layer" (separate V_E, g, V_D per layer: the study's choice),
   "projections" (V_E and V_D shared across layers, g per layer: the PALs code), or
   "shared" (one whole PAL per task used in every layer).
 - layer_scale: one learned scalar per layer and task multiplying the parallel PAL's output,
   initialised to scale_init (the study's "weighted" twist).
+
+Top + Parallel and Combined: the seed says "one PAL per task used in both places" (Same) and
+"two PALs per task" (Different), and does not say whether the parallel PAL is one per layer or
+one for all layers; here it is one for all layers (parallel_sharing="shared"), as "one PAL ...
+in both places" reads. The seed credits "the scalar multipliers" with moderating its combined
+models, so those variants scale their parallel PALs by default (layer_scale=true); it does not
+say so outright: `-o layer_scale=false` gives the unscaled reading.
 """
 from __future__ import annotations
 
@@ -31,7 +57,7 @@ from variants.registry import register_variant
 
 INITS = ("bert", "zero-decoder")
 SHARING = ("per-layer", "projections", "shared")
-TOP_MODES = ("replace", "residual")
+TOP_MODES = ("bert-layer", "pals-code", "replace", "residual")
 
 
 @dataclass
@@ -42,7 +68,9 @@ class PALsConfig(VariantConfig):
     parallel: bool = False
     parallel_sharing: str = "per-layer"
     top_shares_parallel: bool = False  # the top PAL is the task's (shared) parallel PAL
-    top_mode: str = "replace"
+    top_mode: str = "bert-layer"
+    top_blocks: int = 6  # top_mode="pals-code": attention blocks in the projected space
+    top_heads: int = 12  # top_mode="pals-code": their heads
     layer_scale: bool = False
     scale_init: float = 0.01
     init: str = "bert"
@@ -50,9 +78,10 @@ class PALsConfig(VariantConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_positive(self, "pal_size", "pal_heads", "init_std")
-        if self.pal_size % self.pal_heads:
-            raise ValueError(f"pal_size: {self.pal_size} is not divisible by pal_heads={self.pal_heads}")
+        check_positive(self, "pal_size", "pal_heads", "init_std", "top_blocks", "top_heads")
+        for heads in ("pal_heads", "top_heads"):
+            if self.pal_size % getattr(self, heads):
+                raise ValueError(f"pal_size: {self.pal_size} is not divisible by {heads}={getattr(self, heads)}")
         check_choice(self, "parallel_sharing", SHARING)
         check_choice(self, "top_mode", TOP_MODES)
         check_choice(self, "init", INITS)
@@ -63,6 +92,9 @@ class PALsConfig(VariantConfig):
                              "(one PAL per task, used in every layer and on top)")
         if self.layer_scale and not self.parallel:
             raise ValueError("layer_scale: scales parallel PALs, so it needs parallel=true")
+        if self.top_shares_parallel and self.top_mode == "pals-code":
+            raise ValueError("top_mode: 'pals-code' builds a top of its own (attention blocks in the projected "
+                             "space), so it cannot share the parallel PAL (top_shares_parallel=true)")
 
 
 class ProjectedSelfAttention(nn.Module):
@@ -83,6 +115,38 @@ class ProjectedSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.transpose(1, 2).reshape(batch, length, size)
+
+
+class ProjectedAttentionBlock(nn.Module):
+    """A BERT attention block in the projected space (the PALs code's top): self-attention, an
+    output projection, dropout, residual and LayerNorm."""
+
+    def __init__(self, size: int, heads: int, dropout: float, eps: float):
+        super().__init__()
+        self.attention = ProjectedSelfAttention(size, heads, dropout)
+        self.dense = nn.Linear(size, size)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(size, eps=eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.dense(self.attention(x, mask))))
+
+
+class PALsCodeTop(nn.Module):
+    """The PALs code's top: V_E, `blocks` attention blocks in the projected space, V_D (no gelu)."""
+
+    def __init__(self, hidden: int, config: "PALsConfig", dropout: float, eps: float):
+        super().__init__()
+        self.encode = nn.Linear(hidden, config.pal_size)
+        self.blocks = nn.ModuleList(ProjectedAttentionBlock(config.pal_size, config.top_heads, dropout, eps)
+                                    for _ in range(config.top_blocks))
+        self.decode = nn.Linear(config.pal_size, hidden)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.encode(hidden_states)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.decode(x)
 
 
 class LayerScale(nn.Module):
@@ -107,13 +171,15 @@ def make_pal(hidden: int, config: PALsConfig, dropout: float, copies: tuple[int,
     })
 
 
-def init_pal(pal: nn.ModuleDict, init: str, std: float) -> None:
+def init_pal(pal: nn.Module, init: str, std: float) -> None:
+    """Every Linear N(0, std), biases 0; with init="zero-decoder" the up-projection(s) V_D start at 0."""
     for module in pal.modules():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)
             nn.init.zeros_(module.bias)
     if init == "zero-decoder":
-        for decode in pal["decode"]:
+        decoders = pal["decode"] if isinstance(pal, nn.ModuleDict) else [pal.decode]
+        for decode in decoders:
             nn.init.zeros_(decode.weight)
 
 
@@ -131,6 +197,7 @@ class PALsAdapter(TaskAdapter):
         super().__init__(config, encoder_config, tasks)
         hidden, layers = encoder_config.hidden_size, encoder_config.num_hidden_layers
         dropout = encoder_config.attention_probs_dropout_prob
+        eps = encoder_config.layer_norm_eps
         self.num_layers = layers
         parallel_copies = {"per-layer": (layers, layers, layers), "projections": (1, layers, 1),
                            "shared": (1, 1, 1)}[config.parallel_sharing]
@@ -141,11 +208,15 @@ class PALsAdapter(TaskAdapter):
                 if config.layer_scale:
                     parts["scale"] = LayerScale(layers, config.scale_init)
             if config.top and not config.top_shares_parallel:
-                parts["top"] = make_pal(hidden, config, dropout, (1, 1, 1))
+                parts["top"] = (PALsCodeTop(hidden, config, dropout, eps) if config.top_mode == "pals-code"
+                                else make_pal(hidden, config, dropout, (1, 1, 1)))
             for name in ("parallel", "top"):
                 if name in parts:
                     init_pal(parts[name], config.init, config.init_std)
+            if config.top and config.top_mode == "bert-layer":
+                parts["top_norm"] = nn.LayerNorm(hidden, eps=eps)
             self.per_task[task] = parts
+        self.dropout = nn.Dropout(encoder_config.hidden_dropout_prob)  # the top block's, as a BERT layer's
         self._layer_input: torch.Tensor | None = None
 
     def run_pal(self, pal: nn.ModuleDict, layer: int, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -182,10 +253,14 @@ class PALsAdapter(TaskAdapter):
     def top(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self.config.top:
             return hidden_states
-        parts = self.per_task[self.task]
+        parts, mode = self.per_task[self.task], self.config.top_mode
+        if mode == "pals-code":
+            return parts["top"](hidden_states, padding_mask(self._attention_mask))
         pal = parts["parallel"] if self.config.top_shares_parallel else parts["top"]
         out = self.run_pal(pal, 0, hidden_states)
-        return hidden_states + out if self.config.top_mode == "residual" else out
+        if mode == "bert-layer":
+            return parts["top_norm"](hidden_states + self.dropout(out))
+        return hidden_states + out if mode == "residual" else out
 
 
 @dataclass
@@ -225,6 +300,7 @@ class PALsTopParallelSameConfig(PALsConfig):
     parallel: bool = True
     parallel_sharing: str = "shared"
     top_shares_parallel: bool = True
+    layer_scale: bool = True  # see the module docstring: the seed's "scalar multipliers"
 
 
 @register_variant("pals-top-parallel-same", config=PALsTopParallelSameConfig)
@@ -237,6 +313,7 @@ class PALsTopParallelDifferentConfig(PALsConfig):
     top: bool = True
     parallel: bool = True
     parallel_sharing: str = "shared"
+    layer_scale: bool = True  # see the module docstring: the seed's "scalar multipliers"
 
 
 @register_variant("pals-top-parallel-different", config=PALsTopParallelDifferentConfig)

@@ -1,0 +1,88 @@
+"""The optimizer: one parameter group per task, and what a step does to the tasks it does not train.
+
+Each optimizer step trains the task of its accumulation window. What the step does to the other
+tasks' parameters (their variant parts and heads) is `inactive_tasks`:
+
+- "skip" (default): nothing. Their parameters and their optimizer state (AdamW's moments and
+  step count) stay exactly as they were, weight decay included, as in the seed's optimizers:
+  the CS224N starter's AdamW and the PALs code's BERTAdam both skip a parameter whose `grad` is
+  None. Under DDP and DeepSpeed an unused parameter gets a zero gradient, not None, so the
+  harness removes the gradients of inactive tasks' groups in a step pre-hook on the innermost
+  torch optimizer. That is the optimizer DeepSpeed's ZeRO-1/2/3 call too: they keep the client
+  optimizer's param groups (each group's dict, with its "task" key, now holding the group's
+  flat fp32 partition) and step them one group at a time, so the same hook works on every
+  backend.
+- "zero-grad": the gradients stay zero tensors and the groups get learning rate 0. Parameters
+  stay, but AdamW's moments decay and its step count advances between a task's visits (the
+  harness's behaviour before "skip"; kept for comparison).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.config import INACTIVE_TASKS
+from harness.params import parameter_group
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """One parameter group for the shared trainable parameters and one per task (its parts and head).
+
+    Frozen parameters (requires_grad False: a frozen encoder) are left out of the optimizer.
+    """
+    by_task: dict[str | None, list] = {None: []}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            _, task = parameter_group(name)
+            by_task.setdefault(task, []).append(parameter)
+    return [{"params": params, "task": task or "", "weight_decay": weight_decay}
+            for task, params in by_task.items() if params]
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (the study's); plain SGD, whose update is linear in the gradient, for checks that a
+    constant gradient factor (1/world size, 1/accumulation) is right: AdamW hides one."""
+    groups = optimizer_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def innermost(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's and DeepSpeed's wrappers (they hold it as `.optimizer`)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class TaskSteps:
+    """Sets each step's learning rates and keeps inactive tasks' groups out of the step (see above)."""
+
+    def __init__(self, optimizer, inactive_tasks: str = "skip"):
+        if inactive_tasks not in INACTIVE_TASKS:
+            raise ValueError(f"inactive_tasks: {inactive_tasks!r} is not one of {list(INACTIVE_TASKS)}")
+        self.optimizer = optimizer
+        self.active: set[str] = set()
+        self.inner = innermost(optimizer)
+        self._hook = self.inner.register_step_pre_hook(self._drop_inactive_gradients) if inactive_tasks == "skip" \
+            else None
+
+    def begin(self, lr: float, tasks: set[str]) -> None:
+        """Before a step's first backward: shared parameters and the parts of `tasks` get `lr`, others 0."""
+        self.active = set(tasks)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr if (not group["task"] or group["task"] in tasks) else 0.0
+
+    def _drop_inactive_gradients(self, optimizer, args, kwargs) -> None:
+        for group in optimizer.param_groups:
+            if group.get("task") and group["task"] not in self.active:
+                for parameter in group["params"]:
+                    parameter.grad = None
+
+
+def fill_missing_gradients(model) -> None:
+    """Gives parameters without a gradient a zero one, so that AdamW's state advances the same
+    way as under DeepSpeed, whose flat gradient buffers hold zeros for unused parameters."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
