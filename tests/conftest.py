@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
+
+# The README's out-of-tree example variant, registered for this test session as an installed
+# plugin would be, so the registry-parametrized tests (tests/test_variants.py) check it too.
+sys.path.insert(0, str(REPO / "tests" / "plugin_example"))
+import mtl_bench_lowrank  # noqa: E402,F401  (registers "lowrank")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
