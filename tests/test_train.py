@@ -150,3 +150,77 @@ def test_separate_pair_encoding_trains_end_to_end(tmp_path, tiny_bert, small_dat
             assert set(values) <= {0.0, 1.0}
         else:
             assert set(values) <= set(map(float, range(spec.num_classes)))
+
+
+def the_run(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    return client, run
+
+
+@pytest.mark.parametrize("report", ["best", "last"])
+def test_every_epoch_is_recorded_and_the_best_or_last_is_reported(report, tmp_path, tiny_bert, small_data,
+                                                                   tracking_uri):
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=4, batches_per_epoch=3,
+                         eval_every_epoch=True, report_epoch=report, lr=3e-2)
+    metrics = train(config)
+    client, run = the_run(tracking_uri)
+    epochs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "dev_epoch/overall"),
+                                      key=lambda m: m.step)]
+    assert len(epochs) == 4 and len(set(epochs)) > 1, "the epochs' scores must differ for this test to mean much"
+    chosen = int(np.argmax(epochs)) if report == "best" else 3  # the first best, as the starter keeps it
+    assert int(np.argmax(epochs)) != 3, "this budget is chosen so that the best epoch is not the last"
+    assert run.data.metrics["dev/epoch"] == chosen + 1
+    assert run.data.metrics["dev/overall"] == pytest.approx(epochs[chosen]) == pytest.approx(metrics["dev/overall"])
+    sst = sorted(client.get_metric_history(run.info.run_id, "dev_epoch/sst/accuracy"), key=lambda m: m.step)
+    assert run.data.metrics["dev/sst/accuracy"] == pytest.approx(sst[chosen].value)
+    # The logged predictions are the reported epoch's.
+    local = client.download_artifacts(run.info.run_id, "predictions/dev-sst.csv", str(tmp_path))
+    rows = np.loadtxt(local, delimiter=",", skiprows=1, usecols=(1, 2))
+    assert np.mean(rows[:, 0] == rows[:, 1]) == pytest.approx(sst[chosen].value)
+    assert run.data.params["report_epoch"] == report
+
+
+def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_bert, small_data, tracking_uri):
+    import torch
+
+    from harness.model import load_encoder
+
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=6,
+                         variant="pals-parallel", freeze_encoder=True, save_model=True,
+                         variant_options={"pal_size": "12", "pal_heads": "2"})
+    train(config)
+    _, run = the_run(tracking_uri)
+    m = run.data.metrics
+    assert m["params/trainable"] == m["params/total"] - m["params/encoder"]
+    assert run.data.params["freeze_encoder"] == "True"
+    (weights_file,) = (tmp_path / "out").glob("*/model.pt")
+    weights = torch.load(weights_file)
+    encoder, _ = load_encoder(str(tiny_bert))
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(weights[f"encoder.{name}"], value), f"encoder.{name} moved although frozen"
+    assert any(not torch.equal(weights[k], torch.zeros_like(weights[k])) for k in weights if k.startswith("heads."))
+
+
+def test_heads_can_read_the_pretrained_pooler(tmp_path, small_data, tracking_uri):
+    from conftest import make_tiny_bert
+    from harness.model import ModelError, load_encoder
+
+    without = make_tiny_bert(tmp_path / "no-pooler")
+    with pytest.raises(ModelError, match=r"lacks 2 encoder weight\(s\).*pooler\.dense"):
+        load_encoder(str(without), pooler=True)  # a random pooler would not be "the pretrained pooler"
+    with_pooler = make_tiny_bert(tmp_path / "pooler", pooler=True)
+    config = tiny_config(tmp_path, with_pooler, small_data, tracking_uri, epochs=1, batches_per_epoch=4,
+                         head_input="pooler")
+    metrics = train(config)
+    assert np.isfinite(metrics["dev/overall"])
+    _, run = the_run(tracking_uri)
+    assert run.data.params["head_input"] == "pooler"
+    # The pooler counts as encoder: dense H x H + H on the tiny BERT (hidden 32).
+    assert run.data.metrics["params/encoder"] == count_encoder(with_pooler)
+
+
+def count_encoder(folder):
+    from transformers import BertModel
+
+    return sum(p.numel() for p in BertModel.from_pretrained(folder, add_pooling_layer=True).parameters())

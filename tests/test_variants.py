@@ -223,3 +223,21 @@ def test_the_encoder_keeps_pytorchs_fused_attention(encoder, name):
         forward(model, model.tasks[0], batch)
     calls = sum(e.count for e in profile.key_averages() if e.key == "aten::scaled_dot_product_attention")
     assert calls >= L  # one per encoder layer (PALs add their own)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_frozen_encoder_leaves_the_optimizer_only_the_variants_parts_and_heads(encoder, name):
+    from harness.optim import make_optimizer
+
+    model = build_model(copy.deepcopy(encoder), name, make_config(name), "joint", freeze_encoder=True)
+    counts = count_parameters(model)
+    assert counts.trainable == counts.total - counts.encoder
+    optimizer = make_optimizer(model, "adamw", 1e-3, 0.0)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not any(n.startswith("encoder.") for n, p in model.named_parameters() if id(p) in held)
+    task = model.tasks[0]
+    batch = batch_for(task)
+    task_loss(task, forward(model, task, batch), batch["labels"], "joint").backward()
+    optimizer.step()  # every variant still trains with the encoder frozen
+    assert all(p.grad is None for p in model.encoder.parameters())
