@@ -16,6 +16,7 @@ from torch import nn
 
 from harness.config import HEAD_INPUTS, PAIR_ENCODINGS
 from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
+
 DEFAULT_MODEL = "default"
 
 

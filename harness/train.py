@@ -369,7 +369,8 @@ def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dic
     state = run.state
     if run.tracker:
         run.tracker.log_metrics(dev_metric_names(metrics, "dev_epoch"), step=state.step)
-    if run.config.report_epoch == "best" and state.metrics and selection_score(metrics) <= selection_score(state.metrics):
+    not_better = state.metrics and selection_score(metrics) <= selection_score(state.metrics)
+    if run.config.report_epoch == "best" and not_better:
         return
     state.metrics, state.metrics_epoch = metrics, epoch
     if run.accelerator.is_main_process:

@@ -95,7 +95,8 @@ def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str
     variant = check.removesuffix("-sgd").removesuffix("-frozen")
     # One store per launch (creating one costs seconds), an experiment per check.
     flags = common_args(tiny_bert, small_data, out / check, variant) + STEPS
-    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", check, "--cache-dir", str(out / "cache")]
+    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", check,
+              "--cache-dir", str(out / "cache")]
     flags += ["--batch-size", "2", "--grad-accum", "2"] if launch_config else ["--batch-size", "8"]
     if check.endswith("-sgd"):
         flags += SGD

@@ -161,7 +161,8 @@ def test_identity_at_initialisation_where_the_method_intends_it(encoder, name):
 def test_default_initialisation_changes_the_function_when_it_adds_parameters(encoder, name):
     """Unless its defaults are meant to be the identity (identity_options == {}, as LoRA-style adapters)."""
     model = build(encoder, name).eval()
-    if count_parameters(model).task_specific[model.tasks[0]] == 0 or get_variant(name).adapter_class.identity_options == {}:
+    identity_by_default = get_variant(name).adapter_class.identity_options == {}
+    if count_parameters(model).task_specific[model.tasks[0]] == 0 or identity_by_default:
         return
     batch = batch_for("sst")
     with torch.no_grad():
