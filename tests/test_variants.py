@@ -242,3 +242,38 @@ def test_a_frozen_encoder_leaves_the_optimizer_only_the_variants_parts_and_heads
     task_loss(task, forward(model, task, batch), batch["labels"], "joint").backward()
     optimizer.step()  # every variant still trains with the encoder frozen
     assert all(p.grad is None for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("mode", ["bert-layer", "pals-code", "replace", "residual"])
+def test_each_top_pal_mode_trains_and_counts_as_its_source_builds_it(encoder, mode):
+    P, blocks = 24, 2
+    model = build(encoder, "pals-top", top_mode=mode, pal_size=P, pal_heads=2, top_heads=4, top_blocks=blocks).train()
+    pal = (H * P + P) + 3 * (P * P + P) + (P * H + H)
+    block = 3 * (P * P + P) + (P * P + P) + 2 * P  # Q, K, V; output projection; LayerNorm
+    expected = {"bert-layer": pal + 2 * H, "pals-code": (H * P + P) + blocks * block + (P * H + H),
+                "replace": pal, "residual": pal}[mode]
+    assert count_parameters(model).task_specific["sst"] == expected
+    own = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("variant.per_task.sst.")}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = batch_for("sst")
+    for _ in range(2):
+        optimizer.zero_grad()
+        task_loss("sst", forward(model, "sst", batch), batch["labels"], "joint").backward()
+        optimizer.step()
+    assert all(not torch.equal(p, own[n]) for n, p in model.named_parameters() if n in own)
+
+
+def test_the_bert_layer_top_lets_the_pretrained_representation_through_at_initialisation(encoder):
+    """LayerNorm(h + PAL(h)): at initialisation the [CLS] state keeps its direction (the PAL's
+    output is small), where the earlier default, the PAL's output alone, loses it."""
+    batch = batch_for("sst")
+    cosines = {}
+    for mode in ("bert-layer", "replace"):
+        model = build(encoder, "pals-top", top_mode=mode).eval()
+        with torch.no_grad():
+            model.variant.set_context("sst", batch["attention_mask"])
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            hidden = model.encoder(**inputs).last_hidden_state
+            top = model.variant.top(hidden)
+        cosines[mode] = torch.nn.functional.cosine_similarity(top[:, 0], hidden[:, 0]).min().item()
+    assert cosines["bert-layer"] > 0.99 and cosines["replace"] < 0.5, cosines
