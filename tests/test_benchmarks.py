@@ -56,7 +56,9 @@ def test_variants_benchmark_covers_every_variant_training_sst(tiny_bert):
     out = run_benchmark("benchmarks/variants.py", "--model", str(tiny_bert), "--steps", "1", "--warmup", "1",
                         "--eval-examples", "16", "--batch-size", "4")
     rows = {r[0]: r for r in table_rows(out)[1:]}
-    expected = {v.name for v in list_variants() if "sst" in make_config(v.name).tasks}
+    # The benchmark's processes see the installed variants, not the example this test session registers.
+    expected = {v.name for v in list_variants()
+                if "sst" in make_config(v.name).tasks and v.source != "mtl_bench_lowrank"}
     assert set(rows) == expected
     assert rows["multitask"][3] == "1.00x"
     assert all(r[-1] == "sdpa" for r in rows.values())

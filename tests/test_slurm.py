@@ -23,18 +23,27 @@ def slurm_cluster():
     import tempfile
     from pathlib import Path
 
+    from filelock import FileLock
+
+    # One test cluster per machine (fixed ports): a second instance of this fixture, on another
+    # worker or in another test run, waits until the first has stopped its cluster.
+    machine_lock = FileLock(os.path.join(tempfile.gettempdir(), "mtl-bench-slurm-cluster.lock"))
+    machine_lock.acquire(timeout=1800)
     # Not under pytest's tmp folder: that is private to root, and MariaDB runs as user mysql.
     folder = Path(tempfile.mkdtemp(prefix="mtl-bench-slurm-"))
     folder.chmod(0o755)
     env = {**os.environ, "SLURM_CI_DIR": str(folder)}
     started = subprocess.run(["bash", str(REPO / "launch/slurm/start-local-cluster.sh")], env=env,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        machine_lock.release()
     assert started.returncode == 0, f"the test SLURM cluster did not start:\n{started.stdout}\n{started.stderr}"
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
     yield folder
     subprocess.run(["bash", str(REPO / "launch/slurm/stop-local-cluster.sh")], env=env, timeout=120)
     shutil.rmtree(folder, ignore_errors=True)
+    machine_lock.release()
     if previous is None:
         os.environ.pop("SLURM_CONF", None)
     else:

@@ -173,7 +173,9 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
     sst = [np.mean([r.data.metrics["dev/sst/accuracy"] for r in children if r.data.tags["variant"] == v])
            for v in ("pals-top", "multitask")]
     assert pals["delta_sst"] == pytest.approx(sst[0] - sst[1])
-    assert pals["ci_low_sst"] < pals["ci_high_sst"]
+    # Two seeds of a tiny model may predict SST identically (an interval of width 0): the interval
+    # must still hold the measured difference.
+    assert pals["ci_low_sst"] <= pals["delta_sst"] <= pals["ci_high_sst"]
     with open(out / "compare.csv") as fp:
         assert [r["variant"] for r in csv.DictReader(fp)] == ["multitask", "pals-top"]
     assert "| pals-top | 2 |" in (out / "compare.md").read_text()
@@ -186,7 +188,7 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
     assert {"compare/compare.md", "compare/compare.csv", "compare/overall.png", "compare/score_vs_params.png",
             "compare/per_task.png"} <= logged
     jobs = json.loads((tmp_path / "outputs" / "sweeps" / "local-test" / "jobs.json").read_text())
-    assert len(jobs["jobs"]) == 6
+    assert len(jobs["jobs"]) == 4
 
 
 def test_compare_names_a_sweep_that_is_not_in_the_store(tracking_uri):

@@ -18,10 +18,13 @@ if [ "$WITH_DBD" = 1 ]; then
   programs="$programs slurmdbd mariadbd"
   packages="$packages slurmdbd mariadb-server"
 fi
-missing=""
-for program in $programs; do
-  [ -x "/usr/sbin/$program" ] || command -v "$program" >/dev/null || missing="$missing $program"
-done
+find_missing() {
+  missing=""
+  for program in $programs; do
+    [ -x "/usr/sbin/$program" ] || command -v "$program" >/dev/null || missing="$missing $program"
+  done
+}
+find_missing
 [ -z "$missing" ] && exit 0
 
 how_to_skip='To run the tests without the SLURM ones: python -m pytest -n 2 -m "not slurm"'
@@ -38,6 +41,11 @@ EOF
   exit 1
 fi
 
+# One install at a time on this machine (two test workers, two suites): dpkg takes one client.
+exec 9>/tmp/mtl-bench-install-packages.lock
+flock 9
+find_missing  # another run may have installed them while this one waited
+[ -z "$missing" ] && exit 0
 echo "install-packages: installing$missing (Debian packages: $packages)" >&2
 export DEBIAN_FRONTEND=noninteractive
 install() {  # the package lists may be missing or stale on a fresh machine: update once, then retry
