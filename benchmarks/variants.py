@@ -49,7 +49,7 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from harness.model import build_model, load_encoder, predictions, task_loss
-    from harness.optim import optimizer_groups
+    from harness.optim import make_optimizer
     from harness.params import count_parameters
     from harness.train import peak_rss_mb
     from variants import make_config
@@ -59,7 +59,7 @@ def worker(args) -> dict:
     encoder, tokenizer = load_encoder(args.model)
     config = make_config(args.worker, {"tasks": args.task})
     model = build_model(encoder, args.worker, config, "joint").train()
-    optimizer = torch.optim.AdamW(optimizer_groups(model, 0.0), lr=1e-5)
+    optimizer = make_optimizer(model, "adamw", 1e-5, 0.0)
     batches, data = fixed_batches(tokenizer, args.warmup + args.steps, args.batch_size, args.max_length, args.task)
 
     def step(batch):

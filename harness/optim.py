@@ -64,8 +64,8 @@ class TaskSteps:
         self.optimizer = optimizer
         self.active: set[str] = set()
         self.inner = innermost(optimizer)
-        self._hook = self.inner.register_step_pre_hook(self._drop_inactive_gradients) if inactive_tasks == "skip" \
-            else None
+        if inactive_tasks == "skip":
+            self.inner.register_step_pre_hook(self._drop_inactive_gradients)
 
     def begin(self, lr: float, tasks: set[str]) -> None:
         """Before a step's first backward: shared parameters and the parts of `tasks` get `lr`, others 0."""
