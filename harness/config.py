@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "sgd")
 HEAD_INPUTS = ("cls", "pooler")  # see harness/model.py
 REPORT_EPOCHS = ("best", "last")
 PAIR_ENCODINGS = ("joint", "separate")
+PRECISIONS = ("auto", "no", "bf16", "fp16")  # see harness/distributed.py resolve_precision
 
 # Budgets. `paper` is the seed study's: 10 epochs x 400 batches at lr 1e-5, constant from the
 # first step (the study has no warm-up, so the paper profile sets warmup_fraction=0 rather than
@@ -58,6 +59,9 @@ class TrainConfig:
     scheduler: str = "linear"
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # "auto": the launch config's, else bf16 on a GPU that supports it, else fp32 ("no"). A value
+    # that differs from the launch config's stops the run (exit 2) before training.
+    mixed_precision: str = "auto"
     max_length: int = 64
     sampling: str = "annealed"
     pair_encoding: str = "joint"
@@ -108,7 +112,7 @@ class TrainConfig:
             raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
         for name, choices in (("sampling", SCHEDULES), ("pair_encoding", PAIR_ENCODINGS), ("optimizer", OPTIMIZERS),
                               ("inactive_tasks", INACTIVE_TASKS), ("head_input", HEAD_INPUTS),
-                              ("report_epoch", REPORT_EPOCHS)):
+                              ("report_epoch", REPORT_EPOCHS), ("mixed_precision", PRECISIONS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {list(choices)}")
         if self.head_input == "pooler" and self.pair_encoding == "separate":

@@ -226,8 +226,8 @@ def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pa
                    new_fingerprint=key, desc=f"tokenising {rows.path.name}")
 
 
-def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(s) for s in sequences)
+def _pad(sequences: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = -(-max(len(s) for s in sequences) // multiple) * multiple
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for i, seq in enumerate(sequences):
@@ -236,14 +236,16 @@ def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def collate(examples: dict[str, list], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pads a batch (a `Dataset` slice: a dict of column lists) to its own longest sequence."""
+def collate(examples: dict[str, list], pad_id: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pads a batch (a `Dataset` slice: a dict of column lists) to its own longest sequence,
+    rounded up to a multiple of `multiple` (8 under mixed precision, for tensor-core shapes);
+    `pad_id` is the tokenizer's (TaskData.pad_id)."""
     batch: dict[str, torch.Tensor] = {}
-    batch["input_ids"], batch["attention_mask"] = _pad(examples["input_ids"], pad_id)
+    batch["input_ids"], batch["attention_mask"] = _pad(examples["input_ids"], pad_id, multiple)
     if "token_type_ids" in examples:
-        batch["token_type_ids"], _ = _pad(examples["token_type_ids"], 0)
+        batch["token_type_ids"], _ = _pad(examples["token_type_ids"], 0, multiple)
     if "input_ids_b" in examples:
-        batch["input_ids_b"], batch["attention_mask_b"] = _pad(examples["input_ids_b"], pad_id)
+        batch["input_ids_b"], batch["attention_mask_b"] = _pad(examples["input_ids_b"], pad_id, multiple)
     batch["labels"] = torch.tensor(examples["label"], dtype=torch.float)
     return batch
 
@@ -255,6 +257,7 @@ class TaskData:
     dev: Any
     dev_ids: list[str]
     skipped: dict[str, list[tuple[int, str]]]  # file name -> skipped (line, problem)
+    pad_id: int = 0  # the tokenizer's padding id
 
 
 def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max_length: int,
@@ -271,5 +274,6 @@ def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max
             rows = read_task_file(data_dir / filename, spec, lenient=lenient)
             skipped[filename] = rows.skipped
             splits[split] = (rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir))
-        out[name] = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped)
+        out[name] = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped,
+                             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     return out

@@ -198,6 +198,7 @@ class MultitaskModel(nn.Module):
 
 def task_loss(task: str, outputs: torch.Tensor, labels: torch.Tensor, pair_encoding: str) -> torch.Tensor:
     spec = TASKS[task]
+    outputs = outputs.float()  # the loss in fp32 under any precision
     if spec.kind == "classification":
         return F.cross_entropy(outputs, labels.long())
     if spec.kind == "paraphrase":

@@ -30,6 +30,7 @@ from harness.distributed import (
     clear_stale_zero3_gradients,
     make_accelerator,
     preflight_launch,
+    resolve_precision,
 )
 from harness.metrics import overall_score, task_metric
 from harness.model import build_model, check_model, load_encoder, predictions, task_loss
@@ -49,8 +50,13 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def _batch(dataset, indices, device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in collate(dataset[[int(i) for i in indices]]).items()}
+def pad_multiple(config: TrainConfig) -> int:
+    """Batches are padded to a multiple of 8 tokens under mixed precision (tensor-core shapes)."""
+    return 8 if config.mixed_precision in ("bf16", "fp16") else 1
+
+
+def _batch(dataset, indices, device, pad_id: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in collate(dataset[[int(i) for i in indices]], pad_id, multiple).items()}
 
 
 @torch.inference_mode()
@@ -74,7 +80,7 @@ def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, f
         results = []
         for start in range(0, len(mine), config.eval_batch_size):
             chunk = mine[start:start + config.eval_batch_size]
-            batch = _batch(dev, chunk, accelerator.device)
+            batch = _batch(dev, chunk, accelerator.device, task_data.pad_id, pad_multiple(config))
             labels = batch.pop("labels")
             preds = predictions(task, model(task, **batch), config.pair_encoding)
             results.extend(zip(chunk.tolist(), preds.float().cpu().tolist(), labels.cpu().tolist()))
@@ -227,7 +233,7 @@ def preflight(config: TrainConfig):
     variant_config = make_config(config.variant, config.variant_options)
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
-    preflight_launch(config.launch_config)
+    resolve_precision(config.mixed_precision, preflight_launch(config))  # fails here, not after loading
     if int(os.environ.get("RANK", "0")) == 0:
         check_reachable(resolve_tracking_uri(config.tracking_uri))
     resume_from = find_checkpoint(config.resume) if config.resume else None
@@ -239,8 +245,12 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
 
     tasks = list(variant_config.tasks)
     state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
-    accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm)
-    launch = check_launch(accelerator, config.launch_config)
+    launch = preflight_launch(config)
+    # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
+    config.mixed_precision, precision_source = resolve_precision(config.mixed_precision, launch)
+    accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm,
+                                   config.mixed_precision)
+    launch = check_launch(accelerator, launch, config)
     set_seed(config.seed)
     encoder, tokenizer = load_encoder(config.model, pooler=config.head_input == "pooler")
     with accelerator.main_process_first():
@@ -260,6 +270,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                                    "profile": config.profile, "git_commit": git_commit(),
                                    "world_size": accelerator.num_processes, "backend": launch["distributed_type"],
                                    "zero_stage": launch["zero_stage"], "torch_threads": torch.get_num_threads(),
+                                   "mixed_precision": config.mixed_precision,
+                                   "mixed_precision.source": precision_source,
                                    **sweep_tags(config)})
         if resume_from:
             tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
@@ -295,7 +307,7 @@ def train_step(run: Run, window: list[str]) -> dict[str, float]:
     losses: dict[str, list] = {}
     for task in window:
         indices = run.streams[task].take(world * micro)[rank * micro:(rank + 1) * micro]
-        batch = _batch(run.data[task].train, indices, accelerator.device)
+        batch = _batch(run.data[task].train, indices, accelerator.device, run.data[task].pad_id, pad_multiple(config))
         with accelerator.accumulate(model):
             loss = task_loss(task, model(task, **batch), batch["labels"], config.pair_encoding)
             if not all_finite(accelerator, loss):
