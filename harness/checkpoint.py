@@ -26,6 +26,43 @@ class LoopState:
     sampler: dict = field(default_factory=dict)
     streams: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # training time up to this checkpoint, over all earlier segments of the run
+    skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped (inf/NaN gradients)
+    # How the steps were laid out when it was written (0: a checkpoint from before they were recorded).
+    world_size: int = 0
+    batch_size: int = 0
+    grad_accum: int = 0
+    deepspeed: bool = False
+
+
+def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_size: int, grad_accum: int,
+                        deepspeed: bool) -> None:
+    """Refuses a resume that would silently change the data order or cannot load the state.
+
+    The examples of an optimizer step depend only on the seed and the examples per step
+    (world size x batch x accumulation; see TaskStream), so a checkpoint can continue under
+    another world size when that product is unchanged, e.g. 2 processes x batch 8 on one
+    process x batch 16. DDP and one-process checkpoints hold the whole model and optimizer, so
+    they load under any world size (ranks without a saved RNG state keep the seed's). ZeRO
+    checkpoints are partitioned by rank: they need the world size they were written with
+    (DeepSpeed's universal-checkpoint conversion is not used here).
+    """
+    from harness.distributed import LaunchError
+
+    if not state.world_size:
+        return
+    written = f"{state.world_size} process(es) x batch {state.batch_size} x accumulation {state.grad_accum}"
+    now = f"{world_size} x {batch_size} x {grad_accum}"
+    old_step, new_step = state.world_size * state.batch_size * state.grad_accum, world_size * batch_size * grad_accum
+    if old_step != new_step:
+        raise LaunchError(f"--resume {where}: written with {written} = {old_step} examples per optimizer step; this "
+                          f"run has {now} = {new_step}. The data order depends on the examples per step, so it would "
+                          f"change: choose --batch-size and --grad-accum so that the product is {old_step}.")
+    if deepspeed != state.deepspeed:
+        raise LaunchError(f"--resume {where}: written {'with' if state.deepspeed else 'without'} DeepSpeed, this run "
+                          f"is {'with' if deepspeed else 'without'} it; their checkpoint formats differ")
+    if deepspeed and world_size != state.world_size:
+        raise LaunchError(f"--resume {where}: a DeepSpeed ZeRO checkpoint written by {state.world_size} processes "
+                          f"(partitioned by rank) cannot be loaded by {world_size}; resume with {state.world_size}")
 
 
 CHECKPOINT_PREFIX = "step-"

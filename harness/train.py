@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.checkpoint import LoopState, find_checkpoint, save_checkpoint
+from harness.checkpoint import LoopState, check_resume_layout, find_checkpoint, save_checkpoint
 from harness.config import TrainConfig
 from harness.data import check_data_dir, collate, load_task_data
 from harness.distributed import (
@@ -251,6 +251,12 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
     accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm,
                                    config.mixed_precision)
     launch = check_launch(accelerator, launch, config)
+    if resume_from:  # before anything is loaded or recorded
+        check_resume_layout(state, resume_from, accelerator.num_processes, config.batch_size, config.grad_accum,
+                            launch["deepspeed"])
+    # The layout this run's checkpoints are written with.
+    state.world_size, state.deepspeed = accelerator.num_processes, launch["deepspeed"]
+    state.batch_size, state.grad_accum = config.batch_size, config.grad_accum
     set_seed(config.seed)
     encoder, tokenizer = load_encoder(config.model, pooler=config.head_input == "pooler")
     with accelerator.main_process_first():
@@ -319,6 +325,10 @@ def train_step(run: Run, window: list[str]) -> dict[str, float]:
                 if not run.deepspeed:
                     fill_missing_gradients(model)
             optimizer.step()
+            if accelerator.sync_gradients and accelerator.optimizer_step_was_skipped:
+                # fp16 loss scaling met inf/NaN gradients: no update, a smaller scale next step. Counted,
+                # not an error: only a non-finite loss (checked above) stops the run.
+                state.skipped_steps += 1
             optimizer.zero_grad(set_to_none=True)
         losses.setdefault(task, []).append(loss.detach())
     return {t: accelerator.reduce(torch.stack(v).mean(), reduction="mean").item() for t, v in losses.items()}
@@ -357,7 +367,9 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
             step_seconds.append(time.perf_counter() - started)
             if tracker:
                 tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()},
-                                     "train/lr": learning_rate(config, state.step - 1)}, step=state.step)
+                                     "train/lr": learning_rate(config, state.step - 1),
+                                     **({"train/skipped_steps": state.skipped_steps}
+                                        if config.mixed_precision == "fp16" else {})}, step=state.step)
             if progress:
                 progress.update(1)
                 progress.set_postfix(task="+".join(losses), loss=f"{sum(losses.values()) / len(losses):.3f}",

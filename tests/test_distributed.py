@@ -210,6 +210,30 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
             assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["ddp", "zero2"])
+def test_two_nodes_end_as_two_processes_on_one_node(backend, tmp_path, tiny_bert_no_dropout, small_data, references):
+    """Two `accelerate launch` commands, machine ranks 0 and 1 of a 2-node launch with one
+    process each, meeting at 127.0.0.1 as two cluster nodes would at their main node."""
+    config, port = BACKENDS[backend], str(free_port())
+    flags = check_flags(tiny_bert_no_dropout, small_data, tmp_path, "multitask", config)
+    nodes = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+                               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                               "-m", "harness.cli", "train", *flags],
+                              cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    got, expected = final_weights(tmp_path / "multitask"), final_weights(references / "multitask")
+    worst = max((got[k] - expected[k]).abs().max().item() for k in got)
+    assert worst < ATOL, f"{backend}: 2 nodes differ from 1 process (and so from 2 processes on 1 node) by {worst:.2e}"
+    _, run = only_run(tmp_path, "multitask")  # one MLflow run, from the main node's rank 0
+    _, reference_run = only_run(references, "multitask")
+    assert run.data.tags["world_size"] == "2" and run.info.status == "FINISHED"
+    for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall", "params/total"):
+        assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
+
+
 def test_a_desynchronised_sampler_stops_the_run_with_an_error(tmp_path, tiny_bert_no_dropout, small_data):
     result = launch(BACKENDS["ddp"], common_args(tiny_bert_no_dropout, small_data, tmp_path, "multitask")
                     + ["--epochs", "1", "--batches-per-epoch", "50", "--batch-size", "2"],
@@ -232,7 +256,10 @@ def test_a_launch_that_gives_fewer_processes_than_its_config_is_refused(tmp_path
 def test_a_run_killed_mid_epoch_and_resumed_ends_as_an_uninterrupted_one(backend, tmp_path, tiny_bert_no_dropout,
                                                                         small_data, references):
     """Against the uninterrupted run on one process (batch 8), which every 2-rank run with
-    micro-batch 2 x accumulation 2 reproduces (test_two_ranks_with_accumulation_match_one_process)."""
+    micro-batch 2 x accumulation 2 reproduces (test_two_ranks_with_accumulation_match_one_process).
+    The DDP run resumes on one process with the same examples per step; the ZeRO-2 run, whose
+    checkpoint is partitioned by rank, on 2 ranks. A resume that would change the data order,
+    or load a ZeRO checkpoint without DeepSpeed, is refused before training."""
     steps = RESUME_STEPS + ["--batch-size", "2", "--grad-accum", "2"]
     broken = tmp_path / "broken"
     process = launch(BACKENDS[backend], common_args(tiny_bert_no_dropout, small_data, broken, "pals-parallel") + steps,
@@ -255,8 +282,20 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_an_uninterrupted_one(backend
         proc.send_signal(signal.SIGKILL)
     process.wait()
     (run_dir,) = glob.glob(str(broken / "out" / "*"))
-    result = launch(BACKENDS[backend], common_args(tiny_bert_no_dropout, small_data, broken, "pals-parallel") + steps
-                    + ["--resume", run_dir])
+    assert json.loads(Path(marker).read_text())["world_size"] == 2
+    args = common_args(tiny_bert_no_dropout, small_data, broken, "pals-parallel") + RESUME_STEPS + ["--resume", run_dir]
+    # On one process with fewer examples per step: the data order would change, so it is refused.
+    refused = single(args + ["--batch-size", "4"])
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "written with 2 process(es) x batch 2 x accumulation 2 = 8 examples per optimizer step; this run has " \
+           "1 x 4 x 1 = 4" in refused.stderr
+    if backend == "ddp":
+        # The same 8 examples per step on one process: a DDP checkpoint continues there.
+        result = single(args + ["--batch-size", "8"])
+    else:
+        refused = single(args + ["--batch-size", "8"])
+        assert refused.returncode == 2 and "written with DeepSpeed, this run is without it" in refused.stderr
+        result = launch(BACKENDS[backend], args + ["--batch-size", "2", "--grad-accum", "2"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert "resumed from" in result.stdout + result.stderr
 
