@@ -232,3 +232,21 @@ def test_bf16_with_two_processes_matches_one_process_within_bf16_tolerance(tmp_p
 def weights(folder: Path) -> dict:
     (path,) = glob.glob(str(folder / "*" / "model.pt"))
     return {k: v.float() for k, v in torch.load(path).items()}
+
+
+def test_a_resume_is_refused_where_it_would_change_the_data_order_or_cannot_load(tmp_path):
+    from harness.checkpoint import LoopState, check_resume_layout
+
+    ddp = LoopState(world_size=2, batch_size=8, grad_accum=1, deepspeed=False)
+    check_resume_layout(ddp, tmp_path, 1, 16, 1, False)  # the same 16 examples per step
+    check_resume_layout(ddp, tmp_path, 4, 2, 2, False)
+    with pytest.raises(LaunchError, match=r"written with 2 process\(es\) x batch 8 x accumulation 1 = 16 examples "
+                                          r"per optimizer step; this run has 1 x 8 x 1 = 8"):
+        check_resume_layout(ddp, tmp_path, 1, 8, 1, False)
+    zero = LoopState(world_size=2, batch_size=8, grad_accum=1, deepspeed=True)
+    check_resume_layout(zero, tmp_path, 2, 8, 1, True)
+    with pytest.raises(LaunchError, match="written by 2 processes .* cannot be loaded by 4"):
+        check_resume_layout(zero, tmp_path, 4, 4, 1, True)
+    with pytest.raises(LaunchError, match="written with DeepSpeed, this run is without it"):
+        check_resume_layout(zero, tmp_path, 2, 8, 1, False)
+    check_resume_layout(LoopState(), tmp_path, 3, 5, 1, False)  # written before layouts were recorded
