@@ -264,6 +264,9 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None)
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input,
                         config.freeze_encoder)
+    # from_pretrained returns the encoder in eval mode: without this the encoder trained without
+    # dropout until the first evaluation (with the quick profile, for the whole run).
+    model.train()
     optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them

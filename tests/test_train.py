@@ -224,3 +224,23 @@ def count_encoder(folder):
     from transformers import BertModel
 
     return sum(p.numel() for p in BertModel.from_pretrained(folder, add_pooling_layer=True).parameters())
+
+
+def test_training_has_dropout_from_the_first_step(tmp_path, tiny_bert, small_data, tracking_uri):
+    """from_pretrained returns the encoder in eval mode; the harness must not train in it (it did,
+    until its first evaluation, which the quick profile holds only at the end)."""
+    import torch
+
+    from harness.train import _batch, preflight, setup
+
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=2)
+    run = setup(config, *preflight(config))
+    try:
+        assert [name for name, module in run.model.named_modules() if not module.training] == []
+        batch = _batch(run.data["sst"].train, range(8), run.accelerator.device)
+        batch.pop("labels")
+        with torch.no_grad():
+            first, second = run.model("sst", **batch), run.model("sst", **batch)
+        assert not torch.equal(first, second)  # the tiny BERT's dropout (0.1) is active
+    finally:
+        run.tracker.finish()
