@@ -55,6 +55,7 @@ class TrainConfig:
     inactive_tasks: str = "skip"  # what a step does to the tasks it does not train (harness/optim.py)
     freeze_encoder: bool = False  # train only the variant's parts and the heads (the starter's "pretrain")
     head_input: str = "cls"  # heads read the last layer's [CLS] state, or the pretrained "pooler"'s output
+    gradient_checkpointing: bool = False  # recompute encoder layers in backward: less memory, more time
     scheduler: str = "linear"
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping

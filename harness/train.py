@@ -247,7 +247,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None)
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input,
-                        config.freeze_encoder)
+                        config.freeze_encoder, config.gradient_checkpointing)
     # from_pretrained returns the encoder in eval mode: without this the encoder trained without
     # dropout until the first evaluation (with the quick profile, for the whole run).
     model.train()

@@ -244,3 +244,35 @@ def test_training_has_dropout_from_the_first_step(tmp_path, tiny_bert, small_dat
         assert not torch.equal(first, second)  # the tiny BERT's dropout (0.1) is active
     finally:
         run.tracker.finish()
+
+
+def test_gradient_checkpointing_trains_as_without_it_and_checkpoints_every_layer(tmp_path, tiny_bert, small_data,
+                                                                                  tracking_uri, monkeypatch):
+    """Same losses step by step with dropout on (checkpointing replays each layer's RNG), the setting
+    recorded, and every encoder layer checkpointed at every training step (tests/test_variants.py
+    checks the gradients of every variant)."""
+    from variants.base import TaskAdapter
+
+    layers, steps = 2, 6  # the tiny BERT's layers
+    contexts = []
+    real_context = TaskAdapter.checkpoint_context
+
+    def counted(self):
+        contexts.append(self.task)
+        return real_context(self)
+
+    monkeypatch.setattr(TaskAdapter, "checkpoint_context", counted)
+    losses = {}
+    for checkpointing in (False, True):
+        uri = tracking_uri.replace("mlflow.db", f"gc-{checkpointing}.db")
+        train(tiny_config(tmp_path, tiny_bert, small_data, uri, epochs=1, batches_per_epoch=steps,
+                          variant="pals-parallel", variant_options={"pal_size": "12", "pal_heads": "2"},
+                          gradient_checkpointing=checkpointing))
+        client, run = the_run(uri)
+        assert run.data.params["gradient_checkpointing"] == str(checkpointing)
+        losses[checkpointing] = sorted((m.step, m.key, m.value) for t in TASKS
+                                       for m in client.get_metric_history(run.info.run_id, f"train/loss/{t}"))
+        assert len(contexts) == (layers * steps if checkpointing else 0)
+    assert [s for s, _, _ in losses[True]] == list(range(1, steps + 1))
+    assert [k for _, k, _ in losses[True]] == [k for _, k, _ in losses[False]]
+    assert [v for _, _, v in losses[True]] == pytest.approx([v for _, _, v in losses[False]], rel=1e-6)
