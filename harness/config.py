@@ -72,6 +72,7 @@ class TrainConfig:
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns
     run_name: str = ""
     progress: bool = True
+    system_metrics_interval: float = 10.0  # seconds between MLflow system/* samples (CPU, memory, GPU); 0: none
     task_per: str = "window"  # one task per accumulation window (PALs code), or per "micro" step
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
     keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
@@ -105,6 +106,10 @@ class TrainConfig:
             raise ConfigError(f"task_per: {self.task_per!r} is not one of {list(TASK_PER)}")
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
+        interval = self.system_metrics_interval
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval < float("inf"):
+            raise ConfigError(f"system_metrics_interval: expected seconds >= 0 (0 disables system metrics), "
+                              f"got {interval!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
         for name, choices in (("sampling", SCHEDULES), ("pair_encoding", PAIR_ENCODINGS), ("optimizer", OPTIMIZERS),
