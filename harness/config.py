@@ -56,6 +56,7 @@ class TrainConfig:
     inactive_tasks: str = "skip"  # what a step does to the tasks it does not train (harness/optim.py)
     freeze_encoder: bool = False  # train only the variant's parts and the heads (the starter's "pretrain")
     head_input: str = "cls"  # heads read the last layer's [CLS] state, or the pretrained "pooler"'s output
+    gradient_checkpointing: bool = False  # recompute encoder layers in backward: less memory, more time
     scheduler: str = "linear"
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0  # 0 disables clipping
@@ -75,6 +76,7 @@ class TrainConfig:
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns
     run_name: str = ""
     progress: bool = True
+    system_metrics_interval: float = 10.0  # seconds between MLflow system/* samples (CPU, memory, GPU); 0: none
     task_per: str = "window"  # one task per accumulation window (PALs code), or per "micro" step
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
     keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
@@ -108,6 +110,10 @@ class TrainConfig:
             raise ConfigError(f"task_per: {self.task_per!r} is not one of {list(TASK_PER)}")
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
+        interval = self.system_metrics_interval
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval < float("inf"):
+            raise ConfigError(f"system_metrics_interval: expected seconds >= 0 (0 disables system metrics), "
+                              f"got {interval!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
         for name, choices in (("sampling", SCHEDULES), ("pair_encoding", PAIR_ENCODINGS), ("optimizer", OPTIMIZERS),

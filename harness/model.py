@@ -221,12 +221,23 @@ def predictions(task: str, outputs: torch.Tensor, pair_encoding: str) -> torch.T
 
 
 def build_model(encoder, variant_name: str, variant_config, pair_encoding: str, head_input: str = "cls",
-                freeze_encoder: bool = False) -> MultitaskModel:
-    """The multitask model; with `freeze_encoder` the encoder's own parameters do not train."""
+                freeze_encoder: bool = False, gradient_checkpointing: bool = False) -> MultitaskModel:
+    """The multitask model; with `freeze_encoder` the encoder's own parameters do not train.
+
+    With `gradient_checkpointing` each encoder layer, with the variant's parts hooked into it,
+    keeps only its input and is recomputed in the backward pass (in train mode only). The
+    variant's `top` is outside the encoder and keeps its activations.
+    """
     from variants import get_variant
 
     variant = get_variant(variant_name)
     adapter = variant.adapter_class(variant_config, encoder.config, variant_config.tasks)
     if freeze_encoder:
         encoder.requires_grad_(False)
+    if gradient_checkpointing:
+        # Non-reentrant: needs no input that requires grad (a frozen encoder) and suits DDP's
+        # unused parameters. The adapter's context gives a recomputed layer its own pass's hook state.
+        enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+        enable({"use_reentrant": False, "context_fn": adapter.checkpoint_context})
+        encoder.config.use_cache = False  # an encoder caches nothing; spares transformers' warning that it cannot
     return MultitaskModel(encoder, adapter, variant_config.tasks, pair_encoding, head_input)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORE_DIR = "mlruns"
-_BATCH_LIMIT = 100
-STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
+_BATCH_LIMIT = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
+STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go
 
 
 def default_tracking_uri() -> str:
@@ -82,6 +82,36 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
             raise TrackingError(f"tracking store {tracking_uri}: {folder} is not writable")
 
 
+def device_tags() -> dict[str, Any]:
+    """What the run ran on: the GPU (or CPU) model and count, and the torch, CUDA and NCCL versions."""
+    import platform
+
+    import torch
+
+    tags: dict[str, Any] = {"torch.version": torch.__version__}
+    if torch.version.cuda:
+        tags["cuda.version"] = torch.version.cuda  # the CUDA this torch was built with
+    if torch.cuda.is_available():
+        tags.update({"device.type": "cuda", "device.name": torch.cuda.get_device_name(),
+                     "device.count": torch.cuda.device_count()})
+        try:
+            version = torch.cuda.nccl.version()
+            tags["nccl.version"] = ".".join(map(str, version)) if isinstance(version, tuple) else version
+        except Exception:  # a build without NCCL
+            pass
+    else:
+        name = ""
+        try:
+            with open("/proc/cpuinfo") as fp:
+                name = next((line.split(":", 1)[1].strip() for line in fp if line.startswith("model name")), "")
+        except OSError:
+            pass
+        tags.update({"device.type": "cpu", "device.name": name or platform.processor() or platform.machine(),
+                     "device.count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count()})
+    return tags
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be used at all (checked before training starts)."""
 
@@ -115,6 +145,8 @@ class RunTracker:
         self.recorded_until = -1
         self._queue: list[dict] = []
         self._warned = False
+        self._monitor = None
+        self._resumed = bool(run_id)
         if run_id:
             self.run_id = _retry(lambda: self.client.get_run(run_id).info.run_id)
             _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
@@ -128,6 +160,29 @@ class RunTracker:
             tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
             run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name or None))
             self.run_id = run.info.run_id
+
+    def start_system_metrics(self, interval: float) -> None:
+        """MLflow's system metrics (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
+        disk, network, and system/gpu_<i>_* with nvidia-ml-py), sampled every `interval` seconds by a
+        thread of MLflow's that logs straight to the store, until `finish`. 0: none.
+
+        MLflow's thread stops for good if the store cannot be read; the rest of the run's records
+        are queued as always.
+        """
+        if interval <= 0 or self._monitor is not None:
+            return
+        import psutil
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        psutil.cpu_percent()  # the first reading of a process is 0.0; the monitor's first then measures from here
+        try:
+            # A resumed run's samples continue after its last system/* step.
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=self._resumed,
+                                                 tracking_uri=self.tracking_uri)
+            self._monitor.start()
+        except Exception as exc:  # telemetry must not stop a training
+            warnings.warn(f"MLflow system metrics not recorded ({type(exc).__name__}: {exc})", stacklevel=2)
+            self._monitor = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._queue.append({"op": "params", "items": {k: str(v) for k, v in params.items()}})
@@ -177,6 +232,9 @@ class RunTracker:
     def finish(self, status: str = "FINISHED", fallback_dir: str | os.PathLike | None = None,
                attempts: int = 4) -> Path | None:
         """Ends the run. Returns the fallback file's path if the store could not take everything."""
+        if self._monitor is not None:  # stopped first: nothing is written after the run ends
+            self._monitor.finish()
+            self._monitor = None
         self._queue.append({"op": "terminate", "status": status})
         for attempt in range(attempts):
             if self.flush():

@@ -37,7 +37,7 @@ from harness.model import build_model, check_model, load_encoder, predictions, t
 from harness.optim import TaskSteps, fill_missing_gradients, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
-from harness.tracking import RunTracker, check_reachable, git_commit, resolve_tracking_uri
+from harness.tracking import RunTracker, check_reachable, device_tags, git_commit, resolve_tracking_uri
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -263,7 +263,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None)
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input,
-                        config.freeze_encoder)
+                        config.freeze_encoder, config.gradient_checkpointing)
     # from_pretrained returns the encoder in eval mode: without this the encoder trained without
     # dropout until the first evaluation (with the quick profile, for the whole run).
     model.train()
@@ -289,6 +289,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                                                     for k, v in asdict(variant_config).items()}})
             skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
+        tracker.set_tags(device_tags())  # what it ran on (a resumed run: its latest segment)
     state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
     run = Run(config, accelerator, model, optimizer, data, tasks,
               TaskSampler({t: len(data[t].train) for t in tasks}, config.sampling, config.epochs, config.seed),
@@ -444,6 +445,8 @@ def train(config: TrainConfig) -> dict[str, float]:
     run = setup(config, variant_config, resume_from)
     run.started, run.seconds_before = started, run.state.train_seconds
     step_seconds: list[float] = []
+    if run.tracker:  # stopped by tracker.finish, on every way out below
+        run.tracker.start_system_metrics(config.system_metrics_interval)
     with StopSignals() as stop:
         try:
             train_loop(run, stop, step_seconds)

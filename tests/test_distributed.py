@@ -88,11 +88,16 @@ def train_checks(spec: dict, out: Path, config: str | None = None, timeout: int 
 # in the parameters (AdamW divides a constant factor out). Clipping would hide it too: 1e6 never clips.
 SGD = ["--optimizer", "sgd", "--lr", "0.1", "--max-grad-norm", "1e6"]
 FROZEN = ["--freeze-encoder"]
-CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen"]
+# Activation checkpointing on the ranks only: it must reproduce the one process without it.
+CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen", "combined-checkpointed"]
+
+
+def variant_of(check: str) -> str:
+    return check.removesuffix("-sgd").removesuffix("-frozen").removesuffix("-checkpointed")
 
 
 def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str | None) -> list[str]:
-    variant = check.removesuffix("-sgd").removesuffix("-frozen")
+    variant = variant_of(check)
     # One store per launch (creating one costs seconds), an experiment per check.
     flags = common_args(tiny_bert, small_data, out / check, variant) + STEPS
     flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", check,
@@ -102,6 +107,8 @@ def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str
         flags += SGD
     if check.endswith("-frozen"):
         flags += FROZEN
+    if check.endswith("-checkpointed") and launch_config:
+        flags += ["--gradient-checkpointing"]
     return flags + (["--launch-config", launch_config] if launch_config else [])
 
 
@@ -168,7 +175,7 @@ def test_one_process_leaves_inactive_tasks_and_their_optimizer_state_untouched(r
 def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_bert_no_dropout, small_data,
                                                        references):
     """One launch per backend: each variant (AdamW), multitask with SGD, pals-parallel with a frozen
-    encoder, and the inactive-task check."""
+    encoder, combined with gradient checkpointing, and the inactive-task check."""
     config = BACKENDS[backend]
     spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, tmp_path, c, config) for c in CHECKS],
             "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, tmp_path, "skip", config),
@@ -178,7 +185,7 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
     assert_inactive_task_untouched(inactive_report(str(tmp_path / "inactive-skip"), 2), backend)
 
     for check in CHECKS:
-        variant = check.removesuffix("-sgd").removesuffix("-frozen")
+        variant = variant_of(check)
         got, expected = final_weights(tmp_path / check), final_weights(references / check)
         assert set(got) == set(expected)
         worst = max((got[k] - expected[k]).abs().max().item() for k in got)
@@ -206,6 +213,9 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
         assert run.data.metrics["params/total"] > 0
         if check.endswith("-frozen"):
             assert counts["params/trainable"] == counts["params/total"] - counts["params/encoder"]
+        if check.endswith("-checkpointed"):
+            assert (run.data.params["gradient_checkpointing"], reference_run.data.params["gradient_checkpointing"]) \
+                == ("True", "False")
         for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall"):
             assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
 

@@ -1,4 +1,6 @@
 """A real (tiny) training run through the whole harness, read back through MLflow's client."""
+import dataclasses
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -244,3 +246,159 @@ def test_training_has_dropout_from_the_first_step(tmp_path, tiny_bert, small_dat
         assert not torch.equal(first, second)  # the tiny BERT's dropout (0.1) is active
     finally:
         run.tracker.finish()
+
+
+def test_gradient_checkpointing_trains_as_without_it_and_checkpoints_every_layer(tmp_path, tiny_bert, small_data,
+                                                                                  tracking_uri, monkeypatch):
+    """Same losses step by step with dropout on (checkpointing replays each layer's RNG), the setting
+    recorded, and every encoder layer checkpointed at every training step (tests/test_variants.py
+    checks the gradients of every variant)."""
+    from variants.base import TaskAdapter
+
+    layers, steps = 2, 6  # the tiny BERT's layers
+    contexts = []
+    real_context = TaskAdapter.checkpoint_context
+
+    def counted(self):
+        contexts.append(self.task)
+        return real_context(self)
+
+    monkeypatch.setattr(TaskAdapter, "checkpoint_context", counted)
+    losses = {}
+    for checkpointing in (False, True):
+        uri = tracking_uri.replace("mlflow.db", f"gc-{checkpointing}.db")
+        train(tiny_config(tmp_path, tiny_bert, small_data, uri, epochs=1, batches_per_epoch=steps,
+                          variant="pals-parallel", variant_options={"pal_size": "12", "pal_heads": "2"},
+                          gradient_checkpointing=checkpointing))
+        client, run = the_run(uri)
+        assert run.data.params["gradient_checkpointing"] == str(checkpointing)
+        losses[checkpointing] = sorted((m.step, m.key, m.value) for t in TASKS
+                                       for m in client.get_metric_history(run.info.run_id, f"train/loss/{t}"))
+        assert len(contexts) == (layers * steps if checkpointing else 0)
+    assert [s for s, _, _ in losses[True]] == list(range(1, steps + 1))
+    assert [k for _, k, _ in losses[True]] == [k for _, k, _ in losses[False]]
+    assert [v for _, _, v in losses[True]] == pytest.approx([v for _, _, v in losses[False]], rel=1e-6)
+
+
+def system_metrics(client, run_id) -> dict[str, list]:
+    return {key: sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            for key in client.get_run(run_id).data.metrics if key.startswith("system/")}
+
+
+def monitor_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+
+def hold_until_sampled(monkeypatch, tracking_uri, samples: int = 2, at_step: int = 1) -> None:
+    """Holds training at `at_step` until MLflow's monitor has logged `samples` more system samples,
+    so that the tests do not depend on how fast this machine trains."""
+    import time
+
+    import harness.train
+
+    real_step = harness.train.train_step
+
+    def step(run, window):
+        if run.state.step + 1 == at_step:
+            client = MlflowClient(tracking_uri)
+            key = "system/cpu_utilization_percentage"
+            target = len(client.get_metric_history(run.state.run_id, key)) + samples
+            deadline = time.monotonic() + 120
+            while len(client.get_metric_history(run.state.run_id, key)) < target:
+                assert time.monotonic() < deadline, f"MLflow's monitor logged no {key} within 120 s"
+                time.sleep(0.05)
+        return real_step(run, window)
+
+    monkeypatch.setattr(harness.train, "train_step", step)
+
+
+def test_system_metrics_and_device_tags_are_recorded_while_the_run_runs(tmp_path, tiny_bert, small_data,
+                                                                         tracking_uri, monkeypatch):
+    import os
+
+    import psutil
+    import torch
+
+    hold_until_sampled(monkeypatch, tracking_uri)
+    train(tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=4,
+                      system_metrics_interval=0.2))
+    assert not monitor_threads(), "the monitor outlived its run"
+    client, run = the_run(tracking_uri)
+    assert run.info.status == "FINISHED" and run.data.params["system_metrics_interval"] == "0.2"
+    history = system_metrics(client, run.info.run_id)
+    cpu, memory = history["system/cpu_utilization_percentage"], history["system/system_memory_usage_megabytes"]
+    assert len(cpu) >= 2 and [m.step for m in cpu] == list(range(len(cpu)))
+    assert all(0 <= m.value <= 100 for m in cpu)
+    assert all(0 < m.value < psutil.virtual_memory().total / 1e6 for m in memory)
+    assert all(run.info.start_time <= m.timestamp <= run.info.end_time for ms in history.values() for m in ms)
+    tags = run.data.tags
+    if torch.cuda.is_available():
+        expected = ("cuda", torch.cuda.get_device_name(), torch.cuda.device_count())
+        assert tags["nccl.version"]
+    else:
+        with open("/proc/cpuinfo") as fp:
+            model_name = next(line.split(":", 1)[1].strip() for line in fp if line.startswith("model name"))
+        expected = ("cpu", model_name, len(os.sched_getaffinity(0)))
+        assert "nccl.version" not in tags
+    assert (tags["device.type"], tags["device.name"], int(tags["device.count"])) == expected
+    assert tags["torch.version"] == torch.__version__ and tags.get("cuda.version") == torch.version.cuda
+
+
+@pytest.mark.parametrize("end", ["non-finite loss", "error", "stopped"])
+def test_the_system_metrics_monitor_stops_however_the_run_ends(end, tmp_path, tiny_bert, small_data, tracking_uri,
+                                                               monkeypatch):
+    """A failed or killed run stops it too; a resumed run's samples continue after its last step."""
+    import harness.train
+    from harness.train import NonFiniteLoss, TrainingStopped
+
+    hold_until_sampled(monkeypatch, tracking_uri, at_step=2)
+    if end == "non-finite loss":
+        checks = []  # the third step's loss is "not finite"
+        monkeypatch.setattr(harness.train, "all_finite", lambda accelerator, loss: len(checks.append(0) or checks) < 3)
+    elif end == "error":
+        monkeypatch.setattr(harness.train, "learning_rate", lambda config, step: 1 / 0 if step == 2 else 1e-3)
+    else:
+        monkeypatch.setattr(harness.train, "agree_on_step", lambda accelerator, code, stop, step, tasks: step == 3)
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=6,
+                         system_metrics_interval=0.2)
+    with pytest.raises((NonFiniteLoss, ZeroDivisionError, TrainingStopped)):
+        train(config)
+    assert not monitor_threads(), "the monitor outlived its run"
+    client, run = the_run(tracking_uri)
+    assert run.info.status == ("KILLED" if end == "stopped" else "FAILED")
+    before = system_metrics(client, run.info.run_id)["system/cpu_utilization_percentage"]
+    assert before and all(m.timestamp <= run.info.end_time for m in before)
+    if end == "stopped":
+        monkeypatch.undo()
+        hold_until_sampled(monkeypatch, tracking_uri, at_step=5)
+        train(dataclasses.replace(config, resume=str(tmp_path / "out" / run.info.run_id)))
+        assert not monitor_threads()
+        after = system_metrics(client, run.info.run_id)["system/cpu_utilization_percentage"]
+        assert [m.step for m in after] == list(range(len(after))) and len(after) >= len(before) + 2
+
+
+def test_no_system_metrics_with_interval_0(tmp_path, tiny_bert, small_data, tracking_uri):
+    train(tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=2,
+                      system_metrics_interval=0))
+    assert not monitor_threads()
+    client, run = the_run(tracking_uri)
+    assert run.data.params["system_metrics_interval"] == "0"
+    assert system_metrics(client, run.info.run_id) == {}
+    assert run.data.tags["device.type"] in ("cpu", "cuda")
+
+
+def test_device_tags_name_the_gpus_and_the_cuda_and_nccl_versions(monkeypatch):
+    """The CUDA branch, on a machine without a GPU: torch's answers are replaced by a GPU machine's."""
+    import torch
+
+    from harness.tracking import device_tags
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda.nccl, "version", lambda: (2, 27, 3))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert device_tags() == {"torch.version": torch.__version__, "device.type": "cuda", "device.name": "NVIDIA H200",
+                             "device.count": 8, "cuda.version": "12.8", "nccl.version": "2.27.3"}

@@ -277,3 +277,64 @@ def test_the_bert_layer_top_lets_the_pretrained_representation_through_at_initia
             top = model.variant.top(hidden)
         cosines[mode] = torch.nn.functional.cosine_similarity(top[:, 0], hidden[:, 0]).min().item()
     assert cosines["bert-layer"] > 0.99 and cosines["replace"] < 0.5, cosines
+
+
+
+def gradients_and_recomputed(model, task, pair_encoding):
+    """One backward pass: the gradients, which variant modules (and encoder layers' attention
+    blocks) ran inside the encoder in the forward pass, and which ran again in the backward pass."""
+    phase, calls = {"now": None}, {"encoder": [], "backward": []}
+
+    def record(name):
+        def hook(module, args, output):
+            if phase["now"]:
+                calls[phase["now"]].append(name)
+        return hook
+
+    watched = [(f"variant.{n}", m) for n, m in model.variant.named_modules() if n]
+    watched += [(f"layer.{i}.attention", layer.attention) for i, layer in enumerate(model.encoder.encoder.layer)]
+    handles = [model.encoder.register_forward_pre_hook(lambda m, a: phase.update(now="encoder")),
+               model.encoder.register_forward_hook(lambda m, a, o: phase.update(now=None))]
+    handles += [module.register_forward_hook(record(name)) for name, module in watched]
+    model.zero_grad(set_to_none=True)
+    batch = batch_for(task)
+    torch.manual_seed(1)  # the same dropout masks with and without checkpointing
+    loss = task_loss(task, forward(model, task, batch), batch["labels"], pair_encoding)
+    phase["now"] = "backward"
+    loss.backward()
+    for handle in handles:
+        handle.remove()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, calls
+
+
+def assert_checkpointing_changes_nothing_but_memory(encoder, name, pair_encoding, freeze_encoder=False):
+    models = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        models[checkpointing] = build_model(copy.deepcopy(encoder), name, make_config(name), pair_encoding,
+                                            freeze_encoder=freeze_encoder, gradient_checkpointing=checkpointing)
+    for task in models[False].tasks:
+        plain, plain_calls = gradients_and_recomputed(models[False].train(), task, pair_encoding)
+        checkpointed, calls = gradients_and_recomputed(models[True].train(), task, pair_encoding)
+        assert plain_calls["backward"] == [], "without checkpointing nothing is recomputed"
+        assert sorted(calls["backward"]) == sorted(calls["encoder"]), f"{name}/{task}: not all recomputed"
+        passes = 2 if pair_encoding == "separate" and TASKS[task].is_pair else 1
+        assert sum(n.startswith("layer.") for n in calls["backward"]) == L * passes
+        assert checkpointed.keys() == plain.keys()
+        for pname, grad in plain.items():
+            torch.testing.assert_close(checkpointed[pname], grad, rtol=1e-5, atol=1e-7,
+                                       msg=lambda m, pname=pname: f"{name}/{task} {pname}: {m}")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("pair_encoding", ["joint", "separate"])
+def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_gradients(encoder, name, pair_encoding):
+    """In train mode with dropout: each encoder layer, and every variant part hooked into it, runs
+    again in the backward pass, and the gradients are those without checkpointing. Separate pair
+    encoding runs the encoder twice before the backward pass, with different padding masks."""
+    assert_checkpointing_changes_nothing_but_memory(encoder, name, pair_encoding)
+
+
+def test_gradient_checkpointing_with_a_frozen_encoder(encoder):
+    """Nothing entering a frozen encoder requires grad (what reentrant checkpointing would need)."""
+    assert_checkpointing_changes_nothing_but_memory(encoder, "combined", "joint", freeze_encoder=True)

@@ -11,6 +11,7 @@ names (and a pretrained checkpoint's keys) stay as they are.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,9 @@ class TaskAdapter(nn.Module):
     # Options under which the variant must leave the pretrained encoder's output unchanged at
     # initialisation (None: the method does not intend that). Checked by the registry tests.
     identity_options: ClassVar[dict | None] = {}
+    # Attributes the hooks read that one encoder pass sets: activation checkpointing recomputes a
+    # layer in the backward pass, after later passes have changed them (see checkpoint_context).
+    hook_state: ClassVar[tuple[str, ...]] = ("_task", "_attention_mask")
 
     def __init__(self, config: VariantConfig, encoder_config, tasks: tuple[str, ...]):
         super().__init__()
@@ -74,6 +78,29 @@ class TaskAdapter(nn.Module):
         """Tells the hooks which task, and which padding mask, the next encoder pass is for."""
         self._task = task
         self._attention_mask = attention_mask
+
+    def checkpoint_context(self):
+        """torch.utils.checkpoint's context_fn: a layer recomputed in the backward pass sees the
+        hook state of its own forward pass (the other pair sentence's mask, not the last layer's input)."""
+        def state() -> dict:
+            return {name: getattr(self, name) for name in self.hook_state}
+
+        def load(values: dict) -> None:
+            for name, value in values.items():
+                setattr(self, name, value)
+
+        saved = state()
+
+        @contextlib.contextmanager
+        def as_in_forward():
+            current = state()
+            load(saved)
+            try:
+                yield
+            finally:
+                load(current)
+
+        return contextlib.nullcontext(), as_in_forward()
 
     @property
     def task(self) -> str:

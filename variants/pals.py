@@ -192,6 +192,7 @@ class PALsAdapter(TaskAdapter):
     """Projected attention layers per task, on top and/or in parallel (configurable)."""
 
     identity_options = {"init": "zero-decoder", "top_mode": "residual"}
+    hook_state = TaskAdapter.hook_state + ("_layer_input",)  # a parallel PAL reads its layer's input
 
     def __init__(self, config: PALsConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
