@@ -102,11 +102,14 @@ def peak_rss_mb() -> float:
 
 
 def write_timing(out_dir: Path, rank: int, step_seconds: list[float], grad_accum: int) -> None:
-    """Per-rank optimizer-step times and peak memory, read by benchmarks/distributed.py."""
+    """Per-rank optimizer-step times and peak memory (process RSS; on a GPU also the most the
+    process allocated there), read by benchmarks/distributed.py and benchmarks/gpu.py."""
     folder = out_dir / "timing"
     folder.mkdir(parents=True, exist_ok=True)
+    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     (folder / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "step_seconds": step_seconds, "grad_accum": grad_accum, "peak_rss_mb": peak_rss_mb()}))
+        "rank": rank, "step_seconds": step_seconds, "grad_accum": grad_accum, "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb}))
 
 
 def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:

@@ -1,7 +1,9 @@
 """Every benchmark script runs in a tiny configuration, so none can rot unnoticed."""
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -38,8 +40,8 @@ def test_overhead_benchmark_prints_both_loops_and_their_ratio(tiny_bert, small_d
     out = run_benchmark("benchmarks/overhead.py", "--model", str(tiny_bert), "--data-dir", str(small_data),
                         "--steps", "3", "--warmup", "1", "--batch-size", "4")
     rows = {r[0]: r for r in table_rows(out)[1:]}
-    assert set(rows) == {"plain PyTorch", "harness"} and all(float(r[1]) > 0 for r in rows.values())
-    assert "harness / plain step time:" in out
+    assert set(rows) == {"minimal PyTorch", "harness"} and all(float(r[1]) > 0 for r in rows.values())
+    assert "harness / minimal step time:" in out
 
 
 def test_padding_benchmark_shows_length_grouping_cuts_padding(tiny_bert):
@@ -69,3 +71,56 @@ def test_startup_benchmark_times_an_empty_and_a_filled_cache(tiny_bert, small_da
                         "--repeats", "1")
     rows = table_rows(out)[1:]
     assert len(rows) == 2 and all(float(r[1]) > 0 for r in rows)
+
+
+@pytest.mark.distributed
+def test_gpu_check_runs_its_tiny_version_without_a_gpu(tmp_path):
+    """benchmarks/gpu.py on CPU: tiny random BERT, 2 gloo processes per backend, bf16 autocast on CPU."""
+    out = tmp_path / "gpu.json"
+    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--out", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["size"] == "tiny" and report["device"]["kind"] == "cpu"
+    assert report["checks"] == {"launches": True, "precision": True, "throughput": True, "overhead": True}
+
+    launches = report["launches"]
+    assert [b["backend"] for b in launches["backends"]] == ["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+    assert launches["moved_from_init"] > launches["atol"]  # training moved the parameters ...
+    for backend in launches["backends"]:  # ... and every backend moved them as 1 process did
+        assert backend["processes"] == 2 and backend["max_abs_diff"] <= launches["atol"]
+        assert [r["rank"] for r in backend["ranks"]] == [0, 1]
+        assert all(r["peak_rss_mb"] > 0 and r["step_ms"] > 0 for r in backend["ranks"])
+
+    precision = report["precision"]
+    fp32, bf16 = np.array(precision["fp32"]), np.array(precision["bf16"])
+    assert len(fp32) == len(bf16) == precision["steps"] > 0
+    assert np.isfinite(fp32).all() and np.isfinite(bf16).all()
+    assert not np.array_equal(fp32, bf16)  # autocast really ran in bf16
+    assert precision["max_window_rel_diff"] <= precision["rtol"] == 0.1
+
+    rows = {(r["variant"], r["precision"]): r for r in report["throughput"]["rows"]}
+    assert set(rows) == {(v, p) for v in ("multitask", "pals-parallel") for p in ("bf16", "fp32")}
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["tflops"] > 0
+        assert row["mfu"] is None  # no known peak on a CPU
+    # pals-parallel's steps use more parameters than multitask's: its PALs count in the FLOPs.
+    assert min(rows["pals-parallel", "fp32"]["step_parameters"].values()) > \
+        max(rows["multitask", "fp32"]["step_parameters"].values())
+
+    overhead = report["overhead"]
+    assert overhead["plain_ms"] > 0 and overhead["harness_ms"] > 0 and overhead["device"] == "cpu"
+    for title in ("| backend | processes x batch |", "| steps | fp32 | bf16 |", "| variant | precision |",
+                  "| minimal PyTorch |", "checks: launches ok, precision ok, throughput ok, overhead ok"):
+        assert title in result.stdout
+
+
+def test_gpu_check_knows_the_bf16_peak_of_common_gpus(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu import known_peak
+
+    assert known_peak("NVIDIA H200")[0] == known_peak("NVIDIA H100 80GB HBM3")[0] == 989.0
+    assert known_peak("NVIDIA H100 PCIe")[0] == 756.0
+    assert known_peak("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    assert known_peak("NVIDIA L40S")[0] == 362.0 and known_peak("NVIDIA L4")[0] == 121.0
+    assert known_peak("Tesla V100-SXM2-16GB") == (None, "unknown")  # no bf16
