@@ -14,9 +14,8 @@ Parts (--parts, default all):
   median optimizer-step time.
 - precision: fp32 and bf16 loss curves of `multitask` from the same weights over the same
   batches. Check: close (each window of steps has a mean loss within --rtol of fp32's) but not
-  equal (bf16 really ran). bf16 is torch.autocast around the model's forward, set up in this
-  script as Accelerate's mixed_precision="bf16" does (see `bf16_forward`): a stand-in until
-  TrainConfig has a mixed-precision setting.
+  equal (bf16 really ran). bf16 is the harness's own `mixed_precision="bf16"` (Accelerate's
+  autocast), fp32 is `mixed_precision="no"`.
 - throughput: training tokens/s and model FLOPs utilisation (MFU) of `multitask` and
   `pals-parallel`, bf16 and fp32 (true fp32: PyTorch's default, no TF32), through
   harness.train.train_step.
@@ -131,8 +130,9 @@ def fresh_accelerate() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def in_process_run(model: Path, variant: str, steps: int, size: dict, work: Path):
-    """harness.train.setup for `steps` optimizer steps of one epoch, constant learning rate."""
+def in_process_run(model: Path, variant: str, steps: int, size: dict, work: Path, precision: str = "no"):
+    """harness.train.setup for `steps` optimizer steps of one epoch, constant learning rate, in
+    `precision` ("no": fp32, or "bf16")."""
     from harness.config import resolve_config
     from harness.train import preflight, setup
 
@@ -141,22 +141,8 @@ def in_process_run(model: Path, variant: str, steps: int, size: dict, work: Path
                                  batch_size=size["batch_size"], max_length=size["max_length"], lr=size["lr"],
                                  scheduler="constant", warmup_fraction=0.0, epochs=1, batches_per_epoch=steps,
                                  output_dir=str(work / "out"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                                 cache_dir=str(work / "cache"), progress=False))
+                                 cache_dir=str(work / "cache"), progress=False, mixed_precision=precision))
     return setup(config, *preflight(config))
-
-
-def bf16_forward(model, device_type: str) -> None:
-    """The model's forward under bf16 autocast, outputs back in fp32, as Accelerate's prepare does
-    for mixed_precision="bf16". Stand-in: once TrainConfig has mixed_precision, set it instead."""
-    import torch
-
-    forward = model.forward
-
-    def autocast_forward(*args, **kwargs):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return forward(*args, **kwargs).float()
-
-    model.forward = autocast_forward
 
 
 def synchronize() -> None:
@@ -265,9 +251,7 @@ def loss_curve(model: Path, size: dict, work: Path, bf16: bool) -> tuple[list[st
     from harness.train import train_step
 
     steps = size["precision_steps"]
-    run = in_process_run(model, "multitask", steps, size, work)
-    if bf16:
-        bf16_forward(run.model, run.accelerator.device.type)
+    run = in_process_run(model, "multitask", steps, size, work, "bf16" if bf16 else "no")
     tasks, losses = [], []
     for _ in range(steps):
         task = run.sampler.sample(1)
@@ -296,7 +280,7 @@ def precision(size: dict, model: Path, work: Path, rtol: float) -> dict:
             "fp32": fp32, "bf16": bf16, "windows": windows,
             "first_step_rel_diff": abs(bf16[0] - fp32[0]) / abs(fp32[0]),
             "max_window_rel_diff": worst, "finite": finite, "equal": equal,
-            "autocast": "torch.autocast(bf16) around the forward, in benchmarks/gpu.py (no TrainConfig setting yet)",
+            "autocast": "the harness's mixed_precision=bf16 (Accelerate's autocast)",
             "ok": finite and not equal and worst <= rtol}
 
 
@@ -322,12 +306,10 @@ def throughput(variant: str, bf16: bool, size: dict, model: Path, work: Path, pe
     from harness.train import train_step
 
     warmup, steps = size["warmup"], size["throughput_steps"]
-    run = in_process_run(model, variant, warmup + steps, size, work)
+    run = in_process_run(model, variant, warmup + steps, size, work, "bf16" if bf16 else "no")
     encoder_config = run.accelerator.unwrap_model(run.model).encoder.config
     layers, hidden = encoder_config.num_hidden_layers, encoder_config.hidden_size
     used = step_parameters(run.accelerator.unwrap_model(run.model), run.tasks)
-    if bf16:
-        bf16_forward(run.model, run.accelerator.device.type)
     seconds, tokens, flops, lengths = 0.0, 0, 0.0, []
     with recorded_batches() as batches:
         for i in range(warmup + steps):
