@@ -42,8 +42,8 @@ def recorded_batches():
 
     batches, original = [], train_module._batch
 
-    def recording(dataset, indices, device):
-        batch = original(dataset, indices, device)
+    def recording(*args, **kwargs):
+        batch = original(*args, **kwargs)
         batches.append(batch)
         return batch
 

@@ -259,7 +259,7 @@ def test_a_launch_that_gives_fewer_processes_than_its_config_is_refused(tmp_path
                *common_args(tiny_bert_no_dropout, small_data, tmp_path, "multitask")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
-    assert "world_size: launch/cpu-ddp.yaml asks for 2, the launcher gave 1" in result.stdout + result.stderr
+    assert "world_size: launch/cpu-ddp.yaml num_processes asks for 2, the launcher's environment (WORLD_SIZE) gave 1" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("backend", ["ddp", "zero2"])

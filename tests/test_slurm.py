@@ -156,7 +156,13 @@ def test_a_preempted_job_is_requeued_by_slurm_and_resumes_from_its_checkpoint(sl
     subprocess.run(["scontrol", "update", f"jobid={task}", "starttime=now"], check=True)
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-r", "-j", task], capture_output=True,
                                         text=True).stdout.strip(), 300, "the requeued job to finish")
-    assert sacct_states(task.split("_")[0])[task] == "COMPLETED"
+    # slurmdbd records the end a moment after squeue forgets the job (seen: RUNNING just after).
+    def ended():
+        state = sacct_states(task.split("_")[0]).get(task)
+        return state if state not in (None, "PENDING", "RUNNING") else None
+
+    state = wait_for(ended, 60, "accounting to record the job's end")
+    assert state == "COMPLETED"
     _, children = sweep_runs(tracking_uri, "slurm-preempt")
     (run,) = children.values()  # one run, stopped and continued: not a second one
     assert run.info.status == "FINISHED"
