@@ -23,6 +23,7 @@ dropout. That was a harness bug (fixed in harness.train.setup), not overhead.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -62,7 +63,8 @@ def count_stepped(counts: list[int]):
 
 
 def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int = 3, batch_size: int = 16,
-            max_length: int = 64, threads: int = 2, data_dir: str = str(REPO / "data"), cache_dir: str = "") -> dict:
+            max_length: int = 64, threads: int = 2, data_dir: str = str(REPO / "data"), cache_dir: str = "",
+            alternate: bool = True) -> dict:
     """Median step times of both loops on the same batches; raises if the two loops do different work."""
     import torch
     from accelerate.utils import set_seed
@@ -71,7 +73,7 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
     from harness.distributed import agree_on_step
     from harness.model import build_model, load_encoder, task_loss
     from harness.optim import innermost
-    from harness.train import preflight, setup, train_step
+    from harness.train import _batch, preflight, setup, train_step
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,40 +108,59 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
             plain_optimizer.step()
             plain_optimizer.zero_grad(set_to_none=True)
 
-        def harness_step() -> str:
+        def harness_step() -> None:
             task = run.sampler.sample(1)
             agree_on_step(run.accelerator, run.tasks.index(task), False, run.state.step, run.tasks)
             losses = train_step(run, [task])
             run.state.step += 1
             run.tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()}, "train/lr": config.lr},
                                     step=run.state.step)
-            return task
 
-        harness_times, plain_times, padded_tokens = [], [], []
+        # Each step's task and batch, drawn ahead from copies of the harness's sampler and streams, so
+        # that either loop can go first; the harness's own batch is checked equal to it every step.
+        sampler, streams = copy.deepcopy(run.sampler), copy.deepcopy(run.streams)
+        plan = []
+        for _ in range(steps + warmup):
+            task = sampler.sample(1)
+            plan.append((task, _batch(run.data[task].train, streams[task].take(batch_size), device)))
+
+        def timed(step, *args) -> float:
+            sync()
+            started = time.perf_counter()
+            step(*args)
+            sync()
+            return time.perf_counter() - started
+
+        times = {"harness": [], "plain": []}
+        first = []  # which loop ran first in each timed step
         with recorded_batches() as batches:
-            for i in range(steps + warmup):
-                sync()
-                started = time.perf_counter()
-                task = harness_step()
-                sync()
-                middle = time.perf_counter()
-                if len(batches) != i + 1:
+            for i, (task, batch) in enumerate(plan):
+                order = ["harness", "plain"] if (i % 2 == 0 or not alternate) else ["plain", "harness"]
+                took = {name: timed(harness_step if name == "harness" else plain_step, *(
+                    () if name == "harness" else (task, batch))) for name in order}
+                if len(batches) != i + 1 or run.state.step != i + 1:
                     raise RuntimeError(f"harness step {i} built {len(batches) - i} batches (expected 1)")
-                batch = batches[i]  # the plain loop gets the very tensors the harness step built
-                plain_step(task, batch)
-                sync()
-                ended = time.perf_counter()
+                if any(not torch.equal(batches[i][k], batch[k]) for k in batch) or set(batches[i]) != set(batch):
+                    raise RuntimeError(f"step {i}: the harness trained on a different batch than the plain loop")
                 if i >= warmup:
-                    harness_times.append(middle - started)
-                    plain_times.append(ended - middle)
-                    padded_tokens.append(batch["input_ids"].numel())
+                    for name in took:
+                        times[name].append(took[name])
+                    first.append(order[0])
+        padded_tokens = [batch["input_ids"].numel() for _, batch in plan[warmup:]]
         if harness_stepped != plain_stepped:
             raise RuntimeError(f"the loops' optimizers stepped different parameter counts: harness {harness_stepped}, "
                                f"plain {plain_stepped}")
         run.tracker.finish()
 
-    h, p = float(np.median(harness_times)), float(np.median(plain_times))
-    return {"model": model, "variant": variant, "device": str(device), "threads": torch.get_num_threads(),
+    h, p = float(np.median(times["harness"])), float(np.median(times["plain"]))
+    by_position = {}
+    for position in ("harness", "plain"):
+        picked = [i for i, f in enumerate(first) if f == position]
+        if picked:
+            ratios = [times["harness"][i] / times["plain"][i] for i in picked]
+            by_position[f"{position}_first"] = float(np.median(ratios))
+    return {"order": "alternate" if alternate else "harness-first", "ratio_by_first": by_position,
+            "model": model, "variant": variant, "device": str(device), "threads": torch.get_num_threads(),
             "batch_size": batch_size, "max_length": max_length, "steps": steps, "warmup": warmup,
             "mean_padded_tokens": float(np.mean(padded_tokens)), "plain_ms": 1000 * p, "harness_ms": 1000 * h,
             "ratio": h / p, "stepped_parameters": plain_stepped[warmup:]}
@@ -154,7 +175,9 @@ def report(result: dict) -> str:
         "|---|---|---|",
         f"| minimal PyTorch | {result['plain_ms']:.1f} | {1000 / result['plain_ms']:.3f} |",
         f"| harness | {result['harness_ms']:.1f} | {1000 / result['harness_ms']:.3f} |",
-        f"harness / minimal step time: {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f}%)"])
+        f"harness / minimal step time: {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f}%); order "
+        f"{result['order']}, median per-step ratio by the loop that ran first: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["ratio_by_first"].items())])
 
 
 def main() -> None:
@@ -167,9 +190,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=str(REPO / "data"))
+    parser.add_argument("--order", choices=["alternate", "harness-first"], default="alternate",
+                        help="which loop runs first in each step: alternating, or always the harness")
     args = parser.parse_args()
     print(report(measure(args.model, args.variant, args.steps, args.warmup, args.batch_size, args.max_length,
-                         args.threads, args.data_dir)))
+                         args.threads, args.data_dir, alternate=args.order == "alternate")))
 
 
 if __name__ == "__main__":
