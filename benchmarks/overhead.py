@@ -1,21 +1,24 @@
 """Harness overhead: the harness's training step against the minimal PyTorch loop doing the same
-arithmetic on the same tensors, alternated step by step in one process. Medians, and the ratio.
+arithmetic on the same batches, alternated step by step in one process. Medians, and the ratio.
 
 The harness step does everything it does in training: draws the task, checks ranks agree,
 takes indices, pads the batch and moves it to the device, sets per-task learning rates, checks
 the loss is finite, clips, steps, queues the metrics. The minimal loop runs on a copy of the
-harness's model (same weights, same train mode, so the same dropout) and gets the very
-batch tensors the harness built for that step, already padded and on the device: forward,
-loss, backward, clip, AdamW step, zero_grad(set_to_none=True). Its AdamW steps exactly the
-parameters the harness's steps (those with a gradient: the shared ones and the drawn task's;
-other tasks' parts keep None, as `inactive_tasks="skip"` leaves them); the script checks both,
-step by step, and stops if the two loops differ in mode, batches or stepped parameters.
+harness's model (same weights, same train mode, so the same dropout) on the same batches (drawn
+ahead from copies of the harness's sampler and streams, padded and on the device, checked equal
+to the harness's own each step): forward, loss, backward, clip, AdamW step,
+zero_grad(set_to_none=True). Its AdamW steps exactly the parameters the harness's steps (those
+with a gradient: the shared ones and the drawn task's; other tasks' parts keep None, as
+`inactive_tasks="skip"` leaves them). The script stops if the loops differ in mode, batches or
+stepped parameters. By default the loops alternate which runs first; the report gives the
+median ratio for each order.
 
-Why the old floor was 5% slower than the harness (0.948x, 0.950x): transformers'
-from_pretrained returns the encoder in eval mode, and the harness only switched the model to
-train mode in its first evaluation, so it trained without dropout (and, on CPU, with the fused
-attention kernel, which dropout takes away), while the plain loop, built with `.train()`, had
-dropout. That was a harness bug (fixed in harness.train.setup), not overhead.
+Why the old floor was slower than the harness (0.948x, 0.950x): in part, transformers'
+from_pretrained returns the encoder in eval mode and the harness switched to train mode only in
+its first evaluation, so it trained without dropout (and, on CPU, with the fused attention
+kernel, which dropout takes away) while the plain loop had dropout: a harness bug, fixed in
+harness.train.setup. With the fix and the harness always first the ratio stayed below 1 under
+load (0.900); the order within a pair is the other suspect (see docs/benchmarks.md).
 
     python benchmarks/overhead.py                      # packaged MiniLM, multitask
     python benchmarks/overhead.py --variant pals-parallel --steps 20
