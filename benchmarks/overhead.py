@@ -1,21 +1,24 @@
 """Harness overhead: the harness's training step against the minimal PyTorch loop doing the same
-arithmetic on the same tensors, alternated step by step in one process. Medians, and the ratio.
+arithmetic on the same batches, alternated step by step in one process. Medians, and the ratio.
 
 The harness step does everything it does in training: draws the task, checks ranks agree,
 takes indices, pads the batch and moves it to the device, sets per-task learning rates, checks
 the loss is finite, clips, steps, queues the metrics. The minimal loop runs on a copy of the
-harness's model (same weights, same train mode, so the same dropout) and gets the very
-batch tensors the harness built for that step, already padded and on the device: forward,
-loss, backward, clip, AdamW step, zero_grad(set_to_none=True). Its AdamW steps exactly the
-parameters the harness's steps (those with a gradient: the shared ones and the drawn task's;
-other tasks' parts keep None, as `inactive_tasks="skip"` leaves them); the script checks both,
-step by step, and stops if the two loops differ in mode, batches or stepped parameters.
+harness's model (same weights, same train mode, so the same dropout) on the same batches (drawn
+ahead from copies of the harness's sampler and streams, padded and on the device, checked equal
+to the harness's own each step): forward, loss, backward, clip, AdamW step,
+zero_grad(set_to_none=True). Its AdamW steps exactly the parameters the harness's steps (those
+with a gradient: the shared ones and the drawn task's; other tasks' parts keep None, as
+`inactive_tasks="skip"` leaves them). The script stops if the loops differ in mode, batches or
+stepped parameters. By default the loops alternate which runs first; the report gives the
+median ratio for each order.
 
-Why the old floor was 5% slower than the harness (0.948x, 0.950x): transformers'
-from_pretrained returns the encoder in eval mode, and the harness only switched the model to
-train mode in its first evaluation, so it trained without dropout (and, on CPU, with the fused
-attention kernel, which dropout takes away), while the plain loop, built with `.train()`, had
-dropout. That was a harness bug (fixed in harness.train.setup), not overhead.
+Why the old floor was slower than the harness (0.948x, 0.950x): in part, transformers'
+from_pretrained returns the encoder in eval mode and the harness switched to train mode only in
+its first evaluation, so it trained without dropout (and, on CPU, with the fused attention
+kernel, which dropout takes away) while the plain loop had dropout: a harness bug, fixed in
+harness.train.setup. With the fix and the harness always first the ratio stayed below 1 under
+load (0.900); the order within a pair is the other suspect (see docs/benchmarks.md).
 
     python benchmarks/overhead.py                      # packaged MiniLM, multitask
     python benchmarks/overhead.py --variant pals-parallel --steps 20
@@ -23,6 +26,7 @@ dropout. That was a harness bug (fixed in harness.train.setup), not overhead.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -62,7 +66,8 @@ def count_stepped(counts: list[int]):
 
 
 def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int = 3, batch_size: int = 16,
-            max_length: int = 64, threads: int = 2, data_dir: str = str(REPO / "data"), cache_dir: str = "") -> dict:
+            max_length: int = 64, threads: int = 2, data_dir: str = str(REPO / "data"), cache_dir: str = "",
+            alternate: bool = True) -> dict:
     """Median step times of both loops on the same batches; raises if the two loops do different work."""
     import torch
     from accelerate.utils import set_seed
@@ -71,7 +76,7 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
     from harness.distributed import agree_on_step
     from harness.model import build_model, load_encoder, task_loss
     from harness.optim import innermost
-    from harness.train import preflight, setup, train_step
+    from harness.train import _batch, preflight, setup, train_step
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,40 +111,59 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
             plain_optimizer.step()
             plain_optimizer.zero_grad(set_to_none=True)
 
-        def harness_step() -> str:
+        def harness_step() -> None:
             task = run.sampler.sample(1)
             agree_on_step(run.accelerator, run.tasks.index(task), False, run.state.step, run.tasks)
             losses = train_step(run, [task])
             run.state.step += 1
             run.tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()}, "train/lr": config.lr},
                                     step=run.state.step)
-            return task
 
-        harness_times, plain_times, padded_tokens = [], [], []
+        # Each step's task and batch, drawn ahead from copies of the harness's sampler and streams, so
+        # that either loop can go first; the harness's own batch is checked equal to it every step.
+        sampler, streams = copy.deepcopy(run.sampler), copy.deepcopy(run.streams)
+        plan = []
+        for _ in range(steps + warmup):
+            task = sampler.sample(1)
+            plan.append((task, _batch(run.data[task].train, streams[task].take(batch_size), device)))
+
+        def timed(step, *args) -> float:
+            sync()
+            started = time.perf_counter()
+            step(*args)
+            sync()
+            return time.perf_counter() - started
+
+        times = {"harness": [], "plain": []}
+        first = []  # which loop ran first in each timed step
         with recorded_batches() as batches:
-            for i in range(steps + warmup):
-                sync()
-                started = time.perf_counter()
-                task = harness_step()
-                sync()
-                middle = time.perf_counter()
-                if len(batches) != i + 1:
+            for i, (task, batch) in enumerate(plan):
+                order = ["harness", "plain"] if (i % 2 == 0 or not alternate) else ["plain", "harness"]
+                took = {name: timed(harness_step if name == "harness" else plain_step, *(
+                    () if name == "harness" else (task, batch))) for name in order}
+                if len(batches) != i + 1 or run.state.step != i + 1:
                     raise RuntimeError(f"harness step {i} built {len(batches) - i} batches (expected 1)")
-                batch = batches[i]  # the plain loop gets the very tensors the harness step built
-                plain_step(task, batch)
-                sync()
-                ended = time.perf_counter()
+                if any(not torch.equal(batches[i][k], batch[k]) for k in batch) or set(batches[i]) != set(batch):
+                    raise RuntimeError(f"step {i}: the harness trained on a different batch than the plain loop")
                 if i >= warmup:
-                    harness_times.append(middle - started)
-                    plain_times.append(ended - middle)
-                    padded_tokens.append(batch["input_ids"].numel())
+                    for name in took:
+                        times[name].append(took[name])
+                    first.append(order[0])
+        padded_tokens = [batch["input_ids"].numel() for _, batch in plan[warmup:]]
         if harness_stepped != plain_stepped:
             raise RuntimeError(f"the loops' optimizers stepped different parameter counts: harness {harness_stepped}, "
                                f"plain {plain_stepped}")
         run.tracker.finish()
 
-    h, p = float(np.median(harness_times)), float(np.median(plain_times))
-    return {"model": model, "variant": variant, "device": str(device), "threads": torch.get_num_threads(),
+    h, p = float(np.median(times["harness"])), float(np.median(times["plain"]))
+    by_position = {}
+    for position in ("harness", "plain"):
+        picked = [i for i, f in enumerate(first) if f == position]
+        if picked:
+            ratios = [times["harness"][i] / times["plain"][i] for i in picked]
+            by_position[f"{position}_first"] = float(np.median(ratios))
+    return {"order": "alternate" if alternate else "harness-first", "ratio_by_first": by_position,
+            "model": model, "variant": variant, "device": str(device), "threads": torch.get_num_threads(),
             "batch_size": batch_size, "max_length": max_length, "steps": steps, "warmup": warmup,
             "mean_padded_tokens": float(np.mean(padded_tokens)), "plain_ms": 1000 * p, "harness_ms": 1000 * h,
             "ratio": h / p, "stepped_parameters": plain_stepped[warmup:]}
@@ -154,7 +178,9 @@ def report(result: dict) -> str:
         "|---|---|---|",
         f"| minimal PyTorch | {result['plain_ms']:.1f} | {1000 / result['plain_ms']:.3f} |",
         f"| harness | {result['harness_ms']:.1f} | {1000 / result['harness_ms']:.3f} |",
-        f"harness / minimal step time: {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f}%)"])
+        f"harness / minimal step time: {result['ratio']:.3f} ({(result['ratio'] - 1) * 100:+.1f}%); order "
+        f"{result['order']}, median per-step ratio by the loop that ran first: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["ratio_by_first"].items())])
 
 
 def main() -> None:
@@ -167,9 +193,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=str(REPO / "data"))
+    parser.add_argument("--order", choices=["alternate", "harness-first"], default="alternate",
+                        help="which loop runs first in each step: alternating, or always the harness")
     args = parser.parse_args()
     print(report(measure(args.model, args.variant, args.steps, args.warmup, args.batch_size, args.max_length,
-                         args.threads, args.data_dir)))
+                         args.threads, args.data_dir, alternate=args.order == "alternate")))
 
 
 if __name__ == "__main__":
