@@ -186,7 +186,7 @@ def train_once(name: str, config_file: str | None, batch_size: int, size: dict, 
     if result.returncode != 0:
         raise RuntimeError(f"{name}: `{' '.join(command)}` exited {result.returncode}:\n"
                            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    (weights,) = out.glob("*/model.pt")
+    (weights,) = out.glob("*/model/weights.pt")
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("*/timing/rank*.json"))]
     return {"weights": torch.load(weights, map_location="cpu"), "ranks": ranks}
 

@@ -54,10 +54,10 @@ def main() -> None:
 
     from harness.data import load_task_data
     from harness.model import load_encoder
-    from harness.tasks import TASKS
+    from harness.tasks import HANDOUT_TASKS
 
     _, tokenizer = load_encoder(args.model)
-    data = load_task_data(args.data_dir, list(TASKS), tokenizer, args.max_length)
+    data = load_task_data(args.data_dir, list(HANDOUT_TASKS), tokenizer, args.max_length)
     print(f"{args.world_size} rank(s) x micro-batch {args.batch_size} x accumulation {args.grad_accum}, "
           f"max {args.max_length} tokens, joint pair encoding, one pass over each task's training split")
     print("| task | examples | padding, shuffled | padding, length-grouped | padded tokens saved |")

@@ -1,4 +1,5 @@
-"""`mtl-bench`: train, list variants, print parameter counts.
+"""`mtl-bench`: train; list variants and tasks; print parameter counts; sweep and compare; use a
+trained run (evaluate, predict).
 
 Flags of `train` are generated from TrainConfig's fields (--batch-size sets batch_size), so a
 new setting needs no CLI code. Variant options are `--option NAME=VALUE`, converted to the
@@ -49,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                  if f.name != "variant_options" and getattr(args, f.name, None) is not None}
     overrides["variant_options"] = _parse_options(args.option)
     config = resolve_config(overrides)
-    make_config(config.variant, config.variant_options)  # unknown variant / bad option: fail now
+    make_config(config.variant, config.variant_settings())  # unknown variant / bad option: fail now
     return config
 
 
@@ -84,6 +85,63 @@ def cmd_variants(args: argparse.Namespace) -> int:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 print(f"    {f.name} = {default!r}")
     return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from harness.tasks import list_tasks
+
+    for spec in list_tasks():
+        shape = "sentence pair" if spec.is_pair else "sentence"
+        what = (f"{spec.num_classes} classes" if spec.kind == "classification"
+                else f"{spec.label_range[0]:g}-{spec.label_range[1]:g}")
+        print(f"{spec.name:12s} {spec.kind} of a {shape} ({what}); metrics {', '.join(spec.metrics)} "
+              f"(primary {spec.primary_metric}); files {', '.join(spec.files.values())}")
+        if args.verbose and spec.description:
+            print(f"{'':12s} {spec.description}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.trained import evaluate_run
+
+    evaluate_run(args.run_id, args.split, args.data_dir, args.tracking_uri, args.out,
+                 [t for t in args.tasks.split(",") if t] if args.tasks else None, log=args.log)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harness.trained import predict_run
+
+    predict_run(args.run_id, args.task, args.texts, args.file, args.tracking_uri)
+    return 0
+
+
+def _add_use_parsers(sub) -> None:
+    e = sub.add_parser("evaluate", help="score a saved run's model on dev again, or predict the test split",
+                       description="Loads the model a run saved (--save-model), predicts every example of the split "
+                                   "for each of its tasks, writes the prediction files (for the handout tasks the "
+                                   "CS224N starter's sst-test-output.csv, para-..., sts-...) and logs them to the run "
+                                   "under predictions/<split>/. With --split dev it prints the metrics beside the "
+                                   "ones the run logged.")
+    e.add_argument("run_id", help="the MLflow run id (printed at the end of `mtl-bench train`)")
+    e.add_argument("--split", default="dev", choices=("dev", "test"))
+    e.add_argument("--data-dir", default="", help="default: the run's own --data-dir")
+    e.add_argument("--tasks", default="", help="comma-separated subset of the run's tasks (default: all)")
+    e.add_argument("--out", default="", help="folder for the prediction files (default <output-dir>/evaluate/<run>)")
+    e.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    e.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log the prediction files to the run (default: yes)")
+    e.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="predict with a saved run's model for sentences or sentence pairs",
+                       description="Prints `prediction <tab> score <tab> input` per example: the class (score: its "
+                                   "probability) or the value of a regression task. A pair task takes its texts two "
+                                   "at a time; in --file, one example per line, a pair's sentences tab-separated.")
+    p.add_argument("run_id")
+    p.add_argument("--task", required=True, help="one of the run's tasks")
+    p.add_argument("texts", nargs="*", help="sentences (a pair task: two per example)")
+    p.add_argument("--file", default=None, help="a file of examples, one per line")
+    p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    p.set_defaults(func=cmd_predict)
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -187,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     p_variants = sub.add_parser("variants", help="list the registered variants")
     p_variants.add_argument("--options", action="store_true", help="also list each variant's options")
     p_variants.set_defaults(func=cmd_variants)
+    p_tasks = sub.add_parser("tasks", help="list the registered tasks (--tasks chooses a run's)")
+    p_tasks.add_argument("--verbose", "-v", action="store_true", help="also describe each task")
+    p_tasks.set_defaults(func=cmd_tasks)
+    _add_use_parsers(sub)
     p_params = sub.add_parser("params", help="parameter counts of every variant, without training")
     p_params.add_argument("--model", default="default", help="a BERT checkpoint folder (default: packaged MiniLM)")
     p_params.add_argument("--random-config", default="", metavar="H,L,A",
@@ -198,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("--tracking-uri", default="", help="default: the URI recorded in the file")
     p_replay.set_defaults(func=cmd_replay)
     _add_sweep_parser(sub)
-    args = parser.parse_args(argv)
+    # argparse gives a positional list to the first run of positionals only, so the texts of
+    # `predict RUN --task sst "a sentence"` arrive as extra arguments: they are predict's texts.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "predict" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts = [*args.texts, *extra]
     try:
         return args.func(args)
     except Exception as exc:
@@ -216,8 +284,10 @@ def _exit_code(exc: Exception) -> int | None:
     from harness.distributed import LaunchError
     from harness.model import ModelError
     from harness.sweep import SweepError
+    from harness.tasks import TaskError
     from harness.tracking import TrackingError
     from harness.train import NonFiniteLoss, TrainingStopped
+    from harness.trained import TrainedModelError
     from variants import VariantError
 
     if isinstance(exc, TrainingStopped):
@@ -225,7 +295,7 @@ def _exit_code(exc: Exception) -> int | None:
     if isinstance(exc, NonFiniteLoss):
         return 3
     if isinstance(exc, (ConfigError, VariantError, DataError, ModelError, LaunchError, TrackingError,
-                        SweepError, CompareError, FileNotFoundError)):
+                        SweepError, CompareError, TaskError, TrainedModelError, FileNotFoundError)):
         return 2
     return None
 

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.metrics import overall_score, task_metric
-from harness.tasks import OVERALL_TASKS, TASKS
+from harness.metrics import METRICS
+from harness.tasks import HANDOUT_TASKS, TaskError, get_task, overall_formula, primary_key
 
-TASK_ORDER = ["sst", "cfimdb", "quora", "sts"]
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
-METRIC = {t: f"dev/{t}/{'pearson' if TASKS[t].metric == 'pearson' else 'accuracy'}" for t in TASK_ORDER}
+METRIC_TITLES = {"accuracy": "acc", "pearson": "r", "spearman": "Spearman", "macro_f1": "macro-F1", "mcc": "MCC"}
 
 
 class CompareError(RuntimeError):
@@ -40,11 +39,12 @@ class RunRecord:
     label: str
     variant: str
     seed: int
-    scores: dict[str, float]  # task -> dev metric
+    scores: dict[str, float]  # task -> its primary dev metric
     overall: float | None
     task_specific: int  # task-specific encoder parameters, all tasks (heads excluded: every variant has them)
     ratio: float  # total parameters / encoder parameters
     train_seconds: float
+    formula: str = ""  # how `overall` was computed from the run's task set (harness.tasks.overall_formula)
     predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
 
 
@@ -102,14 +102,42 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
     records = []
     for (label, seed), run in sorted(latest.items()):
         m = run.data.metrics
-        scores = {t: m[METRIC[t]] for t in TASK_ORDER if METRIC[t] in m}
+        tasks = [t for t in run.data.params.get("variant.tasks", ",".join(HANDOUT_TASKS)).split(",") if t]
+        try:
+            scores = {t: m[primary_key(t)] for t in tasks if primary_key(t) in m}
+        except TaskError as exc:
+            raise CompareError(f"run {run.info.run_id} ({label} seed {seed}): {exc} (install the package that "
+                               "registers it)") from None
         if "params/task_specific_total" not in m:
             raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no params/task_specific_total metric")
-        records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores,
-                                 overall_score(scores), int(m["params/task_specific_total"]),
+        formula = overall_formula(tasks)
+        overall = formula.score(_as_metrics(scores)) if formula else None
+        records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores, overall,
+                                 int(m["params/task_specific_total"]),
                                  float(m.get("params/ratio_to_encoder", math.nan)),
-                                 float(m.get("time/train_seconds", math.nan))))
+                                 float(m.get("time/train_seconds", math.nan)),
+                                 formula.describe() if formula else "none"))
     return records, parent_id
+
+
+def _as_metrics(scores: dict[str, float]) -> dict[str, dict[str, float]]:
+    """task -> primary value, as the task -> metric -> value that an OverallFormula scores."""
+    return {t: {get_task(t).primary_metric: v} for t, v in scores.items()}
+
+
+def _primary(task: str, preds, labels) -> float:
+    return METRICS[get_task(task).primary_metric].fn(preds, labels)
+
+
+def task_order(records: list[RunRecord]) -> list[str]:
+    """The tasks of these runs: the handout's in the study's order, then others as first seen."""
+    seen = [t for r in records for t in r.scores]
+    return [t for t in HANDOUT_TASKS if t in seen] + list(dict.fromkeys(t for t in seen if t not in HANDOUT_TASKS))
+
+
+def task_title(task: str) -> str:
+    spec = get_task(task)
+    return f"{spec.title or task} {METRIC_TITLES.get(spec.primary_metric, spec.primary_metric)}"
 
 
 def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]:
@@ -129,15 +157,23 @@ def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]
 
 
 def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resamples: int = 1000,
-                         seed: int = 0, score=overall_score) -> tuple[float, float, float]:
+                         seed: int = 0, score=None) -> tuple[float, float, float]:
     """Paired bootstrap over dev examples of score(variant) - score(baseline), mean over seeds.
 
     `pairs` holds (variant predictions, baseline predictions) per common seed; `score` maps
-    {task: metric} to one number (default: the overall score of `tasks`). Each task's dev
+    {task: primary metric} to one number (default: the overall score of `tasks`). Each task's dev
     examples are resampled (the same resample for every model and seed). Returns the observed
     difference and the 95% percentile interval.
     """
     from scipy import stats
+
+    if score is None:
+        formula = overall_formula(tasks)
+        if formula is None:
+            raise CompareError(f"tasks {tasks} have no overall score")
+
+        def score(values):
+            return formula.score(_as_metrics(values))
 
     for variant, baseline in pairs:
         for task in tasks:
@@ -149,8 +185,8 @@ def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resam
         for variant, baseline in pairs:
             scores = {}
             for which, preds in (("v", variant), ("b", baseline)):
-                scores[which] = score({t: task_metric(t, preds[t]["pred"][i], preds[t]["label"][i])
-                                               for t, i in zip(tasks, indices)})
+                scores[which] = score({t: _primary(t, preds[t]["pred"][i], preds[t]["label"][i])
+                                       for t, i in zip(tasks, indices)})
             diffs.append(scores["v"] - scores["b"])
         return float(np.mean(diffs))
 
@@ -192,6 +228,7 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
     The t-test p-values are Holm-adjusted across every label compared here (`p_seeds_holm`)."""
     from scipy import stats
 
+    tasks = task_order(records)
     by_label: dict[str, list[RunRecord]] = {}
     for record in records:
         by_label.setdefault(record.label, []).append(record)
@@ -201,14 +238,15 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         base_label = " ".join([baseline] + label.split()[1:])
         base = {r.seed: r for r in by_label.get(base_label, [])}
         row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group)}
-        for task in TASK_ORDER + ["overall"]:
+        for task in tasks + ["overall"]:
             values = [r.overall if task == "overall" else r.scores.get(task) for r in group]
             row[f"{task}_mean"], row[f"{task}_std"] = _mean_std([v for v in values if v is not None])
         row["task_specific_params"] = int(np.median([r.task_specific for r in group]))
         row["ratio_to_encoder"] = float(np.median([r.ratio for r in group]))
         row["train_minutes_mean"] = float(np.mean([r.train_seconds for r in group])) / 60
+        # Overall scores are compared only between runs of the same formula (the same task set's).
         paired = [(r, base[r.seed]) for r in group if r.seed in base and r.overall is not None
-                  and base[r.seed].overall is not None]
+                  and base[r.seed].overall is not None and r.formula == base[r.seed].formula]
         row.update({"delta_overall": math.nan, "p_seeds": math.nan, "p_seeds_holm": math.nan, "ci_low": math.nan,
                     "ci_high": math.nan, "paired_seeds": len(paired), "verdict": ""})
         if label != base_label and paired:
@@ -219,11 +257,12 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
                                                        [b.overall for _, b in paired]).pvalue)
             if test in ("bootstrap", "both"):
                 pairs = [(load_predictions(client, r, folder), load_predictions(client, b, folder)) for r, b in paired]
-                _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, list(OVERALL_TASKS), resamples)
+                overall_tasks = [t for t, _, _ in overall_formula(list(paired[0][0].scores)).terms]
+                _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, overall_tasks, resamples)
             compared.append(row)
         # Each task's own difference (the single-task model has no overall score, but has SST).
         by_task = [(r, base[r.seed]) for r in group if r.seed in base]
-        for task in TASK_ORDER:
+        for task in tasks:
             row[f"delta_{task}"] = row[f"ci_low_{task}"] = row[f"ci_high_{task}"] = math.nan
             task_pairs = [(r, b) for r, b in by_task if task in r.scores and task in b.scores]
             if label == base_label or not task_pairs:
@@ -269,18 +308,27 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
 
 
+def _tasks_of(rows: list[dict]) -> list[str]:
+    """The tasks of summarise's rows, in their order (columns <task>_mean)."""
+    if not rows:
+        return []
+    names = [k[:-len("_mean")] for k in rows[0] if k.endswith("_mean")]
+    return [t for t in names if t != "overall" and f"{t}_std" in rows[0]]
+
+
 def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
-    lines = [(f"| variant | n | SST acc | CFIMDB acc | Quora acc | STS r | overall | Δ overall vs {baseline} | "
+    tasks = _tasks_of(rows)
+    lines = [(f"| variant | n | {' | '.join(task_title(t) for t in tasks)} | overall | Δ overall vs {baseline} | "
               "p (paired t, seeds) | p Holm-adjusted | 95% CI (bootstrap, dev examples) | verdict | "
               "task-specific params | ratio to encoder | train min |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         delta = "-" if math.isnan(r["delta_overall"]) else f"{r['delta_overall']:+.3f}"
         p = "-" if math.isnan(r["p_seeds"]) else f"{r['p_seeds']:.3f}"
         p_holm = "-" if math.isnan(r["p_seeds_holm"]) else f"{r['p_seeds_holm']:.3f}"
         ci = "-" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
         lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(_fmt(r[f'{t}_mean'], r[f'{t}_std'])
-                                                             for t in TASK_ORDER + ["overall"])
+                                                             for t in tasks + ["overall"])
                      + f" | {delta} | {p} | {p_holm} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
                        f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -312,13 +360,14 @@ def caption(rows: list[dict], baseline: str, test: str) -> str:
 def task_difference_table(rows: list[dict], baseline: str) -> str:
     """Each task's metric difference from the baseline (mean over common seeds) and its 95%
     bootstrap interval; * where the interval excludes 0."""
-    lines = ["| variant | " + " | ".join(f"Δ {t}" for t in TASK_ORDER) + " |",
-             "|---|" + "---|" * len(TASK_ORDER)]
+    tasks = _tasks_of(rows)
+    lines = ["| variant | " + " | ".join(f"Δ {t}" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
     for r in rows:
         if r["variant"].split()[0] == baseline:
             continue
         cells = []
-        for t in TASK_ORDER:
+        for t in tasks:
             if math.isnan(r[f"delta_{t}"]):
                 cells.append("-")
                 continue
@@ -391,14 +440,15 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
     ax.set_title(f"{title}: score against task-specific parameters")
     paths.append(_save(fig, folder / "score_vs_params.png"))
 
-    fig, axes = plt.subplots(1, len(TASK_ORDER), figsize=(16, 4.5))
-    for ax, task in zip(axes, TASK_ORDER):
+    tasks = _tasks_of(rows)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
         present = [r for r in rows if not math.isnan(r[f"{task}_mean"])]
         ax.bar(range(len(present)), [r[f"{task}_mean"] for r in present],
                yerr=err([r[f"{task}_std"] for r in present]), capsize=3, color="#55a868")
         ax.set_xticks(range(len(present)), [r["variant"] for r in present], rotation=60, ha="right", fontsize=7)
         _floor(ax, [r[f"{task}_mean"] - err([r[f"{task}_std"]])[0] for r in present])
-        ax.set_title(f"{task} ({'Pearson r' if task == 'sts' else 'accuracy'})")
+        ax.set_title(f"{task} ({get_task(task).primary_metric})")
     fig.suptitle(f"{title}: dev metric per task (mean ± std over seeds)")
     paths.append(_save(fig, folder / "per_task.png"))
     return paths

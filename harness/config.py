@@ -81,7 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
     keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
     resume: str = ""  # a checkpoint folder, or a run's output folder (its latest checkpoint)
-    save_model: bool = False  # write the final weights to <output_dir>/<run id>/model.pt
+    save_model: bool = False  # log the reported epoch's model as the MLflow artifact model/ (harness/trained.py)
     dist_timeout: int = 600  # seconds a rank waits in a collective before giving up (a dead peer)
     launch_config: str = ""  # the Accelerate config launched with; checked against what was obtained
     # Set by `mtl-bench sweep` for each job: the run becomes a child of the sweep's parent run.
@@ -89,6 +89,9 @@ class TrainConfig:
     sweep_id: str = ""
     sweep_job: str = ""  # the job's stable key within its sweep
     sweep_label: str = ""  # what `mtl-bench compare` groups by: the variant and any grid values
+    # Comma-separated task set (see `mtl-bench tasks`); empty: the variant's own (the handout's four;
+    # single-task: sst,cfimdb).
+    tasks: str = ""
     variant_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -124,6 +127,16 @@ class TrainConfig:
         if self.head_input == "pooler" and self.pair_encoding == "separate":
             raise ConfigError("head_input: 'pooler' reads the [CLS] state of a joint encoding; with "
                               "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")
+
+    def variant_settings(self) -> dict[str, Any]:
+        """The variant's options, with the task set of --tasks."""
+        options = dict(self.variant_options)
+        if self.tasks:
+            if "tasks" in options:
+                raise ConfigError(f"tasks: given twice, as --tasks {self.tasks} and as the variant option "
+                                  f"tasks={options['tasks']}; use --tasks")
+            options["tasks"] = self.tasks
+        return options
 
     @property
     def total_steps(self) -> int:

@@ -1,5 +1,6 @@
-"""Reading the CS224N handout files, tokenising them through `datasets`, and padding batches.
+"""Reading task files, tokenising them through `datasets`, and padding batches.
 
+Files are read in the CS224N handout's format unless a task brings its own reader (TaskSpec.reader).
 The handout files are tab-separated with a header (first column an unnamed row index) and
 use CSV quoting (a quoted field doubles its quotes), as the starter code's `csv.DictReader(fp, delimiter="\\t")`
 reads them. We read them with the same dialect but strictly: a row that the starter code
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
+from harness.tasks import TaskSpec, get_task
 
 # Bumped whenever tokenised columns change, so stale caches are never reused.
 CACHE_VERSION = "1"
@@ -32,7 +33,7 @@ class DataError(ValueError):
 class TaskRows:
     """The validated rows of one file, plus what the lenient mode skipped."""
 
-    path: Path
+    path: Path | None  # None: texts that came from no file
     ids: list[str] = field(default_factory=list)
     texts: list[tuple[str, ...]] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
@@ -45,12 +46,11 @@ class TaskRows:
 def _parse_label(spec: TaskSpec, raw: str) -> float:
     """Returns the label as a float, or raises ValueError saying what was expected."""
     value = raw.strip()
+    low, high = spec.label_range
     if spec.kind == "classification":
-        expected = f"an integer class in 0..{spec.num_classes - 1}"
-    elif spec.kind == "paraphrase":
-        expected = "0 or 1"
+        expected = "0 or 1" if spec.num_classes == 2 else f"an integer class in 0..{spec.num_classes - 1}"
     else:
-        expected = f"a number in [0, {SIMILARITY_MAX:g}]"
+        expected = f"a number in [{low:g}, {high:g}]"
     if value == "":
         raise ValueError(f"missing {spec.label_column} (expected {expected})")
     try:
@@ -61,17 +61,25 @@ def _parse_label(spec: TaskSpec, raw: str) -> float:
         raise ValueError(f"{spec.label_column} {value!r} is not finite (expected {expected})")
     if spec.kind == "classification":
         ok = number.is_integer() and 0 <= number < spec.num_classes
-    elif spec.kind == "paraphrase":
-        ok = number in (0.0, 1.0)
     else:
-        ok = 0.0 <= number <= SIMILARITY_MAX
+        ok = low <= number <= high
     if not ok:
         raise ValueError(f"{spec.label_column} {value!r} is out of range (expected {expected})")
     return number
 
 
-def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = False) -> TaskRows:
-    """Reads and validates one labelled handout file (train or dev split).
+def read_rows(path: str | os.PathLike, spec: TaskSpec, lenient: bool = False, labelled: bool = True) -> TaskRows:
+    """Reads one file of a task with its reader: the task's own, or the handout format's."""
+    reader = spec.reader or read_task_file
+    return reader(Path(path), spec, lenient, labelled)
+
+
+def header_columns(spec: TaskSpec, labelled: bool = True) -> list[str]:
+    return [spec.id_column, *spec.text_columns, *([spec.label_column] if labelled else [])]
+
+
+def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = False, labelled: bool = True) -> TaskRows:
+    """Reads and validates one handout-format file: labelled (train, dev) or not (test; labels 0).
 
     Strict mode raises DataError at the first bad row; lenient mode skips bad rows and
     lists them in `TaskRows.skipped`. A bad header is always an error.
@@ -86,7 +94,7 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
             header = next(reader)
         except StopIteration:
             raise DataError(f"{path}: file is empty (expected a header row)") from None
-        needed = ("id", *spec.text_columns, spec.label_column)
+        needed = header_columns(spec, labelled)
         missing = [c for c in needed if c not in header]
         if missing:
             raise DataError(
@@ -123,10 +131,10 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
                 for column, text in zip(spec.text_columns, texts):
                     if not text:
                         raise ValueError(f"empty {column}")
-                label = _parse_label(spec, record[col[spec.label_column]])
-                example_id = record[col["id"]].strip()
+                label = _parse_label(spec, record[col[spec.label_column]]) if labelled else 0.0
+                example_id = record[col[spec.id_column]].strip()
                 if not example_id:
-                    raise ValueError("empty id")
+                    raise ValueError(f"empty {spec.id_column}")
             except ValueError as exc:
                 if not lenient:
                     raise DataError(f"{path}, line {line_start}: {exc}") from None
@@ -140,21 +148,23 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
     return rows
 
 
-def check_data_dir(data_dir: str | os.PathLike, tasks: list[str]) -> None:
+def check_data_dir(data_dir: str | os.PathLike, tasks: list[str], splits: tuple[str, ...] = ("train", "dev")) -> None:
     """Fails fast, before any model is loaded, if a needed file is missing or mis-headed."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: not a directory")
     for name in tasks:
-        spec = TASKS[name]
-        for filename in (spec.train_file(), spec.dev_file()):
-            path = data_dir / filename
+        spec = get_task(name)
+        for split in splits:
+            path = data_dir / spec.file(split)
             if not path.is_file():
-                raise DataError(f"{path}: file not found (needed for task {name}; --data-dir must hold "
-                                f"{spec.train_file()} and {spec.dev_file()})")
+                needed = " and ".join(spec.file(s) for s in splits)
+                raise DataError(f"{path}: file not found (needed for task {name}; --data-dir must hold {needed})")
+            if spec.reader is not None:
+                continue  # a task's own format: its reader checks the file when it reads it
             with open(path, newline="", encoding="utf-8") as fp:
                 header = next(csv.reader(fp, delimiter="\t"), [])
-            needed = ["id", *spec.text_columns, spec.label_column]
+            needed = header_columns(spec, labelled=split != "test")
             missing = [c for c in needed if c not in header]
             if missing:
                 raise DataError(f"{path}, line 1: header {header} lacks column(s) {missing} "
@@ -196,13 +206,6 @@ def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pa
     """
     import datasets
 
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    skipped = ",".join(str(line) for line, _ in rows.skipped)
-    key = hashlib.sha256(
-        "|".join([CACHE_VERSION, _file_sha256(rows.path), _tokenizer_fingerprint(tokenizer),
-                  str(max_length), pair_encoding, spec.name, skipped]).encode()
-    ).hexdigest()[:24]
     columns: dict[str, list[Any]] = {"id": rows.ids, "label": rows.labels}
     for i, column in enumerate(spec.text_columns):
         columns[f"text{i}"] = [t[i] for t in rows.texts]
@@ -221,7 +224,17 @@ def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pa
                                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         return out
 
-    return raw.map(encode, batched=True, batch_size=1000, remove_columns=[c for c in columns if c.startswith("text")],
+    text_columns = [c for c in columns if c.startswith("text")]
+    if rows.path is None:  # texts given on the command line (`mtl-bench predict`): nothing to cache
+        return raw.map(encode, batched=True, batch_size=1000, remove_columns=text_columns)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    skipped = ",".join(str(line) for line, _ in rows.skipped)
+    key = hashlib.sha256(
+        "|".join([CACHE_VERSION, _file_sha256(rows.path), _tokenizer_fingerprint(tokenizer),
+                  str(max_length), pair_encoding, spec.name, skipped]).encode()
+    ).hexdigest()[:24]
+    return raw.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
                    cache_file_name=str(cache_dir / f"{spec.name}-{key}.arrow"), load_from_cache_file=True,
                    new_fingerprint=key, desc=f"tokenising {rows.path.name}")
 
@@ -267,13 +280,26 @@ def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max
     data_dir = Path(data_dir)
     out: dict[str, TaskData] = {}
     for name in tasks:
-        spec = TASKS[name]
+        spec = get_task(name)
         splits = {}
         skipped = {}
-        for split, filename in (("train", spec.train_file()), ("dev", spec.dev_file())):
-            rows = read_task_file(data_dir / filename, spec, lenient=lenient)
+        for split in ("train", "dev"):
+            filename = spec.file(split)
+            rows = read_rows(data_dir / filename, spec, lenient=lenient)
             skipped[filename] = rows.skipped
             splits[split] = (rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir))
         out[name] = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped,
-                             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+                             pad_id_of(tokenizer))
     return out
+
+
+def load_split(data_dir: str | os.PathLike, task: str, split: str, tokenizer, max_length: int,
+               pair_encoding: str = "joint", lenient: bool = False, cache_dir: str | os.PathLike | None = None):
+    """One split of one task (dev, or the unlabelled test split), validated and tokenised: (rows, dataset)."""
+    spec = get_task(task)
+    rows = read_rows(Path(data_dir) / spec.file(split), spec, lenient=lenient, labelled=split != "test")
+    return rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir)
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -1,38 +1,80 @@
-"""Dev metrics: accuracy for classification and paraphrase, Pearson r for similarity."""
+"""Dev metrics, chosen per task by name (TaskSpec.metrics): scikit-learn's for classification,
+scipy's correlations for regression."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
-from harness.tasks import OVERALL_TASKS, TASKS
+
+def _arrays(name: str, predictions, labels, least: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
+    if predictions.shape != labels.shape or predictions.size < least:
+        raise ValueError(f"{name} needs two equal arrays of at least {least} value(s); "
+                         f"got {predictions.shape} and {labels.shape}")
+    return predictions, labels
 
 
 def accuracy(predictions: Sequence[float], labels: Sequence[float]) -> float:
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if predictions.shape != labels.shape or predictions.size == 0:
-        raise ValueError(f"accuracy needs two equal, non-empty arrays; got {predictions.shape} and {labels.shape}")
+    predictions, labels = _arrays("accuracy", predictions, labels)
     return float(np.mean(predictions == labels))
 
 
+def macro_f1(predictions: Sequence[float], labels: Sequence[float]) -> float:
+    """F1 averaged over the classes present in the labels or the predictions (scikit-learn's "macro")."""
+    from sklearn.metrics import f1_score
+
+    predictions, labels = _arrays("macro_f1", predictions, labels)
+    return float(f1_score(labels, predictions, average="macro", zero_division=0.0))
+
+
+def mcc(predictions: Sequence[float], labels: Sequence[float]) -> float:
+    """Matthews correlation (multiclass: scikit-learn's generalisation); 0 for a constant predictor."""
+    from sklearn.metrics import matthews_corrcoef
+
+    predictions, labels = _arrays("mcc", predictions, labels)
+    return float(matthews_corrcoef(labels, predictions))
+
+
+def _correlation(name: str, fn, predictions, labels) -> float:
+    predictions, labels = _arrays(name, predictions, labels, least=2)
+    if np.all(predictions == predictions[0]) or np.all(labels == labels[0]):
+        return math.nan  # undefined, not an exception: a constant predictor scores NaN (worst)
+    return float(fn(predictions, labels).statistic)
+
+
 def pearson(predictions: Sequence[float], labels: Sequence[float]) -> float:
-    """Pearson r via scipy; NaN (not an exception) when the predictions are constant."""
-    predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
-    if predictions.shape != labels.shape or predictions.size < 2:
-        raise ValueError(f"pearson needs two equal arrays of at least 2 values; got {predictions.shape}, {labels.shape}")
-    if np.all(predictions == predictions[0]):
-        return math.nan
-    return float(stats.pearsonr(predictions, labels).statistic)
+    """Pearson r via scipy; NaN when the predictions are constant."""
+    from scipy import stats
+
+    return _correlation("pearson", stats.pearsonr, predictions, labels)
 
 
-def task_metric(task: str, predictions: Sequence[float], labels: Sequence[float]) -> float:
-    return pearson(predictions, labels) if TASKS[task].metric == "pearson" else accuracy(predictions, labels)
+def spearman(predictions: Sequence[float], labels: Sequence[float]) -> float:
+    """Spearman's rank correlation via scipy; NaN when the predictions are constant."""
+    from scipy import stats
+
+    return _correlation("spearman", stats.spearmanr, predictions, labels)
 
 
-def overall_score(metrics: Mapping[str, float]) -> float | None:
-    """mean(SST acc, Quora acc, (STS r + 1) / 2) as in the CS224N evaluation; None if a task is absent."""
-    if not all(t in metrics for t in OVERALL_TASKS):
-        return None
-    return float(np.mean([metrics["sst"], metrics["quora"], (metrics["sts"] + 1.0) / 2.0]))
+@dataclass(frozen=True)
+class Metric:
+    fn: Callable[[Sequence[float], Sequence[float]], float]
+    kind: str  # the task kind it scores: "classification" or "regression"
+    correlation: bool  # in [-1, 1]: mapped to [0, 1] as (r + 1) / 2 in an overall score
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(accuracy, "classification", False),
+    "macro_f1": Metric(macro_f1, "classification", False),
+    "mcc": Metric(mcc, "classification", True),
+    "pearson": Metric(pearson, "regression", True),
+    "spearman": Metric(spearman, "regression", True),
+}
+
+
+def task_metrics(spec, predictions: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
+    """Every metric of a task (TaskSpec), by name."""
+    return {name: METRICS[name].fn(predictions, labels) for name in spec.metrics}

@@ -1,9 +1,12 @@
 """The multitask model: one shared BERT encoder, a variant's task-specific parts, a head per task.
 
-Sentence pairs are encoded together by default ([CLS] a [SEP] b [SEP], the [CLS] state feeds
-the head). With pair_encoding="separate" each sentence is encoded on its own and mean-pooled
-(u, v): cosine similarity for STS, a linear layer on [u, v, |u - v|] for paraphrase, the way
-sentence-embedding checkpoints such as all-MiniLM-L6-v2 are trained to be used.
+Heads, losses and predictions follow the task's spec (harness.tasks): a classification task
+gets num_classes logits and cross-entropy (one logit and a sigmoid with binary_logit), a
+regression task one output and the squared error. Sentence pairs are encoded together by default
+([CLS] a [SEP] b [SEP], the [CLS] state feeds the head). With pair_encoding="separate" each
+sentence is encoded on its own and mean-pooled (u, v): cosine similarity for a pair regression
+(scaled to the label range), a linear layer on [u, v, |u - v|] for a pair classification, the
+way sentence-embedding checkpoints such as all-MiniLM-L6-v2 are trained to be used.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import HEAD_INPUTS, PAIR_ENCODINGS
-from harness.tasks import SIMILARITY_MAX, TASKS, TaskSpec
+from harness.tasks import TaskSpec, get_task
 
 DEFAULT_MODEL = "default"
 
@@ -135,11 +138,10 @@ class LinearHead(nn.Module):
 
 def make_head(spec: TaskSpec, hidden: int, pair_encoding: str, dropout: float) -> nn.Module:
     separate = spec.is_pair and pair_encoding == "separate"
-    if spec.kind == "similarity" and separate:
+    if spec.kind == "regression" and separate:
         return CosineHead()
     in_features = 3 * hidden if separate else hidden
-    out_features = spec.num_classes if spec.kind == "classification" else 1
-    return LinearHead(in_features, out_features, dropout)
+    return LinearHead(in_features, spec.outputs, dropout)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,8 @@ class MultitaskModel(nn.Module):
         self.pair_encoding = pair_encoding
         self.head_input = head_input
         hidden, dropout = encoder.config.hidden_size, encoder.config.hidden_dropout_prob
-        self.heads = nn.ModuleDict({t: make_head(TASKS[t], hidden, pair_encoding, dropout) for t in self.tasks})
+        self.specs = {t: get_task(t) for t in self.tasks}
+        self.heads = nn.ModuleDict({t: make_head(self.specs[t], hidden, pair_encoding, dropout) for t in self.tasks})
         adapter.attach(encoder)
 
     def _encode(self, task: str, input_ids, attention_mask, token_type_ids=None, pool: str = "cls"):
@@ -196,28 +199,50 @@ class MultitaskModel(nn.Module):
         return out.squeeze(-1) if out.dim() > 1 and out.shape[-1] == 1 else out
 
 
-def task_loss(task: str, outputs: torch.Tensor, labels: torch.Tensor, pair_encoding: str) -> torch.Tensor:
-    spec = TASKS[task]
+def _cosine_scale(spec: TaskSpec) -> tuple[float, float]:
+    low, high = spec.label_range
+    return low, high - low
+
+
+def _spec(task: str | TaskSpec) -> TaskSpec:
+    return task if isinstance(task, TaskSpec) else get_task(task)
+
+
+def task_loss(task: str | TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, pair_encoding: str) -> torch.Tensor:
+    spec = _spec(task)
     outputs = outputs.float()  # the loss in fp32 under any precision
     if spec.kind == "classification":
+        if spec.binary_logit:
+            return F.binary_cross_entropy_with_logits(outputs, labels)
         return F.cross_entropy(outputs, labels.long())
-    if spec.kind == "paraphrase":
-        return F.binary_cross_entropy_with_logits(outputs, labels)
-    if spec.is_pair and pair_encoding == "separate":  # cosine in [-1, 1] against similarity / 5
-        return F.mse_loss(outputs, labels / SIMILARITY_MAX)
+    if spec.is_pair and pair_encoding == "separate":  # cosine in [-1, 1] against the label scaled to [0, 1]
+        low, width = _cosine_scale(spec)
+        return F.mse_loss(outputs, (labels - low) / width)
     return F.mse_loss(outputs, labels)
 
 
-def predictions(task: str, outputs: torch.Tensor, pair_encoding: str) -> torch.Tensor:
-    """Outputs turned into the values scored on dev: class ids, 0/1, or a similarity in 0-5 units."""
-    spec = TASKS[task]
+def predictions(task: str | TaskSpec, outputs: torch.Tensor, pair_encoding: str) -> torch.Tensor:
+    """Outputs turned into the values scored on dev: class ids, or a value in the label's units."""
+    spec = _spec(task)
     if spec.kind == "classification":
-        return outputs.argmax(-1).float()
-    if spec.kind == "paraphrase":
-        return (outputs > 0).float()
+        return (outputs > 0).float() if spec.binary_logit else outputs.argmax(-1).float()
     if spec.is_pair and pair_encoding == "separate":
-        return outputs * SIMILARITY_MAX
+        low, width = _cosine_scale(spec)
+        return low + outputs * width
     return outputs
+
+
+def confidence(task: str | TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
+    """The model's score for its prediction: the predicted class's probability (classification),
+    or the predicted value itself (regression)."""
+    spec = _spec(task)
+    outputs = outputs.float()
+    if spec.kind == "regression":
+        return outputs
+    if spec.binary_logit:
+        p = torch.sigmoid(outputs)
+        return torch.where(outputs > 0, p, 1 - p)
+    return outputs.softmax(-1).max(-1).values
 
 
 def build_model(encoder, variant_name: str, variant_config, pair_encoding: str, head_input: str = "cls",

@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 from harness.data import read_task_file
-from harness.tasks import TASKS
+from harness.tasks import get_task
 
 TRAIN_PERCENT = 80
 
@@ -27,7 +27,7 @@ def assign_split(example_id: str) -> str:
 
 
 def split_quora(source: Path, out_dir: Path) -> dict[str, int]:
-    rows = read_task_file(source, TASKS["quora"], lenient=True)
+    rows = read_task_file(source, get_task("quora"), lenient=True)
     bad = dict(rows.skipped)
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     header, body = lines[0], lines[1:]

@@ -195,7 +195,7 @@ def expand(spec: SweepSpec) -> list[Job]:
                 try:
                     config = resolve_config({**settings, "variant": variant, "seed": seed,
                                              "variant_options": dict(options)})
-                    typed = make_config(variant, config.variant_options)
+                    typed = make_config(variant, config.variant_settings())
                 except (ConfigError, VariantError) as exc:
                     raise ConfigError(f"sweep {spec.name}, job {label} seed {seed}: {exc}") from None
                 # Typed values: `pal_size: 204` in a file and `-o pal_size=204` are the same job.

@@ -1,52 +1,223 @@
-"""The four CS224N tasks: what their files look like and how they are scored.
+"""Tasks are plugins, registered by name like variants: what a task's files look like, what it
+predicts, and how it is scored.
 
-A task is plain data here; the loss and the head live in `harness.model`, the metrics in
-`harness.metrics`. Keeping the file layout in one table means a user pointing `--data-dir`
-at the complete CS224N handout gets exactly the standard splits.
+A task is a `TaskSpec`: its files per split (relative to --data-dir), the columns it reads, its
+kind ("classification" into `num_classes` classes, or "regression" in `label_range`), one text
+column (a single sentence) or two (a sentence pair), its metrics (the first is its primary one
+unless `primary` says otherwise) and, optionally, its own file reader. The four CS224N handout
+tasks below are registered through `register_task` like anyone's; an installed package adds
+tasks through the entry-point group `bert_mtl_bench.tasks` (each entry point names a module
+whose import calls `register_task`). Nothing in the loop, the model, evaluation or `compare`
+names a task: they read its spec.
+
+The overall score of a task set (`overall_formula`): for sets of handout tasks, the CS224N
+formula mean(SST acc, Quora acc, (STS r + 1) / 2), defined when the set has all three (so the
+single-task sentiment baseline has none, as in the study); for any set with a task of one's
+own, the mean of every task's primary metric, a correlation mapped to [0, 1] as (r + 1) / 2.
+A run records the formula it used (param `overall_formula`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.metadata
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENTRY_POINT_GROUP = "bert_mtl_bench.tasks"
+KINDS = ("classification", "regression")
+SPLITS = ("train", "dev", "test")  # train and dev are labelled; test (optional) is not
+
+
+class TaskError(ValueError):
+    """An unknown task, or a task spec that cannot work. The message names the task and field."""
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task. `files` maps "train", "dev" and optionally "test" to file names in --data-dir.
+
+    reader: None reads the handout's format (tab-separated with a header, CSV quoting; see
+    harness.data.read_task_file). A task with files of another format gives a function
+    `reader(path, spec, lenient, labelled) -> harness.data.TaskRows` that raises
+    harness.data.DataError naming the file and line of a bad row.
+    binary_logit: a 2-class task predicted by one logit and a sigmoid (the CS224N starter's
+    paraphrase head) instead of two logits and a softmax.
+    output_column: the prediction column's name in the test-prediction file (`output_file`).
+    """
+
     name: str
-    file_stem: str  # files are <file_stem>-train.csv and <file_stem>-dev.csv
-    text_columns: tuple[str, ...]  # one column: single sentence; two: a sentence pair
+    kind: str
+    text_columns: tuple[str, ...]
     label_column: str
-    kind: str  # "classification" (num_classes) | "paraphrase" (binary) | "similarity" (0-5)
+    files: Mapping[str, str]
     num_classes: int = 0
-    metric: str = "accuracy"
+    label_range: tuple[float, float] = (0.0, 1.0)
+    metrics: tuple[str, ...] = ("accuracy",)
+    primary: str = ""
+    binary_logit: bool = False
+    id_column: str = "id"
+    reader: Callable | None = field(default=None, compare=False)
+    output_file: str = ""  # default <name>-<split>-output.csv
+    output_column: str = "Predicted"
+    title: str = ""  # its name in tables (default: the name)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        from harness.metrics import METRICS
+
+        where = f"task {self.name!r}"
+        if self.kind not in KINDS:
+            raise TaskError(f"{where}: kind {self.kind!r} is not one of {list(KINDS)}")
+        if len(self.text_columns) not in (1, 2):
+            raise TaskError(f"{where}: text_columns {list(self.text_columns)}: expected one column (a sentence) "
+                            "or two (a sentence pair)")
+        missing = [s for s in ("train", "dev") if s not in self.files]
+        unknown = [s for s in self.files if s not in SPLITS]
+        if missing or unknown:
+            raise TaskError(f"{where}: files {dict(self.files)}: expected the splits train and dev (and optionally "
+                            f"test){'; missing ' + str(missing) if missing else ''}"
+                            f"{'; unknown ' + str(unknown) if unknown else ''}")
+        if self.kind == "classification":
+            if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+                raise TaskError(f"{where}: num_classes {self.num_classes!r}: a classification task needs 2 or more")
+            if self.binary_logit and self.num_classes != 2:
+                raise TaskError(f"{where}: binary_logit needs num_classes 2, not {self.num_classes}")
+        else:
+            low, high = self.label_range
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise TaskError(f"{where}: label_range {self.label_range!r}: expected (low, high) with low < high")
+        if not self.metrics:
+            raise TaskError(f"{where}: metrics: at least one metric is needed")
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise TaskError(f"{where}: metric {metric!r} is not one of {sorted(METRICS)}")
+            if METRICS[metric].kind != self.kind:
+                fitting = sorted(m for m, v in METRICS.items() if v.kind == self.kind)
+                raise TaskError(f"{where}: metric {metric!r} scores {METRICS[metric].kind}, not {self.kind} "
+                                f"(choose from {fitting})")
+        if self.primary and self.primary not in self.metrics:
+            raise TaskError(f"{where}: primary {self.primary!r} is not one of its metrics {list(self.metrics)}")
 
     @property
     def is_pair(self) -> bool:
         return len(self.text_columns) == 2
 
-    def train_file(self) -> str:
-        return f"{self.file_stem}-train.csv"
+    @property
+    def primary_metric(self) -> str:
+        return self.primary or self.metrics[0]
 
-    def dev_file(self) -> str:
-        return f"{self.file_stem}-dev.csv"
+    @property
+    def outputs(self) -> int:
+        """The head's output size: classes, or one logit/score."""
+        if self.kind == "classification" and not self.binary_logit:
+            return self.num_classes
+        return 1
+
+    def file(self, split: str) -> str:
+        if split not in self.files:
+            raise TaskError(f"task {self.name!r} has no {split} split (its files: {dict(self.files)})")
+        return self.files[split]
+
+    def output_name(self, split: str) -> str:
+        return (self.output_file or f"{self.name}-{{split}}-output.csv").format(split=split)
 
 
-TASKS: dict[str, TaskSpec] = {
-    "sst": TaskSpec("sst", "ids-sst", ("sentence",), "sentiment", "classification", num_classes=5),
-    "cfimdb": TaskSpec("cfimdb", "ids-cfimdb", ("sentence",), "sentiment", "classification", num_classes=2),
-    "quora": TaskSpec("quora", "quora", ("sentence1", "sentence2"), "is_duplicate", "paraphrase"),
-    "sts": TaskSpec("sts", "sts", ("sentence1", "sentence2"), "similarity", "similarity", metric="pearson"),
-}
+_REGISTRY: dict[str, TaskSpec] = {}
+_discovered = False
 
-ALL_TASKS: tuple[str, ...] = tuple(TASKS)
 
-# The CS224N overall score: mean(SST acc, Quora acc, (STS r + 1) / 2).
-OVERALL_TASKS: tuple[str, ...] = ("sst", "quora", "sts")
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Registers a task under spec.name; registering an equal spec again is harmless."""
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task expects a TaskSpec, got {type(spec).__name__}")
+    previous = _REGISTRY.get(spec.name)
+    if previous is not None and previous != spec:
+        raise TaskError(f"task {spec.name!r} is registered twice, with different specs")
+    _REGISTRY[spec.name] = spec
+    return spec
 
-SIMILARITY_MAX = 5.0
+
+def discover() -> None:
+    """Imports every module of the entry-point group (the handout tasks' and any installed package's)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:  # a broken plugin must say which one it is
+            raise TaskError(f"task plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
+                            f"{type(exc).__name__}: {exc}") from exc
 
 
 def get_task(name: str) -> TaskSpec:
+    discover()
     try:
-        return TASKS[name]
+        return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(_REGISTRY) or '(none)'}") from None
+
+
+def list_tasks() -> list[TaskSpec]:
+    discover()
+    return list(_REGISTRY.values())
+
+
+HANDOUT_TASKS: tuple[str, ...] = ("sst", "cfimdb", "quora", "sts")  # the default task set (harness/handout_tasks.py)
+# The CS224N formula: mean(SST acc, Quora acc, (STS r + 1) / 2).
+CS224N_TERMS = (("sst", "accuracy", False), ("quora", "accuracy", False), ("sts", "pearson", True))
+
+
+@dataclass(frozen=True)
+class OverallFormula:
+    """How a task set's dev metrics become one overall score."""
+
+    terms: tuple[tuple[str, str, bool], ...]  # (task, metric, a correlation mapped to [0, 1])
+    name: str  # "cs224n" or "mean"
+
+    def describe(self) -> str:
+        parts = [f"({t}/{m} + 1) / 2" if corr else f"{t}/{m}" for t, m, corr in self.terms]
+        return f"{self.name}: mean({', '.join(parts)})"
+
+    def score(self, metrics: Mapping[str, Mapping[str, float]]) -> float | None:
+        """`metrics`: task -> metric -> value. None if a term's task is absent."""
+        values = []
+        for task, metric, correlation in self.terms:
+            if task not in metrics or metric not in metrics[task]:
+                return None
+            value = metrics[task][metric]
+            values.append((value + 1.0) / 2.0 if correlation else value)
+        return float(sum(values) / len(values))
+
+
+def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula | None:
+    """The overall score of a task set (see the module docstring); None where it has none."""
+    from harness.metrics import METRICS
+
+    tasks = tuple(tasks)
+    if all(t in HANDOUT_TASKS for t in tasks):
+        if not all(t in tasks for t in ("sst", "quora", "sts")):
+            return None
+        return OverallFormula(CS224N_TERMS, "cs224n")
+    terms = []
+    for task in tasks:
+        spec = get_task(task)
+        terms.append((task, spec.primary_metric, METRICS[spec.primary_metric].correlation))
+    return OverallFormula(tuple(terms), "mean")
+
+
+def metric_key(task: str, metric: str, prefix: str = "dev") -> str:
+    """The MLflow metric name of a task's metric: dev/<task>/<metric>."""
+    return f"{prefix}/{task}/{metric}"
+
+
+def primary_key(task: str, prefix: str = "dev") -> str:
+    return metric_key(task, get_task(task).primary_metric, prefix)
+
+
+def spec_summary(spec: TaskSpec) -> dict[str, Any]:
+    """What a trained model records of a task, to check it against the registry when loaded."""
+    return {"kind": spec.kind, "text_columns": list(spec.text_columns), "num_classes": spec.num_classes,
+            "label_range": list(spec.label_range), "binary_logit": spec.binary_logit, "outputs": spec.outputs}

@@ -32,11 +32,12 @@ from harness.distributed import (
     preflight_launch,
     resolve_precision,
 )
-from harness.metrics import overall_score, task_metric
-from harness.model import build_model, check_model, load_encoder, predictions, task_loss
+from harness.metrics import task_metrics
+from harness.model import build_model, check_model, confidence, load_encoder, predictions, task_loss
 from harness.optim import TaskSteps, fill_missing_gradients, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
+from harness.tasks import get_task, metric_key, overall_formula
 from harness.tracking import RunTracker, check_reachable, device_tags, git_commit, resolve_tracking_uri
 
 
@@ -60,36 +61,43 @@ def _batch(dataset, indices, device, pad_id: int = 0, multiple: int = 1) -> dict
 
 
 @torch.inference_mode()
-def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, float], dict[str, list]]:
-    """Dev metrics per task, and per-example predictions (id, prediction, label).
+def predict_dataset(model, task: str, dataset, config: TrainConfig, accelerator,
+                    pad_id: int = 0) -> tuple[list[float], list[float]]:
+    """The model's prediction and score (harness.model.confidence) for every example of a
+    tokenised dataset, in the dataset's order, on every rank.
 
     Examples are sorted by length so batches carry little padding, and dealt to ranks so
     that every rank runs the same number of batches (ZeRO-3 needs every rank in every forward).
     """
     from accelerate.utils import gather_object
 
-    model.eval()
+    spec = get_task(task)
     world, rank = accelerator.num_processes, accelerator.process_index
+    order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
+    per_rank = -(-len(order) // world)
+    padded = np.concatenate([order, order[: per_rank * world - len(order)]])
+    mine = padded[rank::world]
+    results = []
+    for start in range(0, len(mine), config.eval_batch_size):
+        chunk = mine[start:start + config.eval_batch_size]
+        batch = _batch(dataset, chunk, accelerator.device, pad_id, pad_multiple(config))
+        batch.pop("labels")
+        outputs = model(task, **batch)
+        preds = predictions(spec, outputs, config.pair_encoding).float().cpu().tolist()
+        results.extend(zip(chunk.tolist(), preds, confidence(spec, outputs).cpu().tolist()))
+    merged = {index: (pred, score) for index, pred, score in gather_object(results)}
+    return [merged[i][0] for i in range(len(order))], [merged[i][1] for i in range(len(order))]
+
+
+def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
+    """Dev metrics per task (task -> metric -> value), and per-example predictions (id, prediction, label)."""
+    model.eval()
     metrics, rows = {}, {}
     for task, task_data in data.items():
-        dev = task_data.dev
-        order = np.argsort([len(x) for x in dev["input_ids"]], kind="stable")
-        per_rank = -(-len(order) // world)
-        padded = np.concatenate([order, order[: per_rank * world - len(order)]])
-        mine = padded[rank::world]
-        results = []
-        for start in range(0, len(mine), config.eval_batch_size):
-            chunk = mine[start:start + config.eval_batch_size]
-            batch = _batch(dev, chunk, accelerator.device, task_data.pad_id, pad_multiple(config))
-            labels = batch.pop("labels")
-            preds = predictions(task, model(task, **batch), config.pair_encoding)
-            results.extend(zip(chunk.tolist(), preds.float().cpu().tolist(), labels.cpu().tolist()))
-        merged = {index: (pred, label) for index, pred, label in gather_object(results)}
-        indices = sorted(merged)
-        preds = [merged[i][0] for i in indices]
-        labels = [merged[i][1] for i in indices]
-        metrics[task] = task_metric(task, preds, labels)
-        rows[task] = [(task_data.dev_ids[i], merged[i][0], merged[i][1]) for i in indices]
+        preds, _ = predict_dataset(model, task, task_data.dev, config, accelerator, task_data.pad_id)
+        labels = task_data.dev["label"]
+        metrics[task] = task_metrics(task_data.spec, preds, labels)
+        rows[task] = list(zip(task_data.dev_ids, preds, labels))
     model.train()
     return metrics, rows
 
@@ -125,20 +133,25 @@ def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
     return paths
 
 
-def dev_metric_names(metrics: dict[str, float], prefix: str = "dev") -> dict[str, float]:
-    out = {f"{prefix}/{task}/{'pearson' if task == 'sts' else 'accuracy'}": v for task, v in metrics.items()}
-    overall = overall_score(metrics)
+def dev_metric_names(metrics: dict[str, dict[str, float]], prefix: str = "dev") -> dict[str, float]:
+    """MLflow names: <prefix>/<task>/<metric> for every metric, and <prefix>/overall where the task set has one."""
+    out = {metric_key(task, name, prefix): v for task, values in metrics.items() for name, v in values.items()}
+    formula = overall_formula(list(metrics))
+    overall = formula.score(metrics) if formula else None
     if overall is not None:
         out[f"{prefix}/overall"] = overall
     return out
 
 
-def selection_score(metrics: dict[str, float]) -> float:
-    """What picks the best epoch: the overall score, or the mean of the task metrics where the
-    task set has no overall score (single-task); NaN (a constant predictor's r) counts as worst."""
-    overall = overall_score(metrics)
-    score = overall if overall is not None else float(np.mean(list(metrics.values())))
-    return -np.inf if np.isnan(score) else score
+def selection_score(metrics: dict[str, dict[str, float]]) -> float:
+    """What picks the best epoch: the overall score, or the mean of the tasks' primary metrics where
+    the task set has no overall score (single-task); NaN (a constant predictor's r) counts as worst."""
+    formula = overall_formula(list(metrics))
+    if formula:
+        score = formula.score(metrics)
+    else:
+        score = float(np.mean([values[get_task(task).primary_metric] for task, values in metrics.items()]))
+    return -np.inf if score is None or np.isnan(score) else score
 
 
 class NonFiniteLoss(RuntimeError):
@@ -194,6 +207,7 @@ class Run:
     task_steps: TaskSteps
     started: float = 0.0  # perf_counter when this process started the run (or resumed it)
     seconds_before: float = 0.0  # training time of the segments before a resume
+    tokenizer: Any = None
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -233,7 +247,7 @@ def preflight(config: TrainConfig):
     """Every check that needs no model and no process group: fails in seconds, naming the field."""
     from variants import make_config
 
-    variant_config = make_config(config.variant, config.variant_options)
+    variant_config = make_config(config.variant, config.variant_settings())
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
     resolve_precision(config.mixed_precision, preflight_launch(config))  # fails here, not after loading
@@ -248,6 +262,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
 
     tasks = list(variant_config.tasks)
     state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
+    # A checkpoint written before tasks had several metrics holds task -> primary metric's value.
+    state.metrics = {t: v if isinstance(v, dict) else {get_task(t).primary_metric: v} for t, v in state.metrics.items()}
     launch = preflight_launch(config)
     # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
     config.mixed_precision, precision_source = resolve_precision(config.mixed_precision, launch)
@@ -288,8 +304,10 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         if resume_from:
             tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
         else:
+            formula = overall_formula(tasks)
             tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
-                                                    for k, v in asdict(variant_config).items()}})
+                                                    for k, v in asdict(variant_config).items()},
+                                "overall_formula": formula.describe() if formula else "none"})
             skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
         tracker.set_tags(device_tags())  # what it ran on (a resumed run: its latest segment)
@@ -300,7 +318,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                for i, t in enumerate(tasks)},
               state, tracker, Path(config.output_dir) / state.run_id,
               accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config,
-              TaskSteps(optimizer, config.inactive_tasks))
+              TaskSteps(optimizer, config.inactive_tasks), tokenizer=tokenizer)
     if resume_from:
         accelerator.load_state(str(resume_from))
         run.sampler.load_state_dict(state.sampler)
@@ -406,19 +424,36 @@ def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dic
     state.metrics, state.metrics_epoch = metrics, epoch
     if run.accelerator.is_main_process:
         write_predictions(rows, run.out_dir / "predictions")
+    if run.config.save_model:
+        save_reported_model(run)
+
+
+def save_reported_model(run: Run) -> None:
+    """Writes the reported epoch's model as the artifact files of harness.trained (logged by `finish`)."""
+    from harness.trained import save_model
+
+    accelerator = run.accelerator
+    weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the partitions
+    if accelerator.is_main_process:
+        save_model(run.out_dir / "model", weights, run.config, run.variant_config, run.tokenizer,
+                   accelerator.unwrap_model(run.model).encoder.config, run.state.metrics_epoch, run.state.step,
+                   run.state.metrics)
 
 
 def finish(run: Run, step_seconds: list[float], started: float, train_seconds: float) -> None:
     config, accelerator, tracker, out_dir = run.config, run.accelerator, run.tracker, run.out_dir
-    if config.save_model:
-        weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the partitions
-        if accelerator.is_main_process:
-            torch.save(weights, out_dir / "model.pt")
     write_timing(out_dir, accelerator.process_index, step_seconds, config.grad_accum)
     if accelerator.is_main_process:
         # The reported epoch's, written by record_evaluation (also before a resume).
         for task in run.tasks:
             tracker.log_artifact(out_dir / "predictions" / f"dev-{task}.csv", "predictions")
+        if config.save_model:  # the reported epoch's, written by record_evaluation
+            from harness.trained import ARTIFACT_PATH
+
+            for path in sorted((out_dir / "model").rglob("*")):
+                if path.is_file():
+                    folder = path.parent.relative_to(out_dir / "model").as_posix()
+                    tracker.log_artifact(path, ARTIFACT_PATH if folder == "." else f"{ARTIFACT_PATH}/{folder}")
         tracker.log_metrics({**dev_metric_names(run.state.metrics), "dev/epoch": run.state.metrics_epoch},
                             step=run.state.step)
         resolved = out_dir / "config.json"

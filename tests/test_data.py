@@ -3,14 +3,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.data import DataError, check_data_dir, collate, read_task_file
 from harness.quora_split import assign_split
-from harness.tasks import TASKS
-
-from conftest import DATA
+from harness.tasks import HANDOUT_TASKS, get_task
 
 HEADERS = {
     "sst": "\tid\tsentence\tsentiment\n",
@@ -47,11 +46,11 @@ def write(tmp_path: Path, task: str, *rows: str) -> Path:
 def test_each_kind_of_bad_row_names_file_line_and_problem(tmp_path, task, row, problem):
     path = write(tmp_path, task, GOOD[task], row, GOOD[task])
     if problem is None:
-        assert len(read_task_file(path, TASKS[task])) == 3
+        assert len(read_task_file(path, get_task(task))) == 3
         return
     with pytest.raises(DataError, match=rf"{re.escape(str(path))}, line 3: .*{problem}"):
-        read_task_file(path, TASKS[task])
-    lenient = read_task_file(path, TASKS[task], lenient=True)
+        read_task_file(path, get_task(task))
+    lenient = read_task_file(path, get_task(task), lenient=True)
     assert len(lenient.skipped) == 1 and lenient.skipped[0][0] == 3
     assert len(lenient) == (1 if "never closed" in row else 2)  # the open quote swallows the rest
 
@@ -59,14 +58,14 @@ def test_each_kind_of_bad_row_names_file_line_and_problem(tmp_path, task, row, p
 def test_unclosed_quote_at_end_of_file(tmp_path):
     path = write(tmp_path, "sst", GOOD["sst"], "1\ta2\t\"never closed\t2\n")
     with pytest.raises(DataError, match="line 3: unbalanced quote"):
-        read_task_file(path, TASKS["sst"])
+        read_task_file(path, get_task("sst"))
 
 
 def test_header_problems_are_errors_even_when_lenient(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("\tid\ttext\tsentiment\n0\ta\tx\t1\n")
     with pytest.raises(DataError, match=r"line 1: header .* lacks column\(s\) \['sentence'\]"):
-        read_task_file(path, TASKS["sst"], lenient=True)
+        read_task_file(path, get_task("sst"), lenient=True)
 
 
 def test_check_data_dir_names_missing_and_misheaded_files(tmp_path, small_data):
@@ -76,19 +75,19 @@ def test_check_data_dir_names_missing_and_misheaded_files(tmp_path, small_data):
     (tmp_path / "ids-sst-dev.csv").write_text("\tid\tsentence\tsentiment\n")
     with pytest.raises(DataError, match=r"ids-sst-train.csv, line 1: .*lacks column\(s\) \['sentiment'\]"):
         check_data_dir(tmp_path, ["sst"])
-    check_data_dir(small_data, list(TASKS))
+    check_data_dir(small_data, list(HANDOUT_TASKS))
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", list(HANDOUT_TASKS))
 def test_bundled_files_load_strictly_with_the_expected_counts(task):
     expected = {"sst": (8544, 1101), "cfimdb": (1707, 245), "quora": (16194, 4018), "sts": (6040, 863)}[task]
-    spec = TASKS[task]
-    counts = tuple(len(read_task_file(DATA / f, spec)) for f in (spec.train_file(), spec.dev_file()))
+    spec = get_task(task)
+    counts = tuple(len(read_task_file(DATA / f, spec)) for f in (spec.file("train"), spec.file("dev")))
     assert counts == expected
 
 
 def test_bundled_quora_split_is_the_hash_split_of_the_real_dev_file():
-    spec = TASKS["quora"]
+    spec = get_task("quora")
     train = read_task_file(DATA / "quora-train.csv", spec)
     dev = read_task_file(DATA / "quora-dev.csv", spec)
     assert all(assign_split(i) == "train" for i in train.ids)
@@ -135,9 +134,9 @@ def test_random_rows_are_loaded_correctly_or_refused_with_their_line(tmp_path, r
 
     first_bad = next((i for i, row in enumerate(rows) if not valid(*row)), None)
     if first_bad is None:
-        loaded = read_task_file(path, TASKS["sst"])
+        loaded = read_task_file(path, get_task("sst"))
         assert loaded.texts == [(s.strip(),) for s, _ in rows]
         assert loaded.labels == [float(l) for _, l in rows]
     else:
         with pytest.raises(DataError, match=rf"line {first_bad + 2}:"):
-            read_task_file(path, TASKS["sst"])
+            read_task_file(path, get_task("sst"))

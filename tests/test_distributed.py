@@ -54,8 +54,12 @@ def single(args: list[str]):
 
 
 def final_weights(out: Path) -> dict:
-    (path,) = glob.glob(str(out / "out" / "*" / "model.pt"))
-    return torch.load(path)
+    """The run's saved model (--save-model: the artifact folder harness.trained writes, gathered from
+    every rank under ZeRO-3), loaded back as `mtl-bench evaluate` loads it."""
+    from harness.trained import load_model
+
+    (folder,) = glob.glob(str(out / "out" / "*" / "model"))
+    return load_model(Path(folder)).model.state_dict()
 
 
 def only_run(out: Path, experiment: str = "bert-mtl-bench"):

@@ -3,8 +3,10 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn import metrics as sk
 
-from harness.metrics import accuracy, overall_score, pearson, task_metric
+from harness.metrics import METRICS, accuracy, macro_f1, mcc, pearson, spearman, task_metrics
+from harness.tasks import get_task, overall_formula
 
 
 def test_accuracy_against_numpy():
@@ -14,22 +16,45 @@ def test_accuracy_against_numpy():
     assert accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
 
 
-def test_pearson_against_scipy():
+def test_pearson_and_spearman_against_scipy():
     rng = np.random.default_rng(1)
     preds = rng.normal(size=100)
     labels = preds + rng.normal(size=100)
     assert pearson(preds, labels) == pytest.approx(stats.pearsonr(preds, labels)[0], rel=1e-12)
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    # Spearman is Pearson of the ranks: a monotone, non-linear map keeps it at 1.
+    assert spearman(preds, np.exp(preds)) == pytest.approx(1.0)
+    assert pearson(preds, np.exp(preds)) < 0.95
+    assert spearman(preds, labels) == pytest.approx(stats.spearmanr(preds, labels).statistic, rel=1e-12)
+    assert math.isnan(spearman([2, 2, 2], [1, 2, 3]))
 
 
-def test_task_metric_dispatch_and_errors():
-    assert task_metric("sts", [0.0, 1.0, 2.0], [0.0, 2.0, 4.0]) == pytest.approx(1.0)
-    assert task_metric("sst", [1, 2], [1, 3]) == 0.5
-    with pytest.raises(ValueError, match="equal, non-empty"):
+def test_macro_f1_and_mcc_by_hand():
+    labels = [0, 0, 1, 1, 2, 2]
+    preds = [0, 2, 0, 1, 2, 2]
+    # per class (tp, fp, fn): 0: (1, 1, 1), 1: (1, 0, 1), 2: (2, 1, 0); F1 = 2tp / (2tp + fp + fn)
+    f1 = [2 * 1 / (2 * 1 + 1 + 1), 2 * 1 / (2 * 1 + 0 + 1), 2 * 2 / (2 * 2 + 1 + 0)]
+    assert macro_f1(preds, labels) == pytest.approx(np.mean(f1))
+    assert macro_f1(preds, labels) == pytest.approx(sk.f1_score(labels, preds, average="macro"))
+    assert mcc(preds, labels) == pytest.approx(sk.matthews_corrcoef(labels, preds))
+    assert mcc([1, 0, 1, 0], [1, 0, 1, 0]) == pytest.approx(1.0)
+    assert mcc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.0  # a constant predictor
+    assert mcc([0, 1, 0, 1], [1, 0, 1, 0]) == pytest.approx(-1.0)
+
+
+def test_task_metrics_follow_the_spec_and_errors_name_the_metric():
+    assert task_metrics(get_task("sts"), [0.0, 1.0, 2.0], [0.0, 2.0, 4.0]) == {"pearson": pytest.approx(1.0)}
+    assert task_metrics(get_task("sst"), [1, 2], [1, 3]) == {"accuracy": 0.5}
+    with pytest.raises(ValueError, match="accuracy needs two equal arrays"):
         accuracy([1, 2], [1])
+    assert {m for m, v in METRICS.items() if v.kind == "regression"} == {"pearson", "spearman"}
 
 
-def test_overall_is_the_cs224n_mean():
-    assert overall_score({"sst": 0.5, "quora": 0.7, "sts": 0.2, "cfimdb": 0.9}) == pytest.approx((0.5 + 0.7 + 0.6) / 3)
-    assert overall_score({"sst": 0.5, "cfimdb": 0.9}) is None
+def test_overall_is_the_cs224n_mean_for_handout_sets_and_the_primary_mean_otherwise():
+    metrics = {"sst": {"accuracy": 0.5}, "quora": {"accuracy": 0.7}, "sts": {"pearson": 0.2},
+               "cfimdb": {"accuracy": 0.9}}
+    formula = overall_formula(list(metrics))
+    assert formula.name == "cs224n" and formula.score(metrics) == pytest.approx((0.5 + 0.7 + 0.6) / 3)
+    assert formula.describe() == "cs224n: mean(sst/accuracy, quora/accuracy, (sts/pearson + 1) / 2)"
+    assert overall_formula(["sst", "cfimdb"]) is None  # the single-task baseline's set: no overall, as the study

@@ -249,7 +249,7 @@ def test_bf16_with_two_processes_matches_one_process_within_bf16_tolerance(tmp_p
 
 
 def weights(folder: Path) -> dict:
-    (path,) = glob.glob(str(folder / "*" / "model.pt"))
+    (path,) = glob.glob(str(folder / "*" / "model" / "weights.pt"))
     return {k: v.float() for k, v in torch.load(path).items()}
 
 

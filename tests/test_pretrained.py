@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import DATA
+
 from harness.config import resolve_config
 from harness.model import ModelError, load_encoder
 from harness.train import train
@@ -65,13 +65,13 @@ def test_packaged_checkpoint_weights_are_the_trained_ones_zero_shot_sts(caplog):
     from transformers import BertModel
 
     from harness.data import read_task_file
-    from harness.tasks import TASKS
+    from harness.tasks import get_task
 
     with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="harness.model"):
         warnings.simplefilter("error")  # its only unused weights are the pooler's: no warning
         encoder, tokenizer = load_encoder("default")
     assert "pooler weights (pooler.dense.bias, pooler.dense.weight) are unused on purpose" in caplog.text
-    rows = read_task_file(DATA / "sts-dev.csv", TASKS["sts"])
+    rows = read_task_file(DATA / "sts-dev.csv", get_task("sts"))
     pairs, labels = rows.texts[:300], rows.labels[:300]
     real = zero_shot_sts_pearson(encoder, tokenizer, pairs, labels)
     torch.manual_seed(0)

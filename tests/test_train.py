@@ -6,8 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.config import resolve_config
-from harness.tasks import TASKS
-from harness.train import TaskStream, train
+from harness.tasks import HANDOUT_TASKS, get_task
+from harness.train import TaskStream, dev_metric_names, train
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_training_run_records_params_metrics_counts_and_artifacts(tmp_path, tiny
     assert m["params/trainable"] == m["params/total"]
     assert m["params/task_specific/sst"] == 0
     # Sampler probabilities per epoch: the annealed formula with E = 2.
-    sizes = {t: 48 for t in TASKS}
+    sizes = {t: 48 for t in HANDOUT_TASKS}
     history = client.get_metric_history(run.info.run_id, "sampler/p/sst")
     assert [h.value for h in history] == pytest.approx([0.25, 0.25])
     steps = sum(len(client.get_metric_history(run.info.run_id, f"train/loss/{t}")) for t in sizes)
@@ -48,7 +48,7 @@ def test_training_run_records_params_metrics_counts_and_artifacts(tmp_path, tiny
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "predictions"} <= artifacts
     preds = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
-    assert preds == {f"predictions/dev-{t}.csv" for t in TASKS}
+    assert preds == {f"predictions/dev-{t}.csv" for t in HANDOUT_TASKS}
     local = client.download_artifacts(run.info.run_id, "predictions/dev-sst.csv", str(tmp_path))
     lines = open(local).read().splitlines()
     assert lines[0] == "id,prediction,label" and len(lines) == 49
@@ -136,9 +136,9 @@ def test_separate_pair_encoding_trains_end_to_end(tmp_path, tiny_bert, small_dat
     assert run.data.metrics["params/head/sts"] == 0
     assert run.data.metrics["params/head/quora"] == 3 * 32 + 1
     preds = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
-    assert preds == {f"predictions/dev-{t}.csv" for t in TASKS}
-    for task, spec in TASKS.items():
-        dev = read_task_file(small_data / spec.dev_file(), spec)
+    assert preds == {f"predictions/dev-{t}.csv" for t in HANDOUT_TASKS}
+    for task, spec in ((t, get_task(t)) for t in HANDOUT_TASKS):
+        dev = read_task_file(small_data / spec.file("dev"), spec)
         local = client.download_artifacts(run.info.run_id, f"predictions/dev-{task}.csv", str(tmp_path / task))
         with open(local, newline="") as fp:
             rows = list(csv.DictReader(fp))
@@ -184,28 +184,54 @@ def test_every_epoch_is_recorded_and_the_best_or_last_is_reported(report, tmp_pa
 
 
 def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_bert, small_data, tracking_uri):
+    """...and its saved model refers to the base checkpoint (checked by hash) instead of copying it."""
+    import shutil
+
     import torch
 
+    from conftest import make_tiny_bert
     from harness.model import load_encoder
+    from harness.trained import TrainedModelError, load_run
 
-    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=6,
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    config = tiny_config(tmp_path, base, small_data, tracking_uri, epochs=1, batches_per_epoch=6,
                          variant="pals-parallel", freeze_encoder=True, save_model=True,
                          variant_options={"pal_size": "12", "pal_heads": "2"})
-    train(config)
-    _, run = the_run(tracking_uri)
+    metrics = train(config)
+    client, run = the_run(tracking_uri)
     m = run.data.metrics
     assert m["params/trainable"] == m["params/total"] - m["params/encoder"]
     assert run.data.params["freeze_encoder"] == "True"
-    (weights_file,) = (tmp_path / "out").glob("*/model.pt")
-    weights = torch.load(weights_file)
-    encoder, _ = load_encoder(str(tiny_bert))
+    saved = torch.load(client.download_artifacts(run.info.run_id, "model/weights.pt", str(tmp_path / "dl")))
+    assert saved and not any(k.startswith("encoder.") for k in saved)  # a reference, not a copy
+    assert any(k.startswith("variant.per_task.") for k in saved) and any(k.startswith("heads.") for k in saved)
+
+    trained = load_run(run.info.run_id, tracking_uri)
+    assert trained.meta["encoder"] == "base"
+    weights = trained.model.state_dict()
+    encoder, _ = load_encoder(str(base))
     for name, value in encoder.state_dict().items():
         assert torch.equal(weights[f"encoder.{name}"], value), f"encoder.{name} moved although frozen"
+    for key, value in saved.items():
+        assert torch.equal(weights[key], value)
     assert any(not torch.equal(weights[k], torch.zeros_like(weights[k])) for k in weights if k.startswith("heads."))
+    from harness.trained import evaluate_run
+
+    again = evaluate_run(run.info.run_id, "dev", str(small_data), tracking_uri, str(tmp_path / "eval"), log=False)
+    for name, value in metrics.items():
+        assert dev_metric_names(again)[name] == pytest.approx(value, abs=1e-6), name
+
+    # Another checkpoint under the same name is not the base the run trained on: refused.
+    shutil.rmtree(base)
+    make_tiny_bert(base, hidden=32).joinpath("model.safetensors").write_bytes(b"not the same weights")
+    with pytest.raises(TrainedModelError, match="SHA-256"):
+        load_run(run.info.run_id, tracking_uri)
 
 
 def test_heads_can_read_the_pretrained_pooler(tmp_path, small_data, tracking_uri):
     from conftest import make_tiny_bert
+
     from harness.model import ModelError, load_encoder
 
     without = make_tiny_bert(tmp_path / "no-pooler")
@@ -272,7 +298,7 @@ def test_gradient_checkpointing_trains_as_without_it_and_checkpoints_every_layer
                           gradient_checkpointing=checkpointing))
         client, run = the_run(uri)
         assert run.data.params["gradient_checkpointing"] == str(checkpointing)
-        losses[checkpointing] = sorted((m.step, m.key, m.value) for t in TASKS
+        losses[checkpointing] = sorted((m.step, m.key, m.value) for t in HANDOUT_TASKS
                                        for m in client.get_metric_history(run.info.run_id, f"train/loss/{t}"))
         assert len(contexts) == (layers * steps if checkpointing else 0)
     assert [s for s, _, _ in losses[True]] == list(range(1, steps + 1))

@@ -18,14 +18,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from harness.tasks import ALL_TASKS, TASKS
+from harness.tasks import HANDOUT_TASKS, TaskError, get_task
 
 
 @dataclass
 class VariantConfig:
     """Fields common to every variant. Subclasses add theirs and extend `validate`."""
 
-    tasks: tuple[str, ...] = ALL_TASKS  # the tasks this variant trains and evaluates
+    tasks: tuple[str, ...] = HANDOUT_TASKS  # the tasks this variant trains and evaluates (--tasks)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -33,9 +33,11 @@ class VariantConfig:
     def validate(self) -> None:
         if not self.tasks:
             raise ValueError("tasks: at least one task is needed")
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"tasks: unknown task(s) {unknown}; known tasks: {list(TASKS)}")
+        for task in self.tasks:
+            try:
+                get_task(task)
+            except TaskError as exc:
+                raise ValueError(f"tasks: {exc}") from None
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: {list(self.tasks)} names a task twice")
 

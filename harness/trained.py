@@ -1,0 +1,295 @@
+"""A trained run's model: saved as an MLflow artifact, loaded back, and used (evaluate, predict).
+
+With --save-model a run logs the artifact `model/` when the epoch it reports is chosen (the
+best one by default, as the CS224N starter keeps its best dev checkpoint):
+- `weights.pt`: the state dict, gathered from every rank (under ZeRO-3 too). It holds the
+  variant's task-specific parts and the heads always, and the encoder's weights unless the
+  encoder was frozen (--freeze-encoder): then the base checkpoint is referenced instead and
+  checked by the SHA-256 of its weight files when loaded.
+- `encoder/`: the encoder's config and tokenizer files, so that a fine-tuned encoder loads
+  without the base checkpoint.
+- `model.json`: the format, the resolved run and variant config, the tasks' specs as trained,
+  the base checkpoint's reference and hash, and the epoch, step and dev metrics of the weights.
+
+`mtl-bench evaluate RUN_ID` scores dev again or predicts the test split (writing the tasks'
+prediction files, for the handout tasks the starter's submission files); `mtl-bench predict`
+prints predictions for sentences given on the command line or in a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARTIFACT_PATH = "model"
+FORMAT = "bert-mtl-bench-model"
+FORMAT_VERSION = 1
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+class TrainedModelError(ValueError):
+    """A run without a usable model artifact, or a request it cannot answer. Exit 2."""
+
+
+def checkpoint_sha256(model: str) -> str:
+    """SHA-256 over a checkpoint folder's weight files (sorted by name), as the base reference's check."""
+    from harness.model import resolve_model_path
+
+    folder = Path(resolve_model_path(model))
+    files = sorted(p for p in folder.iterdir() if p.name in WEIGHT_FILES or p.name.endswith((".safetensors", ".bin")))
+    if not files:
+        raise TrainedModelError(f"base checkpoint {model} ({folder}): no weight files to check")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fp:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_config, tokenizer, encoder_config,
+               epoch: int, step: int, metrics: dict) -> Path:
+    """Writes the artifact's files into `folder` (main process; `weights` gathered on every rank)."""
+    from harness.tasks import get_task, spec_summary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.freeze_encoder:
+        weights = {k: v for k, v in weights.items() if not k.startswith("encoder.")}
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, folder / "weights.pt")
+    encoder_folder = folder / "encoder"
+    encoder_config.save_pretrained(encoder_folder)
+    tokenizer.save_pretrained(encoder_folder)
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "train": dataclasses.asdict(config), "variant": dataclasses.asdict(variant_config),
+        "tasks": {t: spec_summary(get_task(t)) for t in variant_config.tasks},
+        "encoder": "base" if config.freeze_encoder else "saved",
+        "base_model": config.model, "base_sha256": checkpoint_sha256(config.model),
+        "epoch": epoch, "step": step, "dev_metrics": metrics,
+    }
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+@dataclass
+class Trained:
+    model: Any  # MultitaskModel, in eval mode
+    tokenizer: Any
+    config: Any  # TrainConfig as the run resolved it
+    meta: dict
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import resolve_tracking_uri
+
+    return MlflowClient(resolve_tracking_uri(tracking_uri))
+
+
+def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise TrainedModelError(f"run {run_id}: not found in {client.tracking_uri} ({type(exc).__name__}); is "
+                                "--tracking-uri the store it was recorded in?") from None
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if ARTIFACT_PATH not in names:
+        raise TrainedModelError(f"run {run_id} ({run.data.tags.get('mlflow.runName', '')}) saved no model: it has no "
+                                f"'{ARTIFACT_PATH}' artifact (train with --save-model to keep one)")
+    return Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(dst)))
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
+    """Rebuilds the model of an artifact folder (see the module docstring) and loads its weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from harness.config import TrainConfig
+    from harness.model import build_model, load_encoder
+    from harness.tasks import TaskError, get_task, spec_summary
+    from variants import make_config
+
+    folder = Path(folder)
+    meta_file = folder / "model.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainedModelError(f"{meta_file}: not a bert-mtl-bench model artifact ({type(exc).__name__}: {exc})") \
+            from None
+    if meta.get("format") != FORMAT:
+        raise TrainedModelError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT!r}: not a model this "
+                                "harness saved")
+    if meta.get("version") != FORMAT_VERSION:
+        raise TrainedModelError(f"{meta_file}: format version {meta.get('version')!r}; this harness reads version "
+                                f"{FORMAT_VERSION}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in meta["train"].items() if k in known})
+    for task, recorded in meta["tasks"].items():
+        try:
+            now = spec_summary(get_task(task))
+        except TaskError as exc:
+            raise TaskError(f"{exc}: the run trained it; install the package that registers it") from None
+        if now != recorded:
+            raise TrainedModelError(f"task {task!r} is registered differently now than when run was trained "
+                                    f"({recorded} then, {now} now)")
+    variant_config = make_config(config.variant, {k: v for k, v in meta["variant"].items()})
+    pooler = config.head_input == "pooler"
+    if meta["encoder"] == "base":
+        digest = checkpoint_sha256(meta["base_model"])
+        if digest != meta["base_sha256"]:
+            raise TrainedModelError(f"base checkpoint {meta['base_model']}: its weights have SHA-256 {digest[:16]}..., "
+                                    f"not {meta['base_sha256'][:16]}... as when the run was trained with its encoder "
+                                    "frozen; the artifact holds no encoder weights of its own")
+        encoder, tokenizer = load_encoder(meta["base_model"], pooler=pooler)
+    else:
+        encoder = BertModel(BertConfig.from_pretrained(folder / "encoder"), add_pooling_layer=pooler)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
+    model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input)
+    weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    result = model.load_state_dict(weights, strict=False)
+    missing = [k for k in result.missing_keys if not (meta["encoder"] == "base" and k.startswith("encoder."))]
+    if missing or result.unexpected_keys:
+        raise TrainedModelError(f"{folder / 'weights.pt'} does not fit the model it describes: missing "
+                                f"{missing[:10]}, unexpected {result.unexpected_keys[:10]}")
+    model.to(device).eval()
+    return Trained(model, tokenizer, config, meta)
+
+
+def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu") -> Trained:
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-model-") as tmp:
+        return load_model(download_model(run_id, tracking_uri, Path(tmp)), device)
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def write_outputs(task: str, split: str, ids: list[str], preds: list[float], folder: Path) -> Path:
+    """A task's predictions as the CS224N starter writes them: a header line `id \\t <column> `,
+    then `<id> , <prediction> ` per example (classes as integers)."""
+    from harness.tasks import get_task
+
+    spec = get_task(task)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / spec.output_name(split)
+    with open(path, "w") as fp:
+        fp.write(f"id \t {spec.output_column} \n")
+        for example_id, pred in zip(ids, preds):
+            value = int(pred) if spec.kind == "classification" else pred
+            fp.write(f"{example_id} , {value} \n")
+    return path
+
+
+def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_uri: str = "", out_dir: str = "",
+                 tasks: list[str] | None = None, log: bool = True, out=print) -> dict[str, dict[str, float]]:
+    """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files and
+    logs them to the run (under predictions/<split>/); for dev, returns and prints the metrics."""
+    from harness.data import load_split, pad_id_of
+    from harness.metrics import task_metrics
+    from harness.train import predict_dataset
+
+    if split not in ("dev", "test"):
+        raise TrainedModelError(f"--split {split!r}: expected dev or test")
+    trained = load_run(run_id, tracking_uri)
+    config = trained.config
+    chosen = list(tasks or trained.tasks)
+    not_trained = [t for t in chosen if t not in trained.tasks]
+    if not_trained:
+        raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {list(trained.tasks)}")
+    data_dir = data_dir or config.data_dir
+    folder = Path(out_dir or Path(config.output_dir) / "evaluate" / run_id) / split
+    accelerator = _accelerator()
+    trained.model.to(accelerator.device)
+    metrics, paths = {}, []
+    for task in chosen:
+        rows, dataset = load_split(data_dir, task, split, trained.tokenizer, config.max_length, config.pair_encoding,
+                                   lenient=config.lenient_data, cache_dir=config.cache_dir or None)
+        preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
+        if split == "dev":
+            metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
+        paths.append(write_outputs(task, split, rows.ids, preds, folder))
+    if log:
+        client = _client(tracking_uri)
+        for path in paths:
+            client.log_artifact(run_id, str(path), f"predictions/{split}")
+    for path in paths:
+        out(f"wrote {path}")
+    if metrics:
+        from harness.train import dev_metric_names
+
+        recorded = trained.meta.get("dev_metrics", {})
+        for name, value in dev_metric_names(metrics).items():
+            task_metric = name.split("/")[1:]
+            then = recorded.get(task_metric[0], {}).get(task_metric[1]) if len(task_metric) == 2 else None
+            out(f"{name}: {value:.4f}" + (f" (the run logged {then:.4f} at epoch {trained.meta['epoch']})"
+                                          if then is not None else ""))
+    return metrics
+
+
+def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str, ...]]:
+    """Examples for `predict`: positional texts (a pair task takes them two at a time) or a file
+    with one example per line (a pair's two sentences separated by a tab)."""
+    from harness.tasks import get_task
+
+    spec = get_task(task)
+    width = len(spec.text_columns)
+    examples: list[tuple[str, ...]] = []
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise TrainedModelError(f"--file {file}: no such file")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = tuple(f.strip() for f in line.split("\t")) if width == 2 else (line.strip(),)
+            if len(fields) != width or not all(fields):
+                expected = "two tab-separated sentences" if width == 2 else "a sentence"
+                raise TrainedModelError(f"{path}, line {number}: expected {expected} for task {task}, "
+                                        f"found {len(fields)} non-empty field(s)")
+            examples.append(fields)
+    if texts:
+        if len(texts) % width:
+            raise TrainedModelError(f"task {task} takes sentence pairs: give an even number of texts "
+                                    f"(each two one pair), got {len(texts)}")
+        examples.extend(tuple(texts[i:i + width]) for i in range(0, len(texts), width))
+    if not examples:
+        raise TrainedModelError("nothing to predict: give texts or --file")
+    return examples
+
+
+def predict_run(run_id: str, task: str, texts: list[str], file: str | None = None, tracking_uri: str = "",
+                out=print) -> list[tuple[float, float]]:
+    """Prints `prediction <tab> score <tab> text` per example (score: the predicted class's
+    probability, or the predicted value of a regression task)."""
+    from harness.data import TaskRows, pad_id_of, tokenize_rows
+    from harness.train import predict_dataset
+
+    examples = read_inputs(task, texts, file)
+    trained = load_run(run_id, tracking_uri)
+    if task not in trained.tasks:
+        raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {list(trained.tasks)}")
+    spec, config = trained.model.specs[task], trained.config
+    rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
+    dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
+    accelerator = _accelerator()
+    trained.model.to(accelerator.device)
+    preds, scores = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
+    for pred, score, example in zip(preds, scores, examples):
+        shown = int(pred) if spec.kind == "classification" else round(pred, 4)
+        out(f"{shown}\t{score:.4f}\t{' ||| '.join(example)}")
+    return list(zip(preds, scores))
+

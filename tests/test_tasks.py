@@ -1,0 +1,240 @@
+"""Tasks as plugins (harness/tasks.py), and using a trained run: evaluate, predict, test-set files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, REPO
+from harness.data import DataError, check_data_dir, load_task_data, read_rows
+from harness.tasks import TaskError, TaskSpec, get_task, overall_formula, register_task
+
+HERE = Path(__file__).resolve().parent
+
+
+def spec(**changes) -> TaskSpec:
+    fields = dict(name="toy", kind="classification", text_columns=("a", "b"), label_column="y",
+                  files={"train": "toy-train.csv", "dev": "toy-dev.csv"}, num_classes=3)
+    return TaskSpec(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"kind": "ranking"}, r"task 'toy': kind 'ranking' is not one of \['classification', 'regression'\]"),
+    ({"text_columns": ("a", "b", "c")}, r"text_columns \['a', 'b', 'c'\]: expected one column"),
+    ({"files": {"train": "t.csv"}}, r"expected the splits train and dev.*missing \['dev'\]"),
+    ({"num_classes": 1}, r"num_classes 1: a classification task needs 2 or more"),
+    ({"binary_logit": True}, r"binary_logit needs num_classes 2, not 3"),
+    ({"metrics": ("pearson",)}, r"metric 'pearson' scores regression, not classification \(choose from "
+                                r"\['accuracy', 'macro_f1', 'mcc'\]\)"),
+    ({"metrics": ("auc",)}, r"metric 'auc' is not one of"),
+    ({"metrics": ("accuracy",), "primary": "mcc"}, r"primary 'mcc' is not one of its metrics \['accuracy'\]"),
+    ({"kind": "regression", "label_range": (5.0, 0.0), "metrics": ("pearson",)}, r"label_range \(5.0, 0.0\)"),
+])
+def test_a_spec_that_cannot_work_is_refused_naming_the_task_and_field(changes, message):
+    with pytest.raises(TaskError, match=message):
+        spec(**changes)
+
+
+def test_registry_knows_the_handout_tasks_and_refuses_a_second_different_spec():
+    assert get_task("sst").num_classes == 5 and get_task("quora").binary_logit and get_task("sts").kind == "regression"
+    with pytest.raises(TaskError, match="unknown task 'imdb'; known tasks: sst, cfimdb, quora, sts"):
+        get_task("imdb")
+    register_task(spec(name="toy-twice"))
+    register_task(spec(name="toy-twice"))  # the same spec again (a module imported twice): harmless
+    with pytest.raises(TaskError, match="'toy-twice' is registered twice"):
+        register_task(spec(name="toy-twice", num_classes=4))
+
+
+def test_overall_score_of_a_set_with_a_task_of_ones_own_is_the_mean_of_primary_metrics():
+    register_task(spec(name="toy-reg", kind="regression", label_range=(1.0, 3.0), metrics=("spearman", "pearson")))
+    register_task(spec(name="toy-cls", metrics=("mcc", "accuracy")))
+    formula = overall_formula(["sst", "toy-reg", "toy-cls"])
+    assert formula.describe() == "mean: mean(sst/accuracy, (toy-reg/spearman + 1) / 2, (toy-cls/mcc + 1) / 2)"
+    metrics = {"sst": {"accuracy": 0.4}, "toy-reg": {"spearman": 0.6, "pearson": 0.0},
+               "toy-cls": {"mcc": -0.2, "accuracy": 0.3}}
+    assert formula.score(metrics) == pytest.approx((0.4 + 0.8 + 0.4) / 3)
+    assert overall_formula(["sst", "quora", "sts"]).name == "cs224n"
+
+
+def test_a_task_with_its_own_reader_and_the_header_check_of_the_default_one(tmp_path, tiny_bert):
+    """A task reading JSON lines; and a handout-format task whose file lacks a column."""
+    from harness.data import TaskRows
+    from harness.model import load_encoder
+
+    def read_jsonl(path, task, lenient, labelled):
+        rows = TaskRows(path)
+        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            record = json.loads(line)
+            if labelled and record.get("y") not in (0, 1):
+                raise DataError(f"{path}, line {number}: y {record.get('y')!r} is not 0 or 1")
+            rows.ids.append(str(record["id"]))
+            rows.texts.append((record["text"],))
+            rows.labels.append(float(record.get("y", 0)))
+        return rows
+
+    register_task(TaskSpec("toy-jsonl", "classification", ("text",), "y",
+                           {"train": "toy.jsonl", "dev": "toy.jsonl"}, num_classes=2, reader=read_jsonl))
+    (tmp_path / "toy.jsonl").write_text("\n".join(json.dumps({"id": i, "text": f"sentence {i}", "y": i % 2})
+                                                  for i in range(6)))
+    _, tokenizer = load_encoder(str(tiny_bert))
+    data = load_task_data(tmp_path, ["toy-jsonl"], tokenizer, 16, cache_dir=tmp_path / "cache")
+    assert data["toy-jsonl"].dev["label"] == [0.0, 1.0] * 3 and len(data["toy-jsonl"].train) == 6
+    (tmp_path / "toy.jsonl").write_text('{"id": 1, "text": "x", "y": 7}')
+    with pytest.raises(DataError, match=r"toy.jsonl, line 1: y 7 is not 0 or 1"):
+        read_rows(tmp_path / "toy.jsonl", get_task("toy-jsonl"))
+
+    register_task(spec(name="toy-pairs", files={"train": "pairs.csv", "dev": "pairs.csv"}))
+    (tmp_path / "pairs.csv").write_text("id\ta\tlabel\n1\tx\t0\n")
+    expected = (r"pairs.csv, line 1: header \['id', 'a', 'label'\] lacks column\(s\) \['b', 'y'\] "
+                r"\(expected columns \['id', 'a', 'b', 'y'\] for task toy-pairs\)")
+    with pytest.raises(DataError, match=expected):
+        check_data_dir(tmp_path, ["toy-pairs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# An installed task plugin, trained beside a handout task, then used: evaluate, test files, predict.
+
+NLI_PREMISES = ["a man plays the guitar", "two dogs run in the park", "a woman reads a book", "the child eats an apple",
+                "a cat sleeps on the sofa", "people walk along the beach", "a chef cooks pasta", "the band plays jazz"]
+
+
+def write_nli(folder: Path) -> None:
+    """A small 3-class file set: the hypothesis repeats the premise (0), adds to it (1) or negates it (2)."""
+    def rows(count: int, start: int, labelled: bool = True):
+        out = ["id\tpremise\thypothesis" + ("\tlabel" if labelled else "")]
+        for i in range(start, start + count):
+            premise, label = NLI_PREMISES[i % len(NLI_PREMISES)], i % 3
+            hypothesis = [premise, premise + " today", "it is not true that " + premise][label]
+            out.append(f"nli{i}\t{premise}\t{hypothesis}" + (f"\t{label}" if labelled else ""))
+        return "\n".join(out) + "\n"
+
+    (folder / "nli-train.csv").write_text(rows(60, 0))
+    (folder / "nli-dev.csv").write_text(rows(24, 100))
+    (folder / "nli-test.csv").write_text(rows(9, 200, labelled=False))
+
+
+def cli(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def nli_plugin(tmp_path_factory):
+    """tests/task_plugin_example pip-installed into a folder of its own, on PYTHONPATH for the CLI,
+    and imported here (registering `nli` in this process as the entry point does in the CLI's)."""
+    target = tmp_path_factory.mktemp("site")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(HERE / "task_plugin_example")],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    sys.path.insert(0, str(target))
+    import mtl_bench_nli  # noqa: F401
+
+    return {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_a_plugin_task_trains_beside_a_handout_task_and_the_run_is_evaluated_predicted_and_submitted(
+        tmp_path, tiny_bert, small_data, nli_plugin):
+    from mlflow.tracking import MlflowClient
+
+    from harness.train import dev_metric_names
+    from harness.trained import evaluate_run
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    write_nli(data)
+    test_lines = (DATA / "ids-sst-test-student.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:13]
+    (data / "ids-sst-test-student.csv").write_text("".join(test_lines), encoding="utf-8")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = nli_plugin
+
+    listed = cli("tasks", env=env)
+    assert listed.returncode == 0 and "nli" in listed.stdout and "macro_f1, accuracy, mcc" in listed.stdout
+
+    common = ["--model", str(tiny_bert), "--data-dir", str(data), "--epochs", "2", "--batches-per-epoch", "4",
+              "--batch-size", "4", "--max-length", "32", "--no-progress", "--tracking-uri", uri,
+              "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--eval-every-epoch"]
+    trained = cli("train", "--variant", "pals-parallel", "-o", "pal_size=12", "-o", "pal_heads=2", "--tasks", "sst,nli",
+                  "--save-model", *common, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    run_id, m = run.info.run_id, run.data.metrics
+    assert run.data.params["overall_formula"] == "mean: mean(sst/accuracy, nli/macro_f1)"
+    assert run.data.params["variant.tasks"] == "sst,nli"
+    assert {"dev/nli/macro_f1", "dev/nli/accuracy", "dev/nli/mcc", "dev/sst/accuracy"} <= set(m)
+    assert m["dev/overall"] == pytest.approx((m["dev/sst/accuracy"] + m["dev/nli/macro_f1"]) / 2)
+    assert "params/task_specific/nli" in m and "params/head/nli" in m and "params/task_specific/sts" not in m
+    assert m["params/head/nli"] == 3 * 32 + 3  # a 3-class pair task's head, on the joint [CLS]
+
+    # dev scored again from the saved model: the run's metrics (the epoch it reports).
+    again = evaluate_run(run_id, "dev", tracking_uri=uri, out_dir=str(tmp_path / "eval"), log=False)
+    for name, value in dev_metric_names(again).items():
+        assert value == pytest.approx(m[name], abs=1e-6), name
+    shown = cli("evaluate", run_id, "--tracking-uri", uri, "--out", str(tmp_path / "eval-cli"), env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"dev/nli/macro_f1: {m['dev/nli/macro_f1']:.4f} (the run logged {m['dev/nli/macro_f1']:.4f}" in shown.stdout
+
+    # The test split: the starter's submission layout, logged to the run.
+    submitted = cli("evaluate", run_id, "--split", "test", "--tracking-uri", uri, "--out", str(tmp_path / "sub"),
+                    env=env)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    sst_lines = (tmp_path / "sub" / "test" / "sst-test-output.csv").read_text().splitlines(keepends=True)
+    assert sst_lines[0] == "id \t Predicted_Sentiment \n"
+    ids = [line.split("\t")[2] for line in test_lines[1:]]
+    assert [line.split(" , ")[0] for line in sst_lines[1:]] == ids
+    assert all(line.endswith(" \n") and line.split(" , ")[1].strip() in {"0", "1", "2", "3", "4"}
+               for line in sst_lines[1:])
+    nli_lines = (tmp_path / "sub" / "test" / "nli-test-output.csv").read_text().splitlines()
+    assert nli_lines[0] == "id \t Predicted_Label " and len(nli_lines) == 10
+    logged = {a.path for a in client.list_artifacts(run_id, "predictions/test")}
+    assert logged == {"predictions/test/sst-test-output.csv", "predictions/test/nli-test-output.csv"}
+
+    # predict: the same prediction as evaluate gave the same dev example, with its probability.
+    dev_first = (data / "nli-dev.csv").read_text().splitlines()[1].split("\t")
+    predicted = cli("predict", run_id, "--task", "nli", dev_first[1], dev_first[2], "--tracking-uri", uri, env=env)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    label, score, text = predicted.stdout.strip().split("\t")
+    dev_out = (tmp_path / "eval" / "dev" / "nli-dev-output.csv").read_text().splitlines()
+    assert dev_out[1] == f"{dev_first[0]} , {label} "
+    assert 1 / 3 <= float(score) <= 1 and text == f"{dev_first[1]} ||| {dev_first[2]}"
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{dev_first[1]}\t{dev_first[2]}\n\nonly one sentence\n")
+    bad = cli("predict", run_id, "--task", "nli", "--file", str(pairs), "--tracking-uri", uri, env=env)
+    assert bad.returncode == 2 and f"{pairs}, line 3: expected two tab-separated sentences" in bad.stderr
+
+    # What cannot be answered: exit 2, one line saying why.
+    untrained = cli("predict", run_id, "--task", "sts", "a", "b", "--tracking-uri", uri, env=env)
+    assert untrained.returncode == 2 and "did not train task 'sts'; it trained ['sst', 'nli']" in untrained.stderr
+    without = cli("train", "--variant", "multitask", "--tasks", "sst", *common, env=env)
+    assert without.returncode == 0, without.stderr[-2000:]
+    (plain,) = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run_id]
+    nothing = cli("evaluate", plain.info.run_id, "--tracking-uri", uri, env=env)
+    assert nothing.returncode == 2 and "saved no model" in nothing.stderr and "--save-model" in nothing.stderr
+    foreign = tmp_path / "foreign" / "model"
+    foreign.mkdir(parents=True)
+    (foreign / "model.json").write_text(json.dumps({"format": "some-other-tool"}))
+    client.log_artifacts(plain.info.run_id, str(foreign), "model")
+    refused = cli("evaluate", plain.info.run_id, "--tracking-uri", uri, env=env)
+    assert refused.returncode == 2 and "format 'some-other-tool'" in refused.stderr
+    no_test = cli("evaluate", run_id, "--split", "test", "--tasks", "sst", "--data-dir", str(small_data),
+                  "--tracking-uri", uri, env=env)
+    assert no_test.returncode == 2 and "ids-sst-test-student.csv: file not found" in no_test.stderr
+    gone = cli("evaluate", run_id, "--tracking-uri", uri, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert gone.returncode == 2 and "unknown task 'nli'" in gone.stderr and "install the package" in gone.stderr
+
+    # compare: a column per task of these runs, titled by its primary metric; overall scores of
+    # different task sets (mean(sst, nli) and mean(sst)) are not compared.
+    compared = cli("compare", "--experiment", "bert-mtl-bench", "--tracking-uri", uri, "--test", "seeds",
+                   "--out", str(tmp_path / "compare"), env=env)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    header = compared.stdout.splitlines()[0]
+    assert header.startswith("| variant | n | SST acc | NLI macro-F1 | overall | Δ overall vs multitask |"), header
+    row = next(line for line in compared.stdout.splitlines() if line.startswith("| pals-parallel |"))
+    assert f"| {m['dev/nli/macro_f1']:.3f} | {m['dev/overall']:.3f} | - |" in row
