@@ -53,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from harness.data import load_task_data
+    from harness.handout_tasks import HANDOUT_TASKS
     from harness.model import load_encoder
-    from harness.tasks import HANDOUT_TASKS
 
     _, tokenizer = load_encoder(args.model)
     data = load_task_data(args.data_dir, list(HANDOUT_TASKS), tokenizer, args.max_length)

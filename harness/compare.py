@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.handout_tasks import HANDOUT_TASKS
 from harness.metrics import METRICS
-from harness.tasks import HANDOUT_TASKS, TaskError, get_task, overall_formula, primary_key
+from harness.tasks import TaskError, get_task, overall_formula, primary_key
 
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
 METRIC_TITLES = {"accuracy": "acc", "pearson": "r", "spearman": "Spearman", "macro_f1": "macro-F1", "mcc": "MCC"}

@@ -31,3 +31,7 @@ STS = register_task(TaskSpec(
     # The starter's spelling, kept so that its graders read the file.
     output_column="Predicted_Similiary",
     description="Semantic textual similarity of a sentence pair, 0-5"))
+
+HANDOUT_TASKS: tuple[str, ...] = ("sst", "cfimdb", "quora", "sts")  # the default task set, in the study's order
+# The CS224N overall score: mean(SST acc, Quora acc, (STS r + 1) / 2); (task, metric, a correlation).
+CS224N_TERMS = (("sst", "accuracy", False), ("quora", "accuracy", False), ("sts", "pearson", True))

@@ -18,11 +18,12 @@ A run records the formula it used (param `overall_formula`).
 """
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "bert_mtl_bench.tasks"
 KINDS = ("classification", "regression")
@@ -143,13 +144,8 @@ def discover() -> None:
     global _discovered
     if _discovered:
         return
-    _discovered = True
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            entry_point.load()
-        except Exception as exc:  # a broken plugin must say which one it is
-            raise TaskError(f"task plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
-                            f"{type(exc).__name__}: {exc}") from exc
+    _discovered = True  # first: a plugin module may look up a task while it is imported
+    load_entry_points(ENTRY_POINT_GROUP, "task", TaskError)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -163,11 +159,6 @@ def get_task(name: str) -> TaskSpec:
 def list_tasks() -> list[TaskSpec]:
     discover()
     return list(_REGISTRY.values())
-
-
-HANDOUT_TASKS: tuple[str, ...] = ("sst", "cfimdb", "quora", "sts")  # the default task set (harness/handout_tasks.py)
-# The CS224N formula: mean(SST acc, Quora acc, (STS r + 1) / 2).
-CS224N_TERMS = (("sst", "accuracy", False), ("quora", "accuracy", False), ("sts", "pearson", True))
 
 
 @dataclass(frozen=True)
@@ -194,11 +185,12 @@ class OverallFormula:
 
 def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula | None:
     """The overall score of a task set (see the module docstring); None where it has none."""
+    from harness.handout_tasks import CS224N_TERMS, HANDOUT_TASKS
     from harness.metrics import METRICS
 
     tasks = tuple(tasks)
     if all(t in HANDOUT_TASKS for t in tasks):
-        if not all(t in tasks for t in ("sst", "quora", "sts")):
+        if not all(t in tasks for t, _, _ in CS224N_TERMS):
             return None
         return OverallFormula(CS224N_TERMS, "cs224n")
     terms = []

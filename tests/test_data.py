@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from harness.data import DataError, check_data_dir, collate, read_task_file
 from harness.quora_split import assign_split
-from harness.tasks import HANDOUT_TASKS, get_task
+from harness.handout_tasks import HANDOUT_TASKS
+from harness.tasks import get_task
 
 HEADERS = {
     "sst": "\tid\tsentence\tsentiment\n",

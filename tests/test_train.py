@@ -6,7 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.config import resolve_config
-from harness.tasks import HANDOUT_TASKS, get_task
+from harness.handout_tasks import HANDOUT_TASKS
+from harness.tasks import get_task
 from harness.train import TaskStream, dev_metric_names, train
 
 pytestmark = pytest.mark.slow

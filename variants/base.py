@@ -18,7 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from harness.tasks import HANDOUT_TASKS, TaskError, get_task
+from harness.handout_tasks import HANDOUT_TASKS
+from harness.tasks import TaskError, get_task
 
 
 @dataclass

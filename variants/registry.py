@@ -6,11 +6,12 @@ In-tree variants and a user's own are found the same way, through the entry-poin
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+from harness.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "bert_mtl_bench.variants"
 
@@ -55,12 +56,7 @@ def discover() -> None:
     global _discovered
     if _discovered:
         return
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            entry_point.load()
-        except Exception as exc:  # a broken plugin must say which one it is
-            raise VariantError(f"variant plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
-                               f"{type(exc).__name__}: {exc}") from exc
+    load_entry_points(ENTRY_POINT_GROUP, "variant", VariantError)
     _discovered = True
 
 
