@@ -165,7 +165,7 @@ def the_run(tracking_uri):
 def test_every_epoch_is_recorded_and_the_best_or_last_is_reported(report, tmp_path, tiny_bert, small_data,
                                                                    tracking_uri):
     config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=4, batches_per_epoch=3,
-                         eval_every_epoch=True, report_epoch=report, lr=3e-2)
+                         eval_every_epoch=True, report_epoch=report, lr=3e-2, save_model=True)
     metrics = train(config)
     client, run = the_run(tracking_uri)
     epochs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "dev_epoch/overall"),
@@ -182,6 +182,12 @@ def test_every_epoch_is_recorded_and_the_best_or_last_is_reported(report, tmp_pa
     rows = np.loadtxt(local, delimiter=",", skiprows=1, usecols=(1, 2))
     assert np.mean(rows[:, 0] == rows[:, 1]) == pytest.approx(sst[chosen].value)
     assert run.data.params["report_epoch"] == report
+    # So is the saved model (--save-model): evaluated again, it scores the reported epoch's metrics.
+    from harness.trained import evaluate_run
+
+    again = dev_metric_names(evaluate_run(run.info.run_id, "dev", tracking_uri=tracking_uri,
+                                          out_dir=str(tmp_path / "eval"), log=False))
+    assert again == pytest.approx(metrics, abs=1e-6)
 
 
 def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_bert, small_data, tracking_uri):
@@ -190,7 +196,6 @@ def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_be
 
     import torch
 
-    from conftest import make_tiny_bert
     from harness.model import load_encoder
     from harness.trained import TrainedModelError, load_run
 
@@ -223,9 +228,13 @@ def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_be
     for name, value in metrics.items():
         assert dev_metric_names(again)[name] == pytest.approx(value, abs=1e-6), name
 
-    # Another checkpoint under the same name is not the base the run trained on: refused.
-    shutil.rmtree(base)
-    make_tiny_bert(base, hidden=32).joinpath("model.safetensors").write_bytes(b"not the same weights")
+    # Another checkpoint under the same name (same architecture, other weights) is not the base the
+    # run trained on: refused, where loading it would silently change the model.
+    from transformers import BertModel
+
+    other = BertModel.from_pretrained(base, add_pooling_layer=False)
+    torch.nn.init.normal_(other.embeddings.word_embeddings.weight)
+    other.save_pretrained(base)
     with pytest.raises(TrainedModelError, match="SHA-256"):
         load_run(run.info.run_id, tracking_uri)
 
