@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,12 @@ class Trained:
 
 
 def _client(tracking_uri: str):
+    import datasets
     from mlflow.tracking import MlflowClient
+
+    # Output for a person reading predictions: no download or tokenising progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    datasets.disable_progress_bars()
 
     from harness.tracking import resolve_tracking_uri
 
