@@ -52,6 +52,15 @@ def test_a_sweep_expands_every_variant_grid_value_and_seed_with_stable_keys():
     assert {j.key for j in jobs} < {j.key for j in more}
 
 
+def test_a_sweep_can_choose_the_task_set():
+    jobs = expand(load_spec(None, "s", ["multitask", "single-task"], [0], settings=["tasks=sst,sts"]))
+    assert {j.settings["tasks"] for j in jobs} == {"sst,sts"}
+    default = expand(load_spec(None, "s", ["multitask", "single-task"], [0]))
+    assert not {j.key for j in jobs} & {j.key for j in default}  # another task set is another job
+    with pytest.raises(ConfigError, match="tasks: unknown task 'imdb'"):
+        expand(load_spec(None, "s", ["multitask"], [0], settings=["tasks=sst,imdb"]))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(settings=["epochs=two"]), "sweep setting epochs: expected int, got 'two'"),
     (dict(settings=["bogus=1"]), "sweep setting 'bogus': not a setting a sweep can vary"),
