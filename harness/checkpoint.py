@@ -27,11 +27,28 @@ class LoopState:
     streams: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # training time up to this checkpoint, over all earlier segments of the run
     skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped (inf/NaN gradients)
+    tasks: list = field(default_factory=list)  # the run's task set (empty: a checkpoint from before it was recorded)
+    model_saved_epoch: int = 0  # --save-model: the epoch whose model was written (0: none yet)
     # How the steps were laid out when it was written (0: a checkpoint from before they were recorded).
     world_size: int = 0
     batch_size: int = 0
     grad_accum: int = 0
     deepspeed: bool = False
+
+
+def upgrade_metrics(metrics: dict, primary_of) -> dict:
+    """A checkpoint written before tasks had several metrics holds task -> the primary metric's
+    value; today's hold task -> metric -> value. `primary_of(task)` names the primary metric."""
+    return {t: v if isinstance(v, dict) else {primary_of(t): v} for t, v in metrics.items()}
+
+
+def check_resume_tasks(state: LoopState, where: Path, tasks: list[str]) -> None:
+    """A checkpoint continues only the task set it was written with (its heads and task parts)."""
+    from harness.distributed import LaunchError
+
+    if state.tasks and list(state.tasks) != list(tasks):
+        raise LaunchError(f"--resume {where}: written for tasks {','.join(state.tasks)}; this run has "
+                          f"{','.join(tasks)} (--tasks): a checkpoint continues only its own task set")
 
 
 def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_size: int, grad_accum: int,

@@ -105,7 +105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.trained import evaluate_run
 
     evaluate_run(args.run_id, args.split, args.data_dir, args.tracking_uri, args.out,
-                 [t for t in args.tasks.split(",") if t] if args.tasks else None, log=args.log)
+                 [t for t in args.tasks.split(",") if t] if args.tasks else None, log=args.log,
+                 cache_dir=args.cache_dir)
     return 0
 
 
@@ -127,15 +128,19 @@ def _add_use_parsers(sub) -> None:
     e.add_argument("--split", default="dev", choices=("dev", "test"))
     e.add_argument("--data-dir", default="", help="default: the run's own --data-dir")
     e.add_argument("--tasks", default="", help="comma-separated subset of the run's tasks (default: all)")
-    e.add_argument("--out", default="", help="folder for the prediction files (default <output-dir>/evaluate/<run>)")
+    e.add_argument("--out", default="", help="the prediction files go to OUT/<split>/ (default: the run's "
+                                             "<output-dir>/evaluate/<run id>)")
+    e.add_argument("--cache-dir", default="", help="tokenised datasets (default: the datasets library's cache)")
     e.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
     e.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                    help="log the prediction files to the run (default: yes)")
     e.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="predict with a saved run's model for sentences or sentence pairs",
                        description="Prints `prediction <tab> score <tab> input` per example: the class (score: its "
-                                   "probability) or the value of a regression task. A pair task takes its texts two "
-                                   "at a time; in --file, one example per line, a pair's sentences tab-separated.")
+                                   "probability) or the value of a regression task; a pair's two sentences are shown "
+                                   "joined by ' ||| '. A pair task takes its texts two at a time; in --file, one "
+                                   "example per line, a pair's sentences tab-separated. Texts that begin with '-' "
+                                   "go after '--'.")
     p.add_argument("run_id")
     p.add_argument("--task", required=True, help="one of the run's tasks")
     p.add_argument("texts", nargs="*", help="sentences (a pair task: two per example)")
@@ -264,9 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     # `predict RUN --task sst "a sentence"` arrive as extra arguments: they are predict's texts.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "predict" or any(e.startswith("-") for e in extra):
+        if args.command != "predict":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.texts = [*args.texts, *extra]
+        literal = extra[extra.index("--") + 1:] if "--" in extra else []
+        before = extra[:extra.index("--")] if "--" in extra else extra
+        options = [e for e in before if e.startswith("-")]
+        if options:
+            sub.choices["predict"].error(f"unrecognized arguments: {' '.join(options)} (a text that begins with "
+                                         "'-' goes after '--')")
+        args.texts = [*args.texts, *before, *literal]
     try:
         return args.func(args)
     except Exception as exc:

@@ -112,12 +112,12 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
         if "params/task_specific_total" not in m:
             raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no params/task_specific_total metric")
         formula = overall_formula(tasks)
-        overall = formula.score(_as_metrics(scores)) if formula else None
+        overall = formula.score(_as_metrics(scores))
         records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores, overall,
                                  int(m["params/task_specific_total"]),
                                  float(m.get("params/ratio_to_encoder", math.nan)),
                                  float(m.get("time/train_seconds", math.nan)),
-                                 formula.describe() if formula else "none"))
+                                 formula.describe()))
     return records, parent_id
 
 
@@ -170,8 +170,6 @@ def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resam
 
     if score is None:
         formula = overall_formula(tasks)
-        if formula is None:
-            raise CompareError(f"tasks {tasks} have no overall score")
 
         def score(values):
             return formula.score(_as_metrics(values))
@@ -238,7 +236,8 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same grid point.
         base_label = " ".join([baseline] + label.split()[1:])
         base = {r.seed: r for r in by_label.get(base_label, [])}
-        row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group)}
+        row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group),
+               "overall_formula": " / ".join(sorted({r.formula for r in group}))}
         for task in tasks + ["overall"]:
             values = [r.overall if task == "overall" else r.scores.get(task) for r in group]
             row[f"{task}_mean"], row[f"{task}_std"] = _mean_std([v for v in values if v is not None])
@@ -261,7 +260,7 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
                 overall_tasks = [t for t, _, _ in overall_formula(list(paired[0][0].scores)).terms]
                 _, row["ci_low"], row["ci_high"] = bootstrap_difference(pairs, overall_tasks, resamples)
             compared.append(row)
-        # Each task's own difference (the single-task model has no overall score, but has SST).
+        # Each task's own difference (also where the task sets, and so the overall formulas, differ).
         by_task = [(r, base[r.seed]) for r in group if r.seed in base]
         for task in tasks:
             row[f"delta_{task}"] = row[f"ci_low_{task}"] = row[f"ci_high_{task}"] = math.nan
@@ -323,16 +322,22 @@ def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
               "p (paired t, seeds) | p Holm-adjusted | 95% CI (bootstrap, dev examples) | verdict | "
               "task-specific params | ratio to encoder | train min |"),
              "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|---|---|"]
+    base_formula = next((r["overall_formula"] for r in rows if r["variant"].split()[0] == baseline), None)
+    other = {r["overall_formula"] for r in rows if base_formula and r["overall_formula"] != base_formula}
     for r in rows:
         delta = "-" if math.isnan(r["delta_overall"]) else f"{r['delta_overall']:+.3f}"
         p = "-" if math.isnan(r["p_seeds"]) else f"{r['p_seeds']:.3f}"
         p_holm = "-" if math.isnan(r["p_seeds_holm"]) else f"{r['p_seeds_holm']:.3f}"
         ci = "-" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        mark = " †" if r["overall_formula"] in other else ""
         lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(_fmt(r[f'{t}_mean'], r[f'{t}_std'])
-                                                             for t in tasks + ["overall"])
+                                                             for t in tasks)
+                     + f" | {_fmt(r['overall_mean'], r['overall_std'])}{mark}"
                      + f" | {delta} | {p} | {p_holm} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
                        f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
-    return "\n".join(lines) + "\n"
+    notes = [f"\n† the overall score of another task set ({f}), not compared with {baseline}'s ({base_formula})."
+             for f in sorted(other)]
+    return "\n".join(lines) + "\n" + "".join(n + "\n" for n in notes)
 
 
 def caption(rows: list[dict], baseline: str, test: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from harness.tasks import TaskSpec, get_task
 
 # Bumped whenever tokenised columns change, so stale caches are never reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 class DataError(ValueError):
@@ -172,8 +173,6 @@ def check_data_dir(data_dir: str | os.PathLike, tasks: list[str], splits: tuple[
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    import json
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         text = repr(sorted(tokenizer.get_vocab().items()))
@@ -230,9 +229,12 @@ def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pa
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     skipped = ",".join(str(line) for line, _ in rows.skipped)
+    # The rows as read (ids and labels, whatever reader produced them) and the texts' columns are
+    # part of the key, so a changed reader or label mapping never reuses a stale cache.
+    rows_digest = hashlib.sha256(json.dumps([rows.ids, rows.labels, list(spec.text_columns)]).encode()).hexdigest()
     key = hashlib.sha256(
         "|".join([CACHE_VERSION, _file_sha256(rows.path), _tokenizer_fingerprint(tokenizer),
-                  str(max_length), pair_encoding, spec.name, skipped]).encode()
+                  str(max_length), pair_encoding, spec.name, skipped, rows_digest]).encode()
     ).hexdigest()[:24]
     return raw.map(encode, batched=True, batch_size=1000, remove_columns=text_columns,
                    cache_file_name=str(cache_dir / f"{spec.name}-{key}.arrow"), load_from_cache_file=True,

@@ -215,6 +215,13 @@ def check_launch(accelerator, launch: dict[str, tuple[Any, str]], config) -> dic
         raise LaunchError(f"the processes obtained do not match the launch ({'; '.join(problems)}; "
                           f"distributed type {got['distributed_type']}). On a machine without GPUs, launch "
                           "with launch/cpu-*.yaml (see README, Distributed training).")
+    if getattr(config, "save_model", False) and got["deepspeed"] and got["zero_stage"] == 3:
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if not zero.get("stage3_gather_16bit_weights_on_model_save"):
+            raise LaunchError("--save-model under ZeRO-3 needs the partitioned weights gathered when saving: set "
+                              "zero_optimization.stage3_gather_16bit_weights_on_model_save to true in the DeepSpeed "
+                              "config (in an Accelerate config's deepspeed_config: zero3_save_16bit_model: true), "
+                              "as launch/ds_zero3.json does")
     return got
 
 

@@ -118,7 +118,7 @@ def load_encoder(model: str, pooler: bool = False):
 
 
 class CosineHead(nn.Module):
-    """STS with separate encoding: cosine(u, v); no parameters."""
+    """A pair regression with separate encoding: cosine(u, v), scaled to the label range by the loss; no parameters."""
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.cosine_similarity(u, v, dim=-1)

@@ -10,15 +10,17 @@ tasks through the entry-point group `bert_mtl_bench.tasks` (each entry point nam
 whose import calls `register_task`). Nothing in the loop, the model, evaluation or `compare`
 names a task: they read its spec.
 
-The overall score of a task set (`overall_formula`): for sets of handout tasks, the CS224N
-formula mean(SST acc, Quora acc, (STS r + 1) / 2), defined when the set has all three (so the
-single-task sentiment baseline has none, as in the study); for any set with a task of one's
-own, the mean of every task's primary metric, a correlation mapped to [0, 1] as (r + 1) / 2.
-A run records the formula it used (param `overall_formula`).
+The overall score of a task set (`overall_formula`): for the handout's set (its four tasks, or
+SST, Quora and STS), the CS224N formula mean(SST acc, Quora acc, (STS r + 1) / 2); for any other
+set (a subset of the handout's, such as the single-task baseline's SST and CFIMDB, or a set with
+a task of one's own), the mean of every task's primary metric, a correlation mapped to [0, 1] as
+(r + 1) / 2. A run records the formula it used (param `overall_formula`); `compare` compares
+overall scores only between runs of the same formula.
 """
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +56,7 @@ class TaskSpec:
     files: Mapping[str, str]
     num_classes: int = 0
     label_range: tuple[float, float] = (0.0, 1.0)
-    metrics: tuple[str, ...] = ("accuracy",)
+    metrics: tuple[str, ...] = ()  # default: ("accuracy",) for classification, ("pearson",) for regression
     primary: str = ""
     binary_logit: bool = False
     id_column: str = "id"
@@ -68,6 +70,12 @@ class TaskSpec:
         from harness.metrics import METRICS
 
         where = f"task {self.name!r}"
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name) \
+                or self.name == "overall":
+            raise TaskError(f"{where}: a task's name is lower-case letters, digits, '_' and '-' (it names files, "
+                            "MLflow metrics dev/<task>/<metric> and --tasks lists), and not 'overall'")
+        if not self.metrics:
+            object.__setattr__(self, "metrics", ("accuracy",) if self.kind == "classification" else ("pearson",))
         if self.kind not in KINDS:
             raise TaskError(f"{where}: kind {self.kind!r} is not one of {list(KINDS)}")
         if len(self.text_columns) not in (1, 2):
@@ -85,11 +93,12 @@ class TaskSpec:
             if self.binary_logit and self.num_classes != 2:
                 raise TaskError(f"{where}: binary_logit needs num_classes 2, not {self.num_classes}")
         else:
-            low, high = self.label_range
+            try:
+                low, high = (float(v) for v in self.label_range)
+            except (TypeError, ValueError):
+                low = high = math.nan
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise TaskError(f"{where}: label_range {self.label_range!r}: expected (low, high) with low < high")
-        if not self.metrics:
-            raise TaskError(f"{where}: metrics: at least one metric is needed")
         for metric in self.metrics:
             if metric not in METRICS:
                 raise TaskError(f"{where}: metric {metric!r} is not one of {sorted(METRICS)}")
@@ -145,7 +154,13 @@ def discover() -> None:
     if _discovered:
         return
     _discovered = True  # first: a plugin module may look up a task while it is imported
-    load_entry_points(ENTRY_POINT_GROUP, "task", TaskError)
+    try:
+        import harness.handout_tasks  # noqa: F401  (also an entry point; here too, for a stale editable install)
+
+        load_entry_points(ENTRY_POINT_GROUP, "task", TaskError)
+    except BaseException:
+        _discovered = False  # the next lookup tries again and raises again, not a partial registry
+        raise
 
 
 def get_task(name: str) -> TaskSpec:
@@ -183,15 +198,13 @@ class OverallFormula:
         return float(sum(values) / len(values))
 
 
-def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula | None:
-    """The overall score of a task set (see the module docstring); None where it has none."""
+def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula:
+    """The overall score of a task set (see the module docstring)."""
     from harness.handout_tasks import CS224N_TERMS, HANDOUT_TASKS
     from harness.metrics import METRICS
 
     tasks = tuple(tasks)
-    if all(t in HANDOUT_TASKS for t in tasks):
-        if not all(t in tasks for t, _, _ in CS224N_TERMS):
-            return None
+    if all(t in HANDOUT_TASKS for t in tasks) and all(t in tasks for t, _, _ in CS224N_TERMS):
         return OverallFormula(CS224N_TERMS, "cs224n")
     terms = []
     for task in tasks:

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.checkpoint import LoopState, check_resume_layout, find_checkpoint, save_checkpoint
+from harness.checkpoint import (
+    LoopState,
+    check_resume_layout,
+    check_resume_tasks,
+    find_checkpoint,
+    save_checkpoint,
+    upgrade_metrics,
+)
 from harness.config import TrainConfig
 from harness.data import check_data_dir, collate, load_task_data
 from harness.distributed import (
@@ -136,21 +143,15 @@ def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
 def dev_metric_names(metrics: dict[str, dict[str, float]], prefix: str = "dev") -> dict[str, float]:
     """MLflow names: <prefix>/<task>/<metric> for every metric, and <prefix>/overall where the task set has one."""
     out = {metric_key(task, name, prefix): v for task, values in metrics.items() for name, v in values.items()}
-    formula = overall_formula(list(metrics))
-    overall = formula.score(metrics) if formula else None
+    overall = overall_formula(list(metrics)).score(metrics)
     if overall is not None:
         out[f"{prefix}/overall"] = overall
     return out
 
 
 def selection_score(metrics: dict[str, dict[str, float]]) -> float:
-    """What picks the best epoch: the overall score, or the mean of the tasks' primary metrics where
-    the task set has no overall score (single-task); NaN (a constant predictor's r) counts as worst."""
-    formula = overall_formula(list(metrics))
-    if formula:
-        score = formula.score(metrics)
-    else:
-        score = float(np.mean([values[get_task(task).primary_metric] for task, values in metrics.items()]))
+    """What picks the best epoch: the task set's overall score; NaN (a constant predictor's r) counts as worst."""
+    score = overall_formula(list(metrics)).score(metrics)
     return -np.inf if score is None or np.isnan(score) else score
 
 
@@ -262,8 +263,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
 
     tasks = list(variant_config.tasks)
     state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
-    # A checkpoint written before tasks had several metrics holds task -> primary metric's value.
-    state.metrics = {t: v if isinstance(v, dict) else {get_task(t).primary_metric: v} for t, v in state.metrics.items()}
+    state.metrics = upgrade_metrics(state.metrics, lambda t: get_task(t).primary_metric)
     launch = preflight_launch(config)
     # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
     config.mixed_precision, precision_source = resolve_precision(config.mixed_precision, launch)
@@ -271,8 +271,10 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                                    config.mixed_precision)
     launch = check_launch(accelerator, launch, config)
     if resume_from:  # before anything is loaded or recorded
+        check_resume_tasks(state, resume_from, tasks)
         check_resume_layout(state, resume_from, accelerator.num_processes, config.batch_size, config.grad_accum,
                             launch["deepspeed"])
+    state.tasks = tasks
     # The layout this run's checkpoints are written with.
     state.world_size, state.deepspeed = accelerator.num_processes, launch["deepspeed"]
     state.batch_size, state.grad_accum = config.batch_size, config.grad_accum
@@ -304,10 +306,9 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         if resume_from:
             tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
         else:
-            formula = overall_formula(tasks)
             tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
                                                     for k, v in asdict(variant_config).items()},
-                                "overall_formula": formula.describe() if formula else "none"})
+                                "overall_formula": overall_formula(tasks).describe()})
             skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
         tracker.set_tags(device_tags())  # what it ran on (a resumed run: its latest segment)
@@ -428,20 +429,29 @@ def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dic
         save_reported_model(run)
 
 
-def save_reported_model(run: Run) -> None:
-    """Writes the reported epoch's model as the artifact files of harness.trained (logged by `finish`)."""
+def save_reported_model(run: Run, epoch: int | None = None, metrics: dict | None = None) -> None:
+    """Writes the reported epoch's model (or `epoch`'s) as the artifact files of harness.trained,
+    logged by `finish`. Every rank calls it: ZeRO-3 gathers the partitions."""
     from harness.trained import save_model
 
-    accelerator = run.accelerator
-    weights = accelerator.get_state_dict(run.model)  # every rank: ZeRO-3 gathers the partitions
+    accelerator, state = run.accelerator, run.state
+    epoch = state.metrics_epoch if epoch is None else epoch
+    weights = accelerator.get_state_dict(run.model)
     if accelerator.is_main_process:
         save_model(run.out_dir / "model", weights, run.config, run.variant_config, run.tokenizer,
-                   accelerator.unwrap_model(run.model).encoder.config, run.state.metrics_epoch, run.state.step,
-                   run.state.metrics)
+                   accelerator.unwrap_model(run.model).encoder.config, epoch, state.step,
+                   state.metrics if metrics is None else metrics)
+    state.model_saved_epoch = epoch
 
 
 def finish(run: Run, step_seconds: list[float], started: float, train_seconds: float) -> None:
     config, accelerator, tracker, out_dir = run.config, run.accelerator, run.tracker, run.out_dir
+    if config.save_model and not run.state.model_saved_epoch:
+        # Resumed from a checkpoint written before the reported epoch's model was saved (or without
+        # --save-model): the last epoch's model is saved instead, and says so.
+        accelerator.print(f"warning: the reported epoch's ({run.state.metrics_epoch}) model was not saved before "
+                          f"the resume; saving the last epoch's ({config.epochs}) instead")
+        save_reported_model(run, epoch=config.epochs, metrics={})
     write_timing(out_dir, accelerator.process_index, step_seconds, config.grad_accum)
     if accelerator.is_main_process:
         # The reported epoch's, written by record_evaluation (also before a resume).

@@ -38,11 +38,25 @@ class TrainedModelError(ValueError):
     """A run without a usable model artifact, or a request it cannot answer. Exit 2."""
 
 
-def checkpoint_sha256(model: str) -> str:
-    """SHA-256 over a checkpoint folder's weight files (sorted by name), as the base reference's check."""
+def local_checkpoint(model: str) -> Path:
+    """The folder a --model resolves to here: a checkpoint folder, or a hub name's copy in the local cache."""
     from harness.model import resolve_model_path
 
     folder = Path(resolve_model_path(model))
+    if folder.is_dir():
+        return folder.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as exc:
+        raise TrainedModelError(f"base checkpoint {model}: not a folder and not in the local hub cache "
+                                f"({type(exc).__name__})") from None
+
+
+def checkpoint_sha256(model: str) -> str:
+    """SHA-256 over a checkpoint's weight files (sorted by name): the check of a frozen encoder's base."""
+    folder = local_checkpoint(model)
     files = sorted(p for p in folder.iterdir() if p.name in WEIGHT_FILES or p.name.endswith((".safetensors", ".bin")))
     if not files:
         raise TrainedModelError(f"base checkpoint {model} ({folder}): no weight files to check")
@@ -72,7 +86,9 @@ def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_c
         "train": dataclasses.asdict(config), "variant": dataclasses.asdict(variant_config),
         "tasks": {t: spec_summary(get_task(t)) for t in variant_config.tasks},
         "encoder": "base" if config.freeze_encoder else "saved",
-        "base_model": config.model, "base_sha256": checkpoint_sha256(config.model),
+        # A frozen encoder is not copied: its base is referenced (a folder by its absolute path) and checked.
+        "base_model": str(local_checkpoint(config.model)) if config.freeze_encoder else config.model,
+        "base_sha256": checkpoint_sha256(config.model) if config.freeze_encoder else None,
         "epoch": epoch, "step": step, "dev_metrics": metrics,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
@@ -104,7 +120,7 @@ def _client(tracking_uri: str):
     return MlflowClient(resolve_tracking_uri(tracking_uri))
 
 
-def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
+def download_model(run_id: str, tracking_uri: str, dst: Path | None, check_only: bool = False) -> Path | None:
     client = _client(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -115,7 +131,24 @@ def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
     if ARTIFACT_PATH not in names:
         raise TrainedModelError(f"run {run_id} ({run.data.tags.get('mlflow.runName', '')}) saved no model: it has no "
                                 f"'{ARTIFACT_PATH}' artifact (train with --save-model to keep one)")
+    if check_only:
+        return None
     return Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(dst)))
+
+
+def _read_meta(meta_file: Path) -> dict:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainedModelError(f"{meta_file}: not a bert-mtl-bench model artifact ({type(exc).__name__}: {exc})") \
+            from None
+    if meta.get("format") != FORMAT:
+        raise TrainedModelError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT!r}: not a model this "
+                                "harness saved")
+    if meta.get("version") != FORMAT_VERSION:
+        raise TrainedModelError(f"{meta_file}: format version {meta.get('version')!r}; this harness reads version "
+                                f"{FORMAT_VERSION}")
+    return meta
 
 
 def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
@@ -128,18 +161,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     from variants import make_config
 
     folder = Path(folder)
-    meta_file = folder / "model.json"
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainedModelError(f"{meta_file}: not a bert-mtl-bench model artifact ({type(exc).__name__}: {exc})") \
-            from None
-    if meta.get("format") != FORMAT:
-        raise TrainedModelError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT!r}: not a model this "
-                                "harness saved")
-    if meta.get("version") != FORMAT_VERSION:
-        raise TrainedModelError(f"{meta_file}: format version {meta.get('version')!r}; this harness reads version "
-                                f"{FORMAT_VERSION}")
+    meta = _read_meta(folder / "model.json")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in meta["train"].items() if k in known})
     for task, recorded in meta["tasks"].items():
@@ -173,6 +195,21 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     return Trained(model, tokenizer, config, meta)
 
 
+def run_model_meta(run_id: str, tracking_uri: str = "") -> dict:
+    """A run's model.json alone (no weights): what it trained, to check a request before loading."""
+    from mlflow.exceptions import MlflowException
+
+    download_model(run_id, tracking_uri, None, check_only=True)
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-meta-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, f"{ARTIFACT_PATH}/model.json", tmp)
+        except MlflowException:
+            raise TrainedModelError(f"run {run_id}: its '{ARTIFACT_PATH}' artifact has no model.json: not a model "
+                                    "this harness saved") from None
+        return _read_meta(Path(path))
+
+
 def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu") -> Trained:
     with tempfile.TemporaryDirectory(prefix="mtl-bench-model-") as tmp:
         return load_model(download_model(run_id, tracking_uri, Path(tmp)), device)
@@ -201,29 +238,34 @@ def write_outputs(task: str, split: str, ids: list[str], preds: list[float], fol
 
 
 def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_uri: str = "", out_dir: str = "",
-                 tasks: list[str] | None = None, log: bool = True, out=print) -> dict[str, dict[str, float]]:
-    """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files and
-    logs them to the run (under predictions/<split>/); for dev, returns and prints the metrics."""
-    from harness.data import load_split, pad_id_of
+                 tasks: list[str] | None = None, log: bool = True, cache_dir: str = "",
+                 out=print) -> dict[str, dict[str, float]]:
+    """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files to
+    <out_dir>/<split>/ and logs them to the run (under predictions/<split>/); for dev, returns
+    and prints the metrics. The test split is read strictly (no row may be left out of a submission)."""
+    from harness.data import check_data_dir, load_split, pad_id_of
     from harness.metrics import task_metrics
     from harness.train import predict_dataset
 
     if split not in ("dev", "test"):
         raise TrainedModelError(f"--split {split!r}: expected dev or test")
+    meta = run_model_meta(run_id, tracking_uri)
+    trained_tasks = list(meta["tasks"])
+    chosen = list(tasks or trained_tasks)
+    not_trained = [t for t in chosen if t not in trained_tasks]
+    if not_trained:
+        raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {trained_tasks}")
+    data_dir = data_dir or meta["train"]["data_dir"]
+    check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
     trained = load_run(run_id, tracking_uri)
     config = trained.config
-    chosen = list(tasks or trained.tasks)
-    not_trained = [t for t in chosen if t not in trained.tasks]
-    if not_trained:
-        raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {list(trained.tasks)}")
-    data_dir = data_dir or config.data_dir
     folder = Path(out_dir or Path(config.output_dir) / "evaluate" / run_id) / split
     accelerator = _accelerator()
     trained.model.to(accelerator.device)
     metrics, paths = {}, []
     for task in chosen:
         rows, dataset = load_split(data_dir, task, split, trained.tokenizer, config.max_length, config.pair_encoding,
-                                   lenient=config.lenient_data, cache_dir=config.cache_dir or None)
+                                   lenient=config.lenient_data and split == "dev", cache_dir=cache_dir or None)
         preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
         if split == "dev":
             metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
@@ -285,9 +327,10 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
     from harness.train import predict_dataset
 
     examples = read_inputs(task, texts, file)
+    trained_tasks = list(run_model_meta(run_id, tracking_uri)["tasks"])
+    if task not in trained_tasks:
+        raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {trained_tasks}")
     trained = load_run(run_id, tracking_uri)
-    if task not in trained.tasks:
-        raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {list(trained.tasks)}")
     spec, config = trained.model.specs[task], trained.config
     rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
     dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)

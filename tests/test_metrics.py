@@ -57,4 +57,7 @@ def test_overall_is_the_cs224n_mean_for_handout_sets_and_the_primary_mean_otherw
     formula = overall_formula(list(metrics))
     assert formula.name == "cs224n" and formula.score(metrics) == pytest.approx((0.5 + 0.7 + 0.6) / 3)
     assert formula.describe() == "cs224n: mean(sst/accuracy, quora/accuracy, (sts/pearson + 1) / 2)"
-    assert overall_formula(["sst", "cfimdb"]) is None  # the single-task baseline's set: no overall, as the study
+    assert overall_formula(["sst", "quora", "sts"]).name == "cs224n"
+    # Any other set: the mean of the primary metrics (the single-task baseline's set, a subset).
+    assert overall_formula(["sst", "cfimdb"]).describe() == "mean: mean(sst/accuracy, cfimdb/accuracy)"
+    assert overall_formula(["sts"]).score({"sts": {"pearson": 0.5}}) == pytest.approx(0.75)

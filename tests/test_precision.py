@@ -184,6 +184,12 @@ def test_an_inline_deepspeed_config_that_disagrees_with_the_run_exits_2_naming_b
                  else "the launcher's environment (ACCELERATE_GRADIENT_ACCUMULATION_STEPS)")
         assert f"grad_accum: the run config has 1 (--grad-accum), {where} has 2" in result.stderr, result.stderr[-3000:]
         assert "exit status 2" in result.stderr or "exitcode  : 2" in result.stderr, result.stderr[-3000:]
+    # Settings that agree, but --save-model under ZeRO-3 without gathering the weights on save
+    # (Accelerate's zero3_save_16bit_model defaults to false): refused before training, not at the save.
+    result = launch(config, [*args, "--grad-accum", "2", "--save-model"], launch_config=True)
+    assert "stage3_gather_16bit_weights_on_model_save" in result.stderr, result.stderr[-3000:]
+    assert "exit status 2" in result.stderr or "exitcode  : 2" in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("*/model")), "refused before anything was trained or saved"
     # Made to agree, the same launch trains with DeepSpeed's accumulation and records it.
     result = launch(config, args + ["--grad-accum", "2"])
     assert result.returncode == 0, result.stderr[-3000:]

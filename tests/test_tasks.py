@@ -40,6 +40,56 @@ def test_a_spec_that_cannot_work_is_refused_naming_the_task_and_field(changes, m
         spec(**changes)
 
 
+def test_a_spec_defaults_its_metric_by_kind_and_names_are_checked():
+    assert spec(name="toy-default").metrics == ("accuracy",)
+    assert spec(name="toy-default-reg", kind="regression").metrics == ("pearson",)
+    for bad in ("Toy", "a/b", "a,b", "overall", ""):
+        with pytest.raises(TaskError, match="a task's name is lower-case letters"):
+            spec(name=bad)
+    with pytest.raises(TaskError, match="label_range"):
+        spec(kind="regression", label_range=(1.0,))
+
+
+def test_heads_losses_and_predictions_follow_the_kind(tiny_bert):
+    """A regression with a label range not starting at 0 under separate encoding (cosine scaled to
+    the range), and a binary task with one logit."""
+    import torch
+
+    from harness.model import build_model, load_encoder, predictions, task_loss
+    from variants import make_config
+
+    rating = register_task(spec(name="toy-rating", kind="regression", label_range=(1.0, 3.0)))
+    binary = register_task(spec(name="toy-binary", num_classes=2, binary_logit=True))
+    cosine = torch.tensor([-1.0, 0.0, 1.0])
+    assert predictions(rating, cosine, "separate").tolist() == [-1.0, 1.0, 3.0]  # 1 + cos x 2: range ends at +-1
+    labels = torch.tensor([1.0, 2.0, 3.0])
+    assert task_loss(rating, torch.tensor([0.0, 0.5, 1.0]), labels, "separate").item() == pytest.approx(0.0)
+    assert task_loss(rating, labels, labels, "joint").item() == 0.0  # joint: the head predicts the value itself
+    logits = torch.tensor([-2.0, 3.0])
+    assert predictions(binary, logits, "joint").tolist() == [0.0, 1.0]
+    assert task_loss(binary, logits, torch.tensor([0.0, 1.0]), "joint").item() == pytest.approx(
+        torch.nn.functional.softplus(torch.tensor([-2.0, -3.0])).mean().item())
+    encoder, _ = load_encoder(str(tiny_bert))
+    model = build_model(encoder, "multitask", make_config("multitask", {"tasks": "toy-rating,toy-binary"}), "separate")
+    assert type(model.heads["toy-rating"]).__name__ == "CosineHead"
+    assert model.heads["toy-binary"].linear.out_features == 1 and model.heads["toy-binary"].linear.in_features == 96
+
+
+def test_a_checkpoint_from_before_tasks_had_several_metrics_is_upgraded_and_a_task_set_change_refused(tmp_path):
+    from harness.checkpoint import LoopState, check_resume_tasks, upgrade_metrics
+    from harness.distributed import LaunchError
+
+    old = {"sst": 0.41, "sts": 0.8}
+    assert upgrade_metrics(old, lambda t: get_task(t).primary_metric) == {"sst": {"accuracy": 0.41},
+                                                                         "sts": {"pearson": 0.8}}
+    new = {"sst": {"accuracy": 0.41}}
+    assert upgrade_metrics(new, lambda t: "unused") == new
+    check_resume_tasks(LoopState(), tmp_path, ["sst"])  # written before task sets were recorded
+    check_resume_tasks(LoopState(tasks=["sst", "sts"]), tmp_path, ["sst", "sts"])
+    with pytest.raises(LaunchError, match="written for tasks sst,sts; this run has sst,quora"):
+        check_resume_tasks(LoopState(tasks=["sst", "sts"]), tmp_path, ["sst", "quora"])
+
+
 def test_registry_knows_the_handout_tasks_and_refuses_a_second_different_spec():
     assert get_task("sst").num_classes == 5 and get_task("quora").binary_logit and get_task("sts").kind == "regression"
     with pytest.raises(TaskError, match="unknown task 'imdb'; known tasks: sst, cfimdb, quora, sts"):
