@@ -136,6 +136,16 @@ def download_model(run_id: str, tracking_uri: str, dst: Path | None, check_only:
     return Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(dst)))
 
 
+def registered(task: str):
+    """The spec of a task a saved run trained; unknown here: an error saying to install its package."""
+    from harness.tasks import TaskError, get_task
+
+    try:
+        return get_task(task)
+    except TaskError as exc:
+        raise TaskError(f"{exc}: a saved run trained it; install the package that registers it") from None
+
+
 def _read_meta(meta_file: Path) -> dict:
     try:
         meta = json.loads(meta_file.read_text())
@@ -157,7 +167,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
 
     from harness.config import TrainConfig
     from harness.model import build_model, load_encoder
-    from harness.tasks import TaskError, get_task, spec_summary
+    from harness.tasks import spec_summary
     from variants import make_config
 
     folder = Path(folder)
@@ -165,10 +175,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in meta["train"].items() if k in known})
     for task, recorded in meta["tasks"].items():
-        try:
-            now = spec_summary(get_task(task))
-        except TaskError as exc:
-            raise TaskError(f"{exc}: the run trained it; install the package that registers it") from None
+        now = spec_summary(registered(task))
         if now != recorded:
             raise TrainedModelError(f"task {task!r} is registered differently now than when run was trained "
                                     f"({recorded} then, {now} now)")
@@ -255,6 +262,8 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
     not_trained = [t for t in chosen if t not in trained_tasks]
     if not_trained:
         raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {trained_tasks}")
+    for task in chosen:
+        registered(task)
     data_dir = data_dir or meta["train"]["data_dir"]
     check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
     trained = load_run(run_id, tracking_uri)
@@ -291,9 +300,7 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
 def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str, ...]]:
     """Examples for `predict`: positional texts (a pair task takes them two at a time) or a file
     with one example per line (a pair's two sentences separated by a tab)."""
-    from harness.tasks import get_task
-
-    spec = get_task(task)
+    spec = registered(task)
     width = len(spec.text_columns)
     examples: list[tuple[str, ...]] = []
     if file:

@@ -280,11 +280,13 @@ def test_a_plugin_task_trains_beside_a_handout_task_and_the_run_is_evaluated_pre
     assert gone.returncode == 2 and "unknown task 'nli'" in gone.stderr and "install the package" in gone.stderr
 
     # compare: a column per task of these runs, titled by its primary metric; overall scores of
-    # different task sets (mean(sst, nli) and mean(sst)) are not compared.
+    # different task sets (mean(sst, nli) and mean(sst)) are marked and not compared.
     compared = cli("compare", "--experiment", "bert-mtl-bench", "--tracking-uri", uri, "--test", "seeds",
                    "--out", str(tmp_path / "compare"), env=env)
     assert compared.returncode == 0, compared.stderr[-2000:]
     header = compared.stdout.splitlines()[0]
     assert header.startswith("| variant | n | SST acc | NLI macro-F1 | overall | Δ overall vs multitask |"), header
     row = next(line for line in compared.stdout.splitlines() if line.startswith("| pals-parallel |"))
-    assert f"| {m['dev/nli/macro_f1']:.3f} | {m['dev/overall']:.3f} | - |" in row
+    assert f"| {m['dev/nli/macro_f1']:.3f} | {m['dev/overall']:.3f} † | - |" in row
+    assert ("† the overall score of another task set (mean: mean(sst/accuracy, nli/macro_f1)), not compared with "
+            "multitask's (mean: mean(sst/accuracy))") in compared.stdout
