@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def _client(tracking_uri: str):
     return MlflowClient(resolve_tracking_uri(tracking_uri))
 
 
-def download_model(run_id: str, tracking_uri: str, dst: Path | None, check_only: bool = False) -> Path | None:
+def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
     client = _client(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -131,8 +132,6 @@ def download_model(run_id: str, tracking_uri: str, dst: Path | None, check_only:
     if ARTIFACT_PATH not in names:
         raise TrainedModelError(f"run {run_id} ({run.data.tags.get('mlflow.runName', '')}) saved no model: it has no "
                                 f"'{ARTIFACT_PATH}' artifact (train with --save-model to keep one)")
-    if check_only:
-        return None
     return Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(dst)))
 
 
@@ -202,24 +201,17 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     return Trained(model, tokenizer, config, meta)
 
 
-def run_model_meta(run_id: str, tracking_uri: str = "") -> dict:
-    """A run's model.json alone (no weights): what it trained, to check a request before loading."""
-    from mlflow.exceptions import MlflowException
-
-    download_model(run_id, tracking_uri, None, check_only=True)
-    client = _client(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="mtl-bench-meta-") as tmp:
-        try:
-            path = client.download_artifacts(run_id, f"{ARTIFACT_PATH}/model.json", tmp)
-        except MlflowException:
-            raise TrainedModelError(f"run {run_id}: its '{ARTIFACT_PATH}' artifact has no model.json: not a model "
-                                    "this harness saved") from None
-        return _read_meta(Path(path))
+@contextmanager
+def downloaded_model(run_id: str, tracking_uri: str = ""):
+    """A run's model artifact in a temporary folder, with its model.json read and checked: (folder, meta)."""
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-model-") as tmp:
+        folder = download_model(run_id, tracking_uri, Path(tmp))
+        yield folder, _read_meta(folder / "model.json")
 
 
 def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu") -> Trained:
-    with tempfile.TemporaryDirectory(prefix="mtl-bench-model-") as tmp:
-        return load_model(download_model(run_id, tracking_uri, Path(tmp)), device)
+    with downloaded_model(run_id, tracking_uri) as (folder, _):
+        return load_model(folder, device)
 
 
 def _accelerator():
@@ -256,17 +248,17 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
 
     if split not in ("dev", "test"):
         raise TrainedModelError(f"--split {split!r}: expected dev or test")
-    meta = run_model_meta(run_id, tracking_uri)
-    trained_tasks = list(meta["tasks"])
-    chosen = list(tasks or trained_tasks)
-    not_trained = [t for t in chosen if t not in trained_tasks]
-    if not_trained:
-        raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {trained_tasks}")
-    for task in chosen:
-        registered(task)
-    data_dir = data_dir or meta["train"]["data_dir"]
-    check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
-    trained = load_run(run_id, tracking_uri)
+    with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
+        trained_tasks = list(meta["tasks"])
+        chosen = list(tasks or trained_tasks)
+        not_trained = [t for t in chosen if t not in trained_tasks]
+        if not_trained:
+            raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {trained_tasks}")
+        for task in chosen:
+            registered(task)
+        data_dir = data_dir or meta["train"]["data_dir"]
+        check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
+        trained = load_model(model_folder)
     config = trained.config
     folder = Path(out_dir or Path(config.output_dir) / "evaluate" / run_id) / split
     accelerator = _accelerator()
@@ -334,10 +326,10 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
     from harness.train import predict_dataset
 
     examples = read_inputs(task, texts, file)
-    trained_tasks = list(run_model_meta(run_id, tracking_uri)["tasks"])
-    if task not in trained_tasks:
-        raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {trained_tasks}")
-    trained = load_run(run_id, tracking_uri)
+    with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
+        if task not in meta["tasks"]:
+            raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {list(meta['tasks'])}")
+        trained = load_model(model_folder)
     spec, config = trained.model.specs[task], trained.config
     rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
     dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
