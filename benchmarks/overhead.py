@@ -74,9 +74,10 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
 
     from harness.config import resolve_config
     from harness.distributed import agree_on_step
+    from harness.evaluation import make_batch, pad_multiple
     from harness.model import build_model, load_encoder, task_loss
     from harness.optim import innermost
-    from harness.train import _batch, pad_multiple, preflight, setup, train_step
+    from harness.train import preflight, setup, train_step
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +126,7 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
         plan = []
         for _ in range(steps + warmup):
             task = sampler.sample(1)
-            plan.append((task, _batch(run.data[task].train, streams[task].take(batch_size), device,
+            plan.append((task, make_batch(run.data[task].train, streams[task].take(batch_size), device,
                                       run.data[task].pad_id, pad_multiple(run.config))))
 
         def timed(step, *args) -> float:

@@ -90,7 +90,8 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if (path / "loop_state.json").is_file():
         return path
-    candidates = sorted((p for p in path.glob(f"checkpoints/{CHECKPOINT_PREFIX}*") if (p / "loop_state.json").is_file()),
+    candidates = sorted((p for p in path.glob(f"checkpoints/{CHECKPOINT_PREFIX}*")
+                         if (p / "loop_state.json").is_file()),
                         key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
     if not candidates:
         raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected a folder with loop_state.json, "

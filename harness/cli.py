@@ -13,7 +13,15 @@ import os
 import sys
 import typing
 
-from harness.config import PROFILES, ConfigError, TrainConfig, resolve_config
+from harness.config import (
+    PROFILES,
+    SWEEP_FIELDS,
+    ConfigError,
+    TrainConfig,
+    convert_setting,
+    read_config,
+    resolve_config,
+)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -26,29 +34,79 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+class _Registered:
+    """argparse choices read from a registry only when used (parsing --variant, or printing help),
+    so that commands that never name a variant do not import torch to build their parser."""
+
+    def __init__(self, names):
+        self._names, self._cache = names, None
+
+    def _all(self) -> list[str]:
+        if self._cache is None:
+            self._cache = self._names()
+        return self._cache
+
+    def __contains__(self, item) -> bool:
+        return item in self._all()
+
+    def __iter__(self):
+        return iter(self._all())
+
+
+def _variant_names() -> list[str]:
+    from variants import list_variants
+
+    return [v.name for v in list_variants()]
+
+
+def _typed(name: str):
+    def parse(text: str):
+        try:
+            return convert_setting(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: its help text, its choices where the set is closed, its default."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="a JSON file of settings (as `mtl-bench sweep` writes for each job: "
+                             "<job folder>/config.json); flags given beside it replace its values")
     hints = typing.get_type_hints(TrainConfig)
+    in_profiles = {name for values in PROFILES.values() for name in values}
+    sweep_group = parser.add_argument_group("set by `mtl-bench sweep` for each of its jobs")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "variant_options":
             continue
+        group = sweep_group if f.name in SWEEP_FIELDS else parser
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        text = f.metadata["help"]
+        choices = _Registered(_variant_names) if f.name == "variant" else f.metadata["choices"]
+        if choices is not None:
+            text += "; one of: %(choices)s"
+        default = f"{f.default!r}" if f.default not in ("", None) else "none"
+        text += f" (default: {default}" + (", or the profile's)" if f.name in in_profiles else ")")
+        if hints[f.name] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text.replace("%(choices)s", ""))
         else:
-            parser.add_argument(flag, dest=f.name, type=hint, default=None, metavar=f.name.upper(),
-                                help=f"default: {f.default!r}" + (" (or the profile's)" if any(
-                                    f.name in p for p in PROFILES.values()) else ""))
+            group.add_argument(flag, dest=f.name, type=_typed(f.name), default=None, choices=choices,
+                                metavar="NAME" if f.name == "variant" else f.name.upper(), help=text)
     parser.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
-                        help="a variant option (see `mtl-bench variants --options`)")
+                        help=TrainConfig.__dataclass_fields__["variant_options"].metadata["help"]
+                        + " (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from variants import make_config
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name != "variant_options" and getattr(args, f.name, None) is not None}
-    overrides["variant_options"] = _parse_options(args.option)
+    overrides = read_config(args.config) if getattr(args, "config", None) else {}
+    options = dict(overrides.pop("variant_options", {}) or {})
+    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                      if f.name != "variant_options" and getattr(args, f.name, None) is not None})
+    overrides["variant_options"] = {**options, **_parse_options(args.option)}
     config = resolve_config(overrides)
     make_config(config.variant, config.variant_settings())  # unknown variant / bad option: fail now
     return config
@@ -174,14 +232,13 @@ def _csv(kind):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.sweep import SlurmOptions, load_spec, run_sweep
+    from harness.sweeps import get_executor, load_spec, run_sweep
 
     spec = load_spec(args.file, args.name, args.variants, args.seeds, args.set, args.grid, args.option,
                      args.launch_config)
-    slurm = SlurmOptions(args.partition, args.account, args.nodes, args.gpus_per_node, args.cpus_per_task,
-                         args.mem, args.time, args.max_running, args.sbatch_arg)
-    states = run_sweep(spec, args.executor, args.parallel, slurm, wait=args.wait, dry_run=args.dry_run)
-    if args.dry_run or (args.executor == "slurm" and not args.wait):
+    executor = get_executor(args.executor).from_args(args)
+    states = run_sweep(spec, executor, wait=args.wait, dry_run=args.dry_run)
+    if args.dry_run or (executor.detaches and not args.wait):
         return 0
     return 0 if all(s == "FINISHED" for s in states.values()) else 1
 
@@ -195,6 +252,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_sweep_parser(sub) -> None:
+    from harness.sweeps.executors import list_executors
+
     p = sub.add_parser("sweep", help="queue variants x seeds x settings, locally or on SLURM",
                        description="Expands a sweep into jobs (one `accelerate launch` of the harness each), "
                                    "records it as an MLflow parent run with a child run per job, and queues the "
@@ -210,22 +269,16 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
                    help="a variant option, for the variants that have it")
     p.add_argument("--launch-config", default="", help="the Accelerate config of each job (default launch/single.yaml)")
-    p.add_argument("--executor", default="local", choices=("local", "slurm"))
-    p.add_argument("--parallel", type=int, default=1, help="local: jobs at a time (default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
-    g = p.add_argument_group("SLURM (--executor slurm)")
-    g.add_argument("--partition", default="")
-    g.add_argument("--account", default="")
-    g.add_argument("--nodes", type=int, default=1, help="nodes per job (multi-node accelerate launch)")
-    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; one process per GPU")
-    g.add_argument("--cpus-per-task", type=int, default=0)
-    g.add_argument("--mem", default="", help="memory per node, e.g. 64G")
-    g.add_argument("--time", default="04:00:00", help="time limit per job")
-    g.add_argument("--max-running", type=int, default=0, help="at most this many jobs at once (--array %%N)")
-    g.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="an extra sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)")
-    g.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
-                   help="wait until the submitted jobs leave the queue, then report (local always waits)")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
+                   help="with an executor that queues jobs (slurm): wait until they leave the queue, then report "
+                        "(default: no; local always waits)")
+    executors = list_executors()
+    p.add_argument("--executor", default="local", choices=[e.name for e in executors],
+                   help="where the jobs run: " + "; ".join(f"{e.name}: {e.description}" for e in executors)
+                   + " (default: local)")
+    for executor in executors:
+        executor.add_arguments(p.add_argument_group(f"{executor.name} (--executor {executor.name})"))
     p.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("compare", help="the study's table, statistics and plots from a sweep's or experiment's runs")
@@ -241,10 +294,13 @@ def _add_sweep_parser(sub) -> None:
     c.set_defaults(func=cmd_compare)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-bench", description="Multitask BERT fine-tuning benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train one variant and record it in MLflow")
+    p_train = sub.add_parser("train", help="train one variant and record it in MLflow",
+                             description="Trains one variant on its tasks (or --tasks) and records the run in MLflow: "
+                                         "params, metrics, parameter counts, dev predictions. Every setting below is "
+                                         "a field of harness/config.py TrainConfig; a --profile sets the budget.")
     _add_config_flags(p_train)
     p_train.set_defaults(func=cmd_train)
     p_variants = sub.add_parser("variants", help="list the registered variants")
@@ -265,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("--tracking-uri", default="", help="default: the URI recorded in the file")
     p_replay.set_defaults(func=cmd_replay)
     _add_sweep_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     # argparse gives a positional list to the first run of positionals only, so the texts of
     # `predict RUN --task sst "a sentence"` arrive as extra arguments: they are predict's texts.
     args, extra = parser.parse_known_args(argv)
@@ -294,7 +356,7 @@ def _exit_code(exc: Exception) -> int | None:
     from harness.data import DataError
     from harness.distributed import LaunchError
     from harness.model import ModelError
-    from harness.sweep import SweepError
+    from harness.sweeps import SweepError
     from harness.tasks import TaskError
     from harness.tracking import TrackingError
     from harness.train import NonFiniteLoss, TrainingStopped

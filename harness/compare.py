@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import names
 from harness.handout_tasks import HANDOUT_TASKS
 from harness.metrics import METRICS
-from harness.tasks import TaskError, get_task, overall_formula, primary_key
+from harness.names import primary_key
+from harness.tasks import TaskError, get_task, overall_formula
 
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
 METRIC_TITLES = {"accuracy": "acc", "pearson": "r", "spearman": "Spearman", "macro_f1": "macro-F1", "mcc": "MCC"}
@@ -53,7 +55,6 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
             out=print) -> tuple[list[RunRecord], str | None]:
     """Finished runs of a sweep (or an experiment), and the sweep's parent run id if there is one.
     Runs left out (not finished, or repeated for the same variant and seed) are counted in `out`."""
-    from harness.sweep import PARENT_ROLE
     from harness.tracking import search_all_runs
 
     parent_id = None
@@ -68,26 +69,28 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
             if not token:
                 break
         parents = search_all_runs(client, [e.experiment_id for e in experiments],
-                                  f"tags.`sweep.id` = '{sweep}' and tags.`sweep.role` = '{PARENT_ROLE}'")
+                                  f"tags.`{names.SWEEP_ID}` = '{sweep}' and "
+                                  f"tags.`{names.SWEEP_ROLE}` = '{names.PARENT_ROLE}'")
         if not parents:
-            raise CompareError(f"no sweep {sweep!r} in {client.tracking_uri} (no run tagged sweep.id={sweep} "
-                               "and sweep.role=sweep); is --tracking-uri the store the sweep used?")
+            raise CompareError(f"no sweep {sweep!r} in {client.tracking_uri} (no run tagged {names.SWEEP_ID}={sweep} "
+                               f"and {names.SWEEP_ROLE}={names.PARENT_ROLE}); is --tracking-uri the store the sweep "
+                               "used?")
         if len(parents) > 1:
             raise CompareError(f"sweep {sweep!r} exists in {len(parents)} experiments "
                                f"({sorted(p.info.experiment_id for p in parents)}); compare by --experiment instead")
         parent_id = parents[0].info.run_id
-        runs = search_all_runs(client, [parents[0].info.experiment_id], f"tags.`sweep.id` = '{sweep}'")
+        runs = search_all_runs(client, [parents[0].info.experiment_id], f"tags.`{names.SWEEP_ID}` = '{sweep}'")
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise CompareError(f"no experiment {experiment!r} in {client.tracking_uri}")
         runs = search_all_runs(client, [exp.experiment_id])
-    runs = [r for r in runs if r.data.tags.get("sweep.role") != PARENT_ROLE]
+    runs = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) != names.PARENT_ROLE]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if len(finished) < len(runs):
         out(f"left out: {len(runs) - len(finished)} run(s) not FINISHED")
     for run in finished:
-        missing = [t for t in ("variant", "seed") if t not in run.data.tags]
+        missing = [t for t in (names.VARIANT, names.SEED) if t not in run.data.tags]
         if missing:
             raise CompareError(f"run {run.info.run_id} has no {' or '.join(missing)} tag: not a harness run")
     if not finished:
@@ -95,7 +98,7 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
     latest: dict[tuple[str, int], object] = {}
     for run in sorted(finished, key=lambda r: r.info.start_time):
         tags = run.data.tags
-        key = (tags.get("sweep.label") or tags["variant"], int(tags["seed"]))
+        key = (tags.get(names.SWEEP_LABEL) or tags[names.VARIANT], int(tags[names.SEED]))
         if key in latest:
             out(f"left out: run {latest[key].info.run_id} ({key[0]} seed {key[1]}): a later run of the same "
                 "variant and seed replaces it")
@@ -103,20 +106,20 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
     records = []
     for (label, seed), run in sorted(latest.items()):
         m = run.data.metrics
-        tasks = [t for t in run.data.params.get("variant.tasks", ",".join(HANDOUT_TASKS)).split(",") if t]
+        tasks = [t for t in run.data.params.get(names.TASKS_PARAM, ",".join(HANDOUT_TASKS)).split(",") if t]
         try:
             scores = {t: m[primary_key(t)] for t in tasks if primary_key(t) in m}
         except TaskError as exc:
             raise CompareError(f"run {run.info.run_id} ({label} seed {seed}): {exc} (install the package that "
                                "registers it)") from None
-        if "params/task_specific_total" not in m:
-            raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no params/task_specific_total metric")
+        if names.TASK_SPECIFIC_TOTAL not in m:
+            raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no {names.TASK_SPECIFIC_TOTAL} metric")
         formula = overall_formula(tasks)
         overall = formula.score(_as_metrics(scores))
-        records.append(RunRecord(run.info.run_id, label, run.data.tags["variant"], seed, scores, overall,
-                                 int(m["params/task_specific_total"]),
-                                 float(m.get("params/ratio_to_encoder", math.nan)),
-                                 float(m.get("time/train_seconds", math.nan)),
+        records.append(RunRecord(run.info.run_id, label, run.data.tags[names.VARIANT], seed, scores, overall,
+                                 int(m[names.TASK_SPECIFIC_TOTAL]),
+                                 float(m.get(names.RATIO_TO_ENCODER, math.nan)),
+                                 float(m.get(names.TRAIN_SECONDS, math.nan)),
                                  formula.describe()))
     return records, parent_id
 
@@ -222,9 +225,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int, client=None,
-              folder: Path | None = None) -> list[dict]:
+              folder: Path | None = None, order: list[str] | None = None) -> list[dict]:
     """One row per label: means, stds, n, parameters, time, and the difference from the baseline.
-    The t-test p-values are Holm-adjusted across every label compared here (`p_seeds_holm`)."""
+    The t-test p-values are Holm-adjusted across every label compared here (`p_seeds_holm`).
+
+    Rows follow `order` (variant names; a sweep's own order) where given; otherwise, and for
+    variants it does not name, the baseline first, then by task-specific parameters, then by label."""
     from scipy import stats
 
     tasks = task_order(records)
@@ -279,8 +285,9 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         row["p_seeds_holm"] = adjusted
     for row in compared:
         row["verdict"] = _verdict(row, test)
-    order = {label: i for i, label in enumerate(_variant_order())}
-    rows.sort(key=lambda r: (order.get(r["variant"].split()[0], len(order)), r["variant"]))
+    position = {variant: i for i, variant in enumerate(order or [])}
+    rows.sort(key=lambda r: (position.get(r["variant"].split()[0], len(position)),
+                             r["variant"].split()[0] != baseline, r["task_specific_params"], r["variant"]))
     return rows
 
 
@@ -295,11 +302,6 @@ def _verdict(row: dict, test: str) -> str:
     if beyond and all(beyond):
         return "better" if row["delta_overall"] > 0 else "worse"
     return "within noise"
-
-
-def _variant_order() -> list[str]:
-    return ["single-task", "multitask", "embert", "pals-top", "pals-parallel", "pals-parallel-weighted",
-            "pals-top-parallel-same", "pals-top-parallel-different", "combined"]
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -469,13 +471,15 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     records, parent_id = collect(client, sweep, experiment, out)
+    # A sweep's rows follow the order its file or command line listed the variants in.
+    order = client.get_run(parent_id).data.params.get("variants", "").split(",") if parent_id else None
     title = sweep or experiment
     folder = Path(out_dir or Path("outputs") / "compare" / title)
     folder.mkdir(parents=True, exist_ok=True)
     if baseline not in {r.variant for r in records}:
         out(f"note: baseline {baseline!r} has no finished runs here: no differences or tests")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = summarise(records, baseline, test, resamples, client, Path(tmp))
+        rows = summarise(records, baseline, test, resamples, client, Path(tmp), order)
     table = markdown_table(rows, baseline, test)
     if any(r["variant"].split()[0] == baseline for r in rows):
         table += (f"\nPer task, the difference from {baseline} (mean over common seeds) and its 95% paired "

@@ -5,7 +5,11 @@ This module imports nothing heavy, so a typo in a flag fails in well under a sec
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.sampler import SCHEDULES
@@ -33,66 +37,101 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Fields a sweep sets for each job (its identity and its place in MLflow), not settings to vary.
+SWEEP_FIELDS = ("parent_run_id", "sweep_id", "sweep_job", "sweep_label")
+
+
 class ConfigError(ValueError):
     """An invalid setting. The message names the field, the value and what would be valid."""
 
 
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs):
+    """A TrainConfig field with its help text (shown by `mtl-bench train --help`) and, for a closed
+    set of values, the set (argparse choices, and checked by `validate`)."""
+    if "default_factory" not in kwargs:
+        kwargs["default"] = default
+    return field(metadata={"help": help, "choices": choices}, **kwargs)
+
+
 @dataclass
 class TrainConfig:
-    variant: str = "multitask"
-    profile: str = "quick"
-    model: str = "default"  # the packaged all-MiniLM-L6-v2; or a BERT checkpoint folder
-    data_dir: str = "data"
-    output_dir: str = "outputs"
-    seed: int = 0
-    # Budget fields: these defaults are the quick profile's; the chosen profile always sets them.
-    epochs: int = 4
-    batches_per_epoch: int = 150  # optimizer steps per epoch
-    batch_size: int = 16  # per process and micro-step
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"  # "sgd": plain SGD (tests use it: its update is linear in the gradient)
-    inactive_tasks: str = "skip"  # what a step does to the tasks it does not train (harness/optim.py)
-    freeze_encoder: bool = False  # train only the variant's parts and the heads (the starter's "pretrain")
-    head_input: str = "cls"  # heads read the last layer's [CLS] state, or the pretrained "pooler"'s output
-    gradient_checkpointing: bool = False  # recompute encoder layers in backward: less memory, more time
-    scheduler: str = "linear"
-    warmup_fraction: float = 0.1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    # "auto": the launch config's, else bf16 on a GPU that supports it, else fp32 ("no"). A value
-    # that differs from the launch config's stops the run (exit 2) before training.
-    mixed_precision: str = "auto"
-    max_length: int = 64
-    sampling: str = "annealed"
-    pair_encoding: str = "joint"
-    length_grouping: bool = True  # batch examples of similar length together (less padding)
-    eval_batch_size: int = 64
-    eval_every_epoch: bool = False
-    report_epoch: str = "best"  # with eval_every_epoch: dev/* are the best epoch's (by dev/overall) or the "last"
-    lenient_data: bool = False  # skip malformed rows (counted and recorded) instead of failing
-    cache_dir: str = ""  # tokenised datasets; empty: the datasets library's cache
-    experiment: str = "bert-mtl-bench"
-    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns
-    run_name: str = ""
-    progress: bool = True
-    system_metrics_interval: float = 10.0  # seconds between MLflow system/* samples (CPU, memory, GPU); 0: none
-    task_per: str = "window"  # one task per accumulation window (PALs code), or per "micro" step
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end of each epoch)
-    keep_checkpoint: bool = False  # keep the last checkpoint after the run finishes
-    resume: str = ""  # a checkpoint folder, or a run's output folder (its latest checkpoint)
-    save_model: bool = False  # log the reported epoch's model as the MLflow artifact model/ (harness/trained.py)
-    dist_timeout: int = 600  # seconds a rank waits in a collective before giving up (a dead peer)
-    launch_config: str = ""  # the Accelerate config launched with; checked against what was obtained
-    # Set by `mtl-bench sweep` for each job: the run becomes a child of the sweep's parent run.
-    parent_run_id: str = ""
-    sweep_id: str = ""
-    sweep_job: str = ""  # the job's stable key within its sweep
-    sweep_label: str = ""  # what `mtl-bench compare` groups by: the variant and any grid values
-    # Comma-separated task set (see `mtl-bench tasks`); empty: the variant's own (the handout's four;
-    # single-task: sst,cfimdb).
-    tasks: str = ""
-    variant_options: dict[str, Any] = field(default_factory=dict)
+    """Every setting of one training run. Each field is a `mtl-bench train` flag (--batch-size sets
+    batch_size) with the help text given here. The budget fields' defaults are the quick profile's;
+    the chosen profile always sets them, and an explicit value wins over the profile's."""
+
+    variant: str = setting("multitask", "the method: a registered variant (`mtl-bench variants`)")
+    profile: str = setting("quick", "a budget that sets the epochs, batches, batch size, learning rate, schedule, "
+                           "warm-up, length and evaluation fields below (flags given beside it win)",
+                           tuple(PROFILES))
+    model: str = setting("default", "a BERT checkpoint folder (config, weights, tokenizer); 'default': the "
+                         "packaged all-MiniLM-L6-v2")
+    data_dir: str = setting("data", "the folder of the tasks' files (the CS224N handout's, for the four "
+                            "handout tasks)")
+    output_dir: str = setting("outputs", "where each run writes <run id>/ (checkpoints, predictions, timing)")
+    seed: int = setting(0, "seeds the model's new parts, the task sampler and every task's data order")
+    epochs: int = setting(4, "epochs of training")
+    batches_per_epoch: int = setting(150, "optimizer steps per epoch")
+    batch_size: int = setting(16, "examples per process and micro-step")
+    grad_accum: int = setting(1, "micro-steps per optimizer step (gradient accumulation)")
+    lr: float = setting(1e-4, "peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay (SGD: L2)")
+    optimizer: str = setting("adamw", "'adamw', or plain 'sgd' (tests use it: its update is linear in the "
+                             "gradient)", OPTIMIZERS)
+    inactive_tasks: str = setting("skip", "what a step does to the tasks it does not train: 'skip' leaves their "
+                                  "parameters and optimizer state as they were (the seed's optimizer); "
+                                  "'zero-grad' steps them with zero gradients (harness/optim.py)", INACTIVE_TASKS)
+    freeze_encoder: bool = setting(False, "train only the variant's parts and the heads, not the pretrained "
+                                   "encoder (the starter's 'pretrain' mode)")
+    head_input: str = setting("cls", "what the heads read: the last layer's [CLS] state ('cls'), or the "
+                              "pretrained pooler's output ('pooler')", HEAD_INPUTS)
+    gradient_checkpointing: bool = setting(False, "recompute the encoder's layers in the backward pass: less "
+                                           "memory, more time")
+    scheduler: str = setting("linear", "learning-rate schedule after the warm-up: 'constant', or 'linear' decay "
+                             "to 0", SCHEDULERS)
+    warmup_fraction: float = setting(0.1, "fraction of all steps spent warming up linearly from 0, in [0, 1)")
+    max_grad_norm: float = setting(1.0, "global gradient-norm clipping; 0 disables it")
+    mixed_precision: str = setting("auto", "'auto': the launch config's, else bf16 on a GPU that supports it, "
+                                   "else fp32 ('no'); a value that differs from the launch config's stops the run "
+                                   "(exit 2) before training", PRECISIONS)
+    max_length: int = setting(64, "tokens per example (a pair: both sentences) after truncation")
+    sampling: str = setting("annealed", "how a step's task is drawn: 'annealed' (N_i^a, a = 1 - 0.8 (e-1)/(E-1)), "
+                            "'proportional' (N_i), 'sqrt' (N_i^0.5), 'uniform', or 'round-robin'", tuple(SCHEDULES))
+    pair_encoding: str = setting("joint", "a sentence pair as one sequence ([CLS] a [SEP] b [SEP], 'joint') or "
+                                 "two encoded separately and combined ('separate')", PAIR_ENCODINGS)
+    length_grouping: bool = setting(True, "batch examples of similar length together (less padding)")
+    eval_batch_size: int = setting(64, "examples per batch when evaluating")
+    eval_every_epoch: bool = setting(False, "evaluate on dev after every epoch (else only after the last)")
+    report_epoch: str = setting("best", "with --eval-every-epoch: report the 'best' epoch's dev metrics (by the "
+                                "overall score) or the 'last' one's", REPORT_EPOCHS)
+    lenient_data: bool = setting(False, "skip malformed data rows (counted and recorded in the run) instead of "
+                                 "failing on the first")
+    cache_dir: str = setting("", "where tokenised datasets are cached; empty: the datasets library's cache")
+    experiment: str = setting("bert-mtl-bench", "the MLflow experiment the run is recorded in")
+    tracking_uri: str = setting("", "the MLflow store; empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns")
+    run_name: str = setting("", "the MLflow run's name; empty: MLflow's generated one")
+    progress: bool = setting(True, "show a progress bar")
+    system_metrics_interval: float = setting(10.0, "seconds between MLflow's system/* samples (CPU, memory, "
+                                             "GPU); 0: none")
+    task_per: str = setting("window", "one task per accumulation 'window' (the PALs code's), or a task drawn for "
+                            "every 'micro' step", TASK_PER)
+    checkpoint_every: int = setting(0, "optimizer steps between checkpoints; 0: only at the end of each epoch")
+    keep_checkpoint: bool = setting(False, "keep the last checkpoint after the run finishes")
+    resume: str = setting("", "continue from a checkpoint folder, or from a run's output folder (its latest "
+                          "checkpoint), in the same MLflow run")
+    save_model: bool = setting(False, "log the reported epoch's model as the MLflow artifact model/, for "
+                               "`mtl-bench evaluate` and `predict`")
+    dist_timeout: int = setting(600, "seconds a process waits in a collective before giving up (a dead peer)")
+    launch_config: str = setting("", "the Accelerate config launched with; checked against the processes "
+                                 "obtained and against this run's settings")
+    parent_run_id: str = setting("", "the MLflow run this run is a child of (set by `mtl-bench sweep`)")
+    sweep_id: str = setting("", "the sweep this run is a job of (set by `mtl-bench sweep`)")
+    sweep_job: str = setting("", "the job's stable key within its sweep (set by `mtl-bench sweep`)")
+    sweep_label: str = setting("", "what `mtl-bench compare` groups runs by: the variant and any grid values "
+                               "(set by `mtl-bench sweep`)")
+    tasks: str = setting("", "comma-separated task set (`mtl-bench tasks`); empty: the variant's own (the "
+                         "handout's four; single-task: sst,cfimdb)")
+    variant_options: dict[str, Any] = setting(None, "the variant's options (--option NAME=VALUE; `mtl-bench "
+                                              "variants --options`)", default_factory=dict)
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -109,21 +148,16 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected a value >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction: expected a value in [0, 1), got {self.warmup_fraction!r}")
-        if self.task_per not in TASK_PER:
-            raise ConfigError(f"task_per: {self.task_per!r} is not one of {list(TASK_PER)}")
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
         interval = self.system_metrics_interval
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval < float("inf"):
             raise ConfigError(f"system_metrics_interval: expected seconds >= 0 (0 disables system metrics), "
                               f"got {interval!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
-        for name, choices in (("sampling", SCHEDULES), ("pair_encoding", PAIR_ENCODINGS), ("optimizer", OPTIMIZERS),
-                              ("inactive_tasks", INACTIVE_TASKS), ("head_input", HEAD_INPUTS),
-                              ("report_epoch", REPORT_EPOCHS), ("mixed_precision", PRECISIONS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {list(choices)}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name}: {getattr(self, f.name)!r} is not one of {list(choices)}")
         if self.head_input == "pooler" and self.pair_encoding == "separate":
             raise ConfigError("head_input: 'pooler' reads the [CLS] state of a joint encoding; with "
                               "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")
@@ -148,6 +182,39 @@ class TrainConfig:
         for key, value in self.variant_options.items():
             out[f"variant.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
         return out
+
+
+def convert_setting(name: str, raw: Any, where: str = "") -> Any:
+    """A TrainConfig field's value from a string (command line, sweep file) or a YAML/JSON value."""
+    from harness.values import convert
+
+    hints = typing.get_type_hints(TrainConfig)
+    if name not in hints:
+        raise ConfigError(f"{where or 'setting'} {name!r}: not a setting; known: {sorted(hints)}")
+    return convert(hints[name], raw, f"{where} {name}".strip(), ConfigError)
+
+
+def write_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """The resolved config as JSON (every field): what `read_config` reads back as the same config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file's settings (a mapping of TrainConfig fields), each checked and typed; not resolved,
+    so flags given beside the file can still replace any of them."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a JSON object of settings, got {type(data).__name__}")
+    return {name: convert_setting(name, value, f"config file {path}:") for name, value in data.items()}
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:

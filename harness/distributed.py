@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-
-class LaunchError(RuntimeError):
-    """The processes obtained are not the ones the launch asked for."""
+from harness.launch_config import LaunchError, is_deepspeed, read_launch_config, world_size
 
 
 def deepspeed_requested() -> bool:
@@ -100,14 +98,10 @@ def launch_values(launch_config: str = "") -> dict[str, tuple[Any, str]]:
     there count as a choice; a config file's `mixed_precision: 'no'` does count.
     """
     if launch_config:
-        import yaml
-
         path = Path(launch_config)
-        if not path.is_file():
-            raise LaunchError(f"--launch-config {path}: file not found")
-        cfg = yaml.safe_load(path.read_text()) or {}
-        deepspeed = str(cfg.get("distributed_type", "NO")) == "DEEPSPEED"
-        out = {"world_size": (int(cfg.get("num_processes", 1)), f"{path} num_processes"),
+        cfg = read_launch_config(path)
+        deepspeed = is_deepspeed(cfg)
+        out = {"world_size": (world_size(cfg), f"{path} num_processes"),
                "deepspeed": (deepspeed, f"{path} distributed_type")}
         if cfg.get("mixed_precision") is not None:
             out["mixed_precision"] = (str(cfg["mixed_precision"]), f"{path} mixed_precision")

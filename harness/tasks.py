@@ -213,15 +213,6 @@ def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula:
     return OverallFormula(tuple(terms), "mean")
 
 
-def metric_key(task: str, metric: str, prefix: str = "dev") -> str:
-    """The MLflow metric name of a task's metric: dev/<task>/<metric>."""
-    return f"{prefix}/{task}/{metric}"
-
-
-def primary_key(task: str, prefix: str = "dev") -> str:
-    return metric_key(task, get_task(task).primary_metric, prefix)
-
-
 def spec_summary(spec: TaskSpec) -> dict[str, Any]:
     """What a trained model records of a task, to check it against the registry when loaded."""
     return {"kind": spec.kind, "text_columns": list(spec.text_columns), "num_classes": spec.num_classes,

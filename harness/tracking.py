@@ -16,9 +16,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from harness.names import STEP_METRIC
+
 DEFAULT_STORE_DIR = "mlruns"
-_BATCH_LIMIT = 100  # MLflow's log_batch accepts at most 1000 metrics / 100 params per call
-STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go
+# One log_batch call takes at most 100 params and 1000 metrics (MLflow's limits).
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
 
 
 def default_tracking_uri() -> str:
@@ -39,7 +42,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
+def get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -137,28 +140,28 @@ class RunTracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        with _store_lock(tracking_uri):
+        with store_lock(tracking_uri):
             # Opening a SQLite store creates or migrates its schema; two processes doing that at
             # once can leave it half-migrated, so runs sharing a file take turns here.
-            self.client = _retry(lambda: MlflowClient(tracking_uri))
-            _retry(lambda: self.client.search_experiments(max_results=1))
+            self.client = retry(lambda: MlflowClient(tracking_uri))
+            retry(lambda: self.client.search_experiments(max_results=1))
         self.recorded_until = -1
         self._queue: list[dict] = []
         self._warned = False
         self._monitor = None
         self._resumed = bool(run_id)
         if run_id:
-            self.run_id = _retry(lambda: self.client.get_run(run_id).info.run_id)
-            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            self.run_id = retry(lambda: self.client.get_run(run_id).info.run_id)
+            retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             # A run killed after sending its metrics but before its checkpoint was complete
             # repeats those steps on resume, with the same values: record them once.
-            history = _retry(lambda: self.client.get_metric_history(self.run_id, STEP_METRIC))
+            history = retry(lambda: self.client.get_metric_history(self.run_id, STEP_METRIC))
             self.recorded_until = max((m.step for m in history), default=-1)
         else:
-            experiment_id = _retry(lambda: _get_or_create_experiment(self.client, experiment, tracking_uri))
+            experiment_id = retry(lambda: get_or_create_experiment(self.client, experiment, tracking_uri))
             # The REST store (an `mlflow server`) takes string tag values only; SQLite converts.
             tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
-            run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name or None))
+            run = retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name or None))
             self.run_id = run.info.run_id
 
     def start_system_metrics(self, interval: float) -> None:
@@ -207,10 +210,6 @@ class RunTracker:
         self._queue.append({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
         self.flush()
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     def flush(self) -> bool:
         """Sends queued records in order; True if all went. Never raises for an unreachable store."""
         while self._queue:
@@ -255,15 +254,15 @@ def send(client, run_id: str, record: dict) -> None:
     op = record["op"]
     if op == "params":
         items = [Param(k, v) for k, v in record["items"].items()]
-        for i in range(0, len(items), _BATCH_LIMIT):
-            client.log_batch(run_id, params=items[i:i + _BATCH_LIMIT])
+        for i in range(0, len(items), _PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i:i + _PARAMS_PER_BATCH])
     elif op == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["items"].items()])
     elif op == "metrics":
         items = record["items"]
         while items:  # sent in slices; a slice that went is removed, so a retry never repeats it
-            client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in items[:1000]])
-            del items[:1000]
+            client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in items[:_METRICS_PER_BATCH]])
+            del items[:_METRICS_PER_BATCH]
     elif op == "artifact":
         client.log_artifact(run_id, record["path"], record["artifact_path"])
     elif op == "terminate":
@@ -287,14 +286,14 @@ def search_all_runs(client, experiment_ids: list[str], filter_string: str = "") 
     """Every run matching the filter, page by page (one search returns at most 1000)."""
     runs, token = [], None
     while True:
-        page = _retry(lambda: client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token))
+        page = retry(lambda: client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token))
         runs.extend(page)
         token = page.token
         if not token:
             return runs
 
 
-def _store_lock(tracking_uri: str):
+def store_lock(tracking_uri: str):
     """An inter-process lock beside a SQLite store's file; no lock for other stores."""
     import contextlib
 
@@ -305,7 +304,7 @@ def _store_lock(tracking_uri: str):
     return FileLock(tracking_uri[len("sqlite:///"):] + ".lock", timeout=300)
 
 
-def _retry(call, attempts: int = 5):
+def retry(call, attempts: int = 5):
     """Start-up calls: a SQLite store shared by concurrent runs can be briefly locked, or have its
     schema created by another run at the same moment."""
     for attempt in range(attempts):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness import names
 from harness.checkpoint import (
     LoopState,
     check_resume_layout,
@@ -29,7 +30,7 @@ from harness.checkpoint import (
     upgrade_metrics,
 )
 from harness.config import TrainConfig
-from harness.data import check_data_dir, collate, load_task_data
+from harness.data import check_data_dir, load_task_data
 from harness.distributed import (
     agree_on_step,
     all_finite,
@@ -39,12 +40,12 @@ from harness.distributed import (
     preflight_launch,
     resolve_precision,
 )
-from harness.metrics import task_metrics
-from harness.model import build_model, check_model, confidence, load_encoder, predictions, task_loss
+from harness.evaluation import dev_metric_names, evaluate, make_batch, pad_multiple, selection_score, write_predictions
+from harness.model import build_model, check_model, load_encoder, task_loss
 from harness.optim import TaskSteps, fill_missing_gradients, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
-from harness.tasks import get_task, metric_key, overall_formula
+from harness.tasks import get_task, overall_formula
 from harness.tracking import RunTracker, check_reachable, device_tags, git_commit, resolve_tracking_uri
 
 
@@ -56,57 +57,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     if config.scheduler == "linear":
         return config.lr * max(0.0, (total - step) / max(1, total - warmup))
     return config.lr
-
-
-def pad_multiple(config: TrainConfig) -> int:
-    """Batches are padded to a multiple of 8 tokens under mixed precision (tensor-core shapes)."""
-    return 8 if config.mixed_precision in ("bf16", "fp16") else 1
-
-
-def _batch(dataset, indices, device, pad_id: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in collate(dataset[[int(i) for i in indices]], pad_id, multiple).items()}
-
-
-@torch.inference_mode()
-def predict_dataset(model, task: str, dataset, config: TrainConfig, accelerator,
-                    pad_id: int = 0) -> tuple[list[float], list[float]]:
-    """The model's prediction and score (harness.model.confidence) for every example of a
-    tokenised dataset, in the dataset's order, on every rank.
-
-    Examples are sorted by length so batches carry little padding, and dealt to ranks so
-    that every rank runs the same number of batches (ZeRO-3 needs every rank in every forward).
-    """
-    from accelerate.utils import gather_object
-
-    spec = get_task(task)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
-    per_rank = -(-len(order) // world)
-    padded = np.concatenate([order, order[: per_rank * world - len(order)]])
-    mine = padded[rank::world]
-    results = []
-    for start in range(0, len(mine), config.eval_batch_size):
-        chunk = mine[start:start + config.eval_batch_size]
-        batch = _batch(dataset, chunk, accelerator.device, pad_id, pad_multiple(config))
-        batch.pop("labels")
-        outputs = model(task, **batch)
-        preds = predictions(spec, outputs, config.pair_encoding).float().cpu().tolist()
-        results.extend(zip(chunk.tolist(), preds, confidence(spec, outputs).cpu().tolist()))
-    merged = {index: (pred, score) for index, pred, score in gather_object(results)}
-    return [merged[i][0] for i in range(len(order))], [merged[i][1] for i in range(len(order))]
-
-
-def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
-    """Dev metrics per task (task -> metric -> value), and per-example predictions (id, prediction, label)."""
-    model.eval()
-    metrics, rows = {}, {}
-    for task, task_data in data.items():
-        preds, _ = predict_dataset(model, task, task_data.dev, config, accelerator, task_data.pad_id)
-        labels = task_data.dev["label"]
-        metrics[task] = task_metrics(task_data.spec, preds, labels)
-        rows[task] = list(zip(task_data.dev_ids, preds, labels))
-    model.train()
-    return metrics, rows
 
 
 def peak_rss_mb() -> float:
@@ -125,34 +75,6 @@ def write_timing(out_dir: Path, rank: int, step_seconds: list[float], grad_accum
     (folder / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "step_seconds": step_seconds, "grad_accum": grad_accum, "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": peak_gpu_mb}))
-
-
-def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for task, task_rows in rows.items():
-        path = folder / f"dev-{task}.csv"
-        with open(path, "w", newline="") as fp:
-            writer = csv.writer(fp)
-            writer.writerow(["id", "prediction", "label"])
-            writer.writerows(task_rows)
-        paths.append(path)
-    return paths
-
-
-def dev_metric_names(metrics: dict[str, dict[str, float]], prefix: str = "dev") -> dict[str, float]:
-    """MLflow names: <prefix>/<task>/<metric> for every metric, and <prefix>/overall where the task set has one."""
-    out = {metric_key(task, name, prefix): v for task, values in metrics.items() for name, v in values.items()}
-    overall = overall_formula(list(metrics)).score(metrics)
-    if overall is not None:
-        out[f"{prefix}/overall"] = overall
-    return out
-
-
-def selection_score(metrics: dict[str, dict[str, float]]) -> float:
-    """What picks the best epoch: the task set's overall score; NaN (a constant predictor's r) counts as worst."""
-    score = overall_formula(list(metrics)).score(metrics)
-    return -np.inf if score is None or np.isnan(score) else score
 
 
 class NonFiniteLoss(RuntimeError):
@@ -233,10 +155,10 @@ def sweep_tags(config: TrainConfig) -> dict[str, str]:
     """Tags that make a sweep job's run a child of the sweep's parent run, and name its scheduler job."""
     tags = {}
     if config.parent_run_id:
-        tags["mlflow.parentRunId"] = config.parent_run_id  # nests the run under its parent in the MLflow UI
+        tags[names.PARENT_RUN] = config.parent_run_id  # nests the run under its parent in the MLflow UI
     if config.sweep_id:
-        tags.update({"sweep.id": config.sweep_id, "sweep.job": config.sweep_job,
-                     "sweep.label": config.sweep_label or config.variant})
+        tags.update({names.SWEEP_ID: config.sweep_id, names.SWEEP_JOB: config.sweep_job,
+                     names.SWEEP_LABEL: config.sweep_label or config.variant})
     if os.environ.get("SLURM_JOB_ID"):
         array = os.environ.get("SLURM_ARRAY_JOB_ID")
         tags["slurm.job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
@@ -296,7 +218,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
     if accelerator.is_main_process:
         tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment,
                              config.run_name or f"{config.variant}-s{config.seed}", run_id=state.run_id or None,
-                             tags={"variant": config.variant, "seed": config.seed, "model": config.model,
+                             tags={names.VARIANT: config.variant, names.SEED: config.seed, "model": config.model,
                                    "profile": config.profile, "git_commit": git_commit(),
                                    "world_size": accelerator.num_processes, "backend": launch["distributed_type"],
                                    "zero_stage": launch["zero_stage"], "torch_threads": torch.get_num_threads(),
@@ -308,8 +230,12 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         else:
             tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
                                                     for k, v in asdict(variant_config).items()},
-                                "overall_formula": overall_formula(tasks).describe()})
-            skipped = {f"data/skipped_rows/{name}": len(rows) for t in tasks for name, rows in data[t].skipped.items()}
+                                names.OVERALL_FORMULA: overall_formula(tasks).describe(),
+                                names.SKIPPED_ROWS_PARAM: sum(len(rows) for t in tasks
+                                                              for rows in data[t].skipped.values())})
+            # A file's count is a metric only when rows were skipped: zeros would lead the UI's tables and charts.
+            skipped = {names.skipped_rows_key(name): len(rows) for t in tasks
+                       for name, rows in data[t].skipped.items() if rows}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
         tracker.set_tags(device_tags())  # what it ran on (a resumed run: its latest segment)
     state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
@@ -339,7 +265,8 @@ def train_step(run: Run, window: list[str]) -> dict[str, float]:
     losses: dict[str, list] = {}
     for task in window:
         indices = run.streams[task].take(world * micro)[rank * micro:(rank + 1) * micro]
-        batch = _batch(run.data[task].train, indices, accelerator.device, run.data[task].pad_id, pad_multiple(config))
+        data = run.data[task]
+        batch = make_batch(data.train, indices, accelerator.device, data.pad_id, pad_multiple(config))
         with accelerator.accumulate(model):
             loss = task_loss(task, model(task, **batch), batch["labels"], config.pair_encoding)
             if not all_finite(accelerator, loss):
@@ -392,8 +319,8 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
             state.step_in_epoch += 1
             step_seconds.append(time.perf_counter() - started)
             if tracker:
-                tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()},
-                                     "train/lr": learning_rate(config, state.step - 1),
+                tracker.log_metrics({**{names.train_loss_key(t): v for t, v in losses.items()},
+                                     names.STEP_METRIC: learning_rate(config, state.step - 1),
                                      **({"train/skipped_steps": state.skipped_steps}
                                         if config.mixed_precision == "fp16" else {})}, step=state.step)
             if progress:
@@ -418,7 +345,7 @@ def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dic
     report_epoch="last"), it becomes the run's dev/* and its predictions are written."""
     state = run.state
     if run.tracker:
-        run.tracker.log_metrics(dev_metric_names(metrics, "dev_epoch"), step=state.step)
+        run.tracker.log_metrics(dev_metric_names(metrics, names.DEV_EPOCH_PREFIX), step=state.step)
     not_better = state.metrics and selection_score(metrics) <= selection_score(state.metrics)
     if run.config.report_epoch == "best" and not_better:
         return
@@ -464,7 +391,7 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
                 if path.is_file():
                     folder = path.parent.relative_to(out_dir / "model").as_posix()
                     tracker.log_artifact(path, ARTIFACT_PATH if folder == "." else f"{ARTIFACT_PATH}/{folder}")
-        tracker.log_metrics({**dev_metric_names(run.state.metrics), "dev/epoch": run.state.metrics_epoch},
+        tracker.log_metrics({**dev_metric_names(run.state.metrics), names.REPORTED_EPOCH: run.state.metrics_epoch},
                             step=run.state.step)
         resolved = out_dir / "config.json"
         resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(run.variant_config)}, indent=2))
@@ -476,7 +403,7 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
             with open(skipped_file, "w", newline="") as fp:
                 csv.writer(fp).writerows([("file", "line", "problem"), *skipped_rows])
             tracker.log_artifact(skipped_file)
-        tracker.log_metrics({"time/train_seconds": train_seconds, "time/total_seconds": time.perf_counter() - started,
+        tracker.log_metrics({names.TRAIN_SECONDS: train_seconds, "time/total_seconds": time.perf_counter() - started,
                              "time/step_median_seconds": float(np.median(step_seconds)) if step_seconds else 0.0,
                              "memory/peak_rss_mb": peak_rss_mb()}, step=run.state.step)
         tracker.finish("FINISHED", fallback_dir=out_dir)

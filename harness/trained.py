@@ -243,8 +243,8 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
     <out_dir>/<split>/ and logs them to the run (under predictions/<split>/); for dev, returns
     and prints the metrics. The test split is read strictly (no row may be left out of a submission)."""
     from harness.data import check_data_dir, load_split, pad_id_of
+    from harness.evaluation import predict_dataset
     from harness.metrics import task_metrics
-    from harness.train import predict_dataset
 
     if split not in ("dev", "test"):
         raise TrainedModelError(f"--split {split!r}: expected dev or test")
@@ -278,7 +278,7 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
     for path in paths:
         out(f"wrote {path}")
     if metrics:
-        from harness.train import dev_metric_names
+        from harness.evaluation import dev_metric_names
 
         recorded = trained.meta.get("dev_metrics", {})
         for name, value in dev_metric_names(metrics).items():
@@ -323,7 +323,7 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
     """Prints `prediction <tab> score <tab> text` per example (score: the predicted class's
     probability, or the predicted value of a regression task)."""
     from harness.data import TaskRows, pad_id_of, tokenize_rows
-    from harness.train import predict_dataset
+    from harness.evaluation import predict_dataset
 
     examples = read_inputs(task, texts, file)
     with downloaded_model(run_id, tracking_uri) as (model_folder, meta):

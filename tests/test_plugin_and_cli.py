@@ -25,8 +25,11 @@ def test_variants_lists_every_variant_with_a_description(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--variant", "palz"], "unknown variant 'palz'; known variants:"),
-    (["--profile", "fast"], "profile: unknown profile 'fast'; known profiles: paper, quick"),
+    # Closed sets are argparse choices (listed by --help): argparse names the flag and the valid values.
+    (["--variant", "palz"], "argument --variant: invalid choice: 'palz' (choose from 'combined', 'embert',"),
+    (["--profile", "fast"], "argument --profile: invalid choice: 'fast' (choose from 'paper', 'quick')"),
+    (["--sampling", "random"], "argument --sampling: invalid choice: 'random' (choose from 'annealed',"),
+    (["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     (["--lr", "0"], "lr: expected a positive learning rate, got 0.0"),
     (["--batch-size", "-2"], "batch_size: expected a positive integer, got -2"),
     (["--grad-accum", "0"], "grad_accum: expected a positive integer, got 0"),
@@ -34,18 +37,49 @@ def test_variants_lists_every_variant_with_a_description(capsys):
     (["--system-metrics-interval", "-1"],
      "system_metrics_interval: expected seconds >= 0 (0 disables system metrics), got -1.0"),
     (["--system-metrics-interval", "nan"], "system_metrics_interval: expected seconds >= 0"),
-    (["--variant", "pals-top", "-o", "pal_size=big"], "option 'pal_size': 'big' is not an integer"),
+    (["--variant", "pals-top", "-o", "pal_size=big"], "option 'pal_size': expected an integer, got 'big'"),
     (["-o", "novalue"], "expected NAME=VALUE"),
     (["--data-dir", "/nonexistent"], "--data-dir /nonexistent: not a directory"),
     (["--model", "/nonexistent/bert"], "--model /nonexistent/bert: no such folder"),
 ])
 def test_bad_settings_fail_fast_naming_the_field(args, message, capsys):
     # In-process: main() is what the command runs (the subprocess test below covers the process).
-    code = main(["train", *args, "--progress", "--tracking-uri", "sqlite:////nonexistent-should-not-be-used.db"])
+    try:
+        code = main(["train", *args, "--progress", "--tracking-uri", "sqlite:////nonexistent-should-not-be-used.db"])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_every_train_setting_has_help_saying_what_it_does_its_valid_values_and_its_default():
+    import argparse
+    import dataclasses
+
+    from harness.cli import build_parser
+    from harness.config import TrainConfig
+    from variants import list_variants
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    formatter = train._get_formatter()
+    for f in dataclasses.fields(TrainConfig):
+        assert len(f.metadata.get("help", "")) >= 15, f"TrainConfig.{f.name} has no help text"
+        action = by_dest["option" if f.name == "variant_options" else f.name]
+        text = formatter._expand_help(action)
+        assert text.startswith(f.metadata["help"])
+        if f.name != "variant_options":
+            assert "(default: " in text, f.name
+        if f.metadata["choices"]:
+            assert tuple(action.choices) == f.metadata["choices"]
+            assert "one of: " + ", ".join(f.metadata["choices"]) in text
+    variant = by_dest["variant"]
+    assert list(variant.choices) == [v.name for v in list_variants()]  # registered variants, plugins included
+    assert "one of: " + ", ".join(v.name for v in list_variants()) in formatter._expand_help(variant)
+    assert isinstance(by_dest["freeze_encoder"], argparse.BooleanOptionalAction)
+    assert all(a.help for a in train._actions), [a.dest for a in train._actions if not a.help]
 
 
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback():

@@ -139,7 +139,8 @@ def test_bf16_trains_on_one_process_close_to_fp32_but_not_equal(tmp_path, small_
 def test_the_prepared_model_computes_in_the_precision_asked_for(precision, dtype, tmp_path, tiny_bert, small_data):
     """The encoder's matrix products run in bf16 under --mixed-precision bf16 (Accelerate's
     autocast); a run that recorded bf16 but trained in fp32 would fail here."""
-    from harness.train import _batch, setup
+    from harness.evaluation import make_batch
+    from harness.train import setup
     from variants import make_config
 
     config = resolve_config(dict(model=str(tiny_bert), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
@@ -149,7 +150,7 @@ def test_the_prepared_model_computes_in_the_precision_asked_for(precision, dtype
     seen = []
     linear = next(m for m in run.model.modules() if isinstance(m, torch.nn.Linear))
     linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
-    batch = _batch(run.data["sst"].train, range(4), run.accelerator.device, run.data["sst"].pad_id, 8)
+    batch = make_batch(run.data["sst"].train, range(4), run.accelerator.device, run.data["sst"].pad_id, 8)
     batch.pop("labels")
     run.model("sst", **batch)
     assert seen == [dtype]

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from harness.sweep import SlurmOptions, load_spec, run_sweep
+from harness.sweeps import load_spec, run_sweep
+from harness.sweeps.executors.slurm import SlurmExecutor, SlurmOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster per machine
 
@@ -94,7 +95,7 @@ def running_task(tmp_path, name):
 def test_a_sweep_on_slurm_finishes_every_job_as_a_child_run_with_metrics(slurm_cluster, tmp_path, tiny_bert,
                                                                           small_data, tracking_uri):
     sweep = spec(tmp_path, tiny_bert, small_data, tracking_uri, "slurm-sweep", ["multitask", "pals-top"], [0, 1])
-    states = run_sweep(sweep, "slurm", slurm=SlurmOptions(time="00:20:00", max_running=2), wait=True,
+    states = run_sweep(sweep, SlurmExecutor(SlurmOptions(time="00:20:00", max_running=2)), wait=True,
                        out=lambda *_: None)
     assert list(states.values()) == ["FINISHED"] * 4
     parents, children = sweep_runs(tracking_uri, "slurm-sweep")
@@ -119,7 +120,7 @@ def test_a_cancelled_job_is_completed_by_re_running_the_sweep_from_its_checkpoin
     sweep = spec(tmp_path, tiny_bert, small_data, tracking_uri, "slurm-cancel", ["multitask"], [0, 1], steps=80,
                  checkpoint_every=5)
     options = SlurmOptions(time="00:20:00", max_running=1)
-    run_sweep(sweep, "slurm", slurm=options, wait=False, out=lambda *_: None)
+    run_sweep(sweep, SlurmExecutor(options), wait=False, out=lambda *_: None)
     task = wait_for(lambda: running_task(tmp_path, "slurm-cancel"), 240, "a running job with a checkpoint")
     subprocess.run(["scancel", task], check=True)
     array_id = task.split("_")[0]
@@ -131,7 +132,7 @@ def test_a_cancelled_job_is_completed_by_re_running_the_sweep_from_its_checkpoin
     assert len(cancelled) == 1 and cancelled[0].info.status == "KILLED"  # SIGTERM: checkpoint, then stop
     assert cancelled[0].data.tags["stopped/signal"] == "SIGTERM"
 
-    states = run_sweep(sweep, "slurm", slurm=options, wait=True, out=lambda *_: None)
+    states = run_sweep(sweep, SlurmExecutor(options), wait=True, out=lambda *_: None)
     assert list(states.values()) == ["FINISHED", "FINISHED"]
     parents, after = sweep_runs(tracking_uri, "slurm-cancel")
     assert len(after) == 2 and parents[0].info.status == "FINISHED"
@@ -146,7 +147,7 @@ def test_a_preempted_job_is_requeued_by_slurm_and_resumes_from_its_checkpoint(sl
                                                                              small_data, tracking_uri):
     sweep = spec(tmp_path, tiny_bert, small_data, tracking_uri, "slurm-preempt", ["multitask"], [0], steps=80,
                  checkpoint_every=5)
-    run_sweep(sweep, "slurm", slurm=SlurmOptions(time="00:20:00"), wait=False, out=lambda *_: None)
+    run_sweep(sweep, SlurmExecutor(SlurmOptions(time="00:20:00")), wait=False, out=lambda *_: None)
     task = wait_for(lambda: running_task(tmp_path, "slurm-preempt"), 240, "a running job with a checkpoint")
     # What a preempting scheduler does with PreemptMode=REQUEUE: stop the job and queue it again.
     subprocess.run(["scontrol", "requeue", task], check=True)

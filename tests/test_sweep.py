@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.compare import bootstrap_difference, compare
 from harness.config import ConfigError
-from harness.sweep import expand, load_spec
+from harness.sweeps import expand, load_spec
 
 TINY = ["--set", "epochs=1", "--set", "batches_per_epoch=3", "--set", "batch_size=4", "--set", "max_length=32"]
 
@@ -62,7 +62,7 @@ def test_a_sweep_can_choose_the_task_set():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(settings=["epochs=two"]), "sweep setting epochs: expected int, got 'two'"),
+    (dict(settings=["epochs=two"]), "sweep setting epochs: expected an integer, got 'two'"),
     (dict(settings=["bogus=1"]), "sweep setting 'bogus': not a setting a sweep can vary"),
     (dict(settings=["epochs"]), "--set 'epochs': expected NAME=VALUE"),
     (dict(options=["no_such_option=3"]), "sweep option 'no_such_option': none of the variants"),
@@ -239,7 +239,7 @@ def test_a_typed_option_in_a_file_and_a_string_option_on_the_command_line_are_th
 
 
 def test_the_sbatch_script_carries_every_slurm_option(tmp_path):
-    from harness.sweep import SlurmOptions, sbatch_script
+    from harness.sweeps.executors.slurm import SlurmOptions, sbatch_script
 
     jobs_file = tmp_path / "jobs.json"
     jobs_file.write_text(json.dumps({"name": "study"}))
@@ -252,15 +252,16 @@ def test_the_sbatch_script_carries_every_slurm_option(tmp_path):
                  "#SBATCH --time=02:00:00", "#SBATCH --requeue", "#SBATCH --signal=TERM@120",
                  "#SBATCH --qos=high", "#SBATCH --constraint=a100"):
         assert line in script.splitlines()
-    assert (f'srun --kill-on-bad-exit=1 --cpus-per-task=8 /venv/bin/python -m harness.sweep job {jobs_file} '
+    assert (f'srun --kill-on-bad-exit=1 --cpus-per-task=8 /venv/bin/python -m harness.sweeps.job {jobs_file} '
             '"$SLURM_ARRAY_TASK_ID"') in script
 
 
 def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slurm(tmp_path, monkeypatch):
     import yaml
 
-    from harness import sweep
-    from harness.sweep import Job, SlurmOptions, slurm_launch_config
+    from harness.sweeps import job as job_runner
+    from harness.sweeps.executors.slurm import SlurmOptions, slurm_launch_config
+    from harness.sweeps.spec import Job
 
     launch = slurm_launch_config(REPO / "launch/ddp.yaml", SlurmOptions(nodes=2, gpus_per_node=4),
                                  tmp_path / "launch.yaml")
@@ -275,15 +276,53 @@ def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slu
     monkeypatch.setenv("SLURM_NNODES", "2")
     monkeypatch.setenv("SLURM_NODEID", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
-    monkeypatch.setattr(sweep, "_main_host", lambda: "node017")
+    monkeypatch.setattr(job_runner, "_main_host", lambda: "node017")
     job = Job(0, "abc", "multitask", "multitask", 0, {"epochs": 2, "length_grouping": False}, {})
     meta = {"launch_config": str(launch), "parent_run_id": "p", "name": "study"}
-    command = sweep._job_command(tmp_path / "jobs.json", job, meta, resume=tmp_path / "run")
+    command = job_runner.job_command(tmp_path / "jobs.json", job, meta, resume=tmp_path / "run")
     text = " ".join(command)
     assert f"--config_file {launch}" in text and f"--launch-config {launch}" in text
     assert "--num_machines 2 --machine_rank 1 --main_process_ip node017" in text
     assert "--main_process_port 23456" in text  # 20000 + job id % 20000: the same on every node of the job
-    assert "--epochs 2" in text and "--no-length-grouping" in text and f"--resume {tmp_path / 'run'}" in text
+    assert f"--config {tmp_path / 'jobs' / 'abc' / 'config.json'}" in text and f"--resume {tmp_path / 'run'}" in text
+
+
+def test_a_job_runs_from_its_config_file_which_holds_its_settings_options_and_place_in_the_sweep(tmp_path):
+    """The job's resolved config travels as JSON, read back by `train --config` into the same config."""
+    import argparse
+
+    from harness.cli import _add_config_flags, config_from_args
+    from harness.config import read_config, resolve_config
+    from harness.sweeps.spec import job_config_path, write_jobs_file
+
+    spec = load_spec(None, "s", ["pals-top"], [3], settings=["epochs=2", "length_grouping=false", "lr=3e-5"],
+                     options=["pal_size=12"])
+    (job,) = expand(spec)
+    jobs_file = write_jobs_file(tmp_path, spec, [job], "parent-id", "sqlite:///x.db", "exp")
+    saved = json.loads(job_config_path(jobs_file, job).read_text())
+    assert (saved["epochs"], saved["length_grouping"], saved["lr"], saved["seed"]) == (2, False, 3e-5, 3)
+    assert saved["variant_options"] == {"pal_size": "12"}
+    assert (saved["parent_run_id"], saved["sweep_id"], saved["sweep_job"], saved["sweep_label"]) == (
+        "parent-id", "s", job.key, "pals-top")
+    assert saved["output_dir"] == str(tmp_path / "jobs" / job.key) and saved["progress"] is False
+
+    parser = argparse.ArgumentParser()
+    _add_config_flags(parser)
+    from_file = config_from_args(parser.parse_args(["--config", str(job_config_path(jobs_file, job))]))
+    assert from_file == resolve_config(read_config(job_config_path(jobs_file, job)))
+    assert (from_file.variant, from_file.epochs, from_file.variant_options) == ("pals-top", 2, {"pal_size": "12"})
+    # A flag beside the file replaces the file's value; the rest stays.
+    flagged = config_from_args(parser.parse_args(["--config", str(job_config_path(jobs_file, job)), "--epochs", "5",
+                                                  "-o", "pal_heads=2"]))
+    assert (flagged.epochs, flagged.lr, flagged.variant_options) == (5, 3e-5, {"pal_size": "12", "pal_heads": "2"})
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochs": "many"}))
+    with pytest.raises(ConfigError, match=f"config file {bad}: epochs: expected an integer, got 'many'"):
+        read_config(bad)
+    bad.write_text(json.dumps({"epoch": 2}))
+    with pytest.raises(ConfigError, match=f"config file {bad}: 'epoch': not a setting"):
+        read_config(bad)
 
 
 @pytest.mark.parametrize("row, test, verdict", [

@@ -193,7 +193,7 @@ def test_a_plugin_task_trains_beside_a_handout_task_and_the_run_is_evaluated_pre
         tmp_path, tiny_bert, small_data, nli_plugin):
     from mlflow.tracking import MlflowClient
 
-    from harness.train import dev_metric_names
+    from harness.evaluation import dev_metric_names
     from harness.trained import evaluate_run
 
     data = tmp_path / "data"

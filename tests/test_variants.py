@@ -195,11 +195,11 @@ def test_unknown_variant_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"pal_size": "wide"}, "option 'pal_size': 'wide' is not an integer"),
+    ({"pal_size": "wide"}, "option 'pal_size': expected an integer, got 'wide'"),
     ({"pal_size": "0"}, "pal_size: expected a positive number"),
     ({"pal_size": "205"}, "not divisible by pal_heads=6"),
     ({"parallel_sharing": "some"}, "parallel_sharing: 'some' is not one of"),
-    ({"top_shares_parallel": "maybe"}, "not a boolean"),
+    ({"top_shares_parallel": "maybe"}, "expected true or false, got 'maybe'"),
     ({"colour": "red"}, "has no option 'colour'"),
     ({"tasks": "sst,imdb"}, r"tasks: unknown task 'imdb'; known tasks: sst, cfimdb, quora, sts"),
 ])

@@ -6,12 +6,12 @@ In-tree variants and a user's own are found the same way, through the entry-poin
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from harness.plugins import load_entry_points
+from harness.values import convert
 
 ENTRY_POINT_GROUP = "bert_mtl_bench.variants"
 
@@ -39,6 +39,10 @@ def register_variant(name: str, config: type):
         raise TypeError(f"variant {name!r}: config must be a dataclass, got {config!r}")
 
     def decorate(adapter_class: type) -> type:
+        from variants.base import TaskAdapter
+
+        if not (isinstance(adapter_class, type) and issubclass(adapter_class, TaskAdapter)):
+            raise TypeError(f"variant {name!r}: {adapter_class!r} is not a TaskAdapter subclass (variants/base.py)")
         doc = (adapter_class.__doc__ or "").strip()
         description = doc.splitlines()[0] if doc else name
         previous = _REGISTRY.get(name)
@@ -74,40 +78,6 @@ def get_variant(name: str) -> RegisteredVariant:
         raise VariantError(f"unknown variant {name!r}; known variants: {known}") from None
 
 
-def _convert(field: dataclasses.Field, hint: Any, raw: Any, variant: str) -> Any:
-    """Converts a command-line string (or a value) to the field's annotated type, or raises."""
-    where = f"variant {variant!r} option {field.name!r}"
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        allowed = typing.get_args(hint)
-        if raw not in allowed:
-            raise VariantError(f"{where}: {raw!r} is not one of {list(allowed)}")
-        return raw
-    if origin is tuple:
-        items = raw.split(",") if isinstance(raw, str) else list(raw)
-        return tuple(item.strip() for item in items if str(item).strip())
-    if origin in (typing.Union, types.UnionType):
-        raise VariantError(f"{where}: union-typed options are not supported; use a single type")
-    if hint is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return raw.lower() in ("true", "1", "yes")
-        raise VariantError(f"{where}: {raw!r} is not a boolean (expected true or false)")
-    if hint in (int, float):
-        if isinstance(raw, bool) or (hint is int and isinstance(raw, float)):
-            raise VariantError(f"{where}: {raw!r} is not {hint.__name__}")
-        try:
-            return hint(raw)
-        except (TypeError, ValueError):
-            raise VariantError(f"{where}: {raw!r} is not {'an integer' if hint is int else 'a number'}") from None
-    if hint is str:
-        if not isinstance(raw, str):
-            raise VariantError(f"{where}: {raw!r} is not a string")
-        return raw
-    return raw
-
-
 def make_config(name: str, options: dict[str, Any] | None = None):
     """The validated config of variant `name` with `options` (strings or values) applied."""
     variant = get_variant(name)
@@ -117,7 +87,7 @@ def make_config(name: str, options: dict[str, Any] | None = None):
     for key, raw in (options or {}).items():
         if key not in fields:
             raise VariantError(f"variant {name!r} has no option {key!r}; its options: {', '.join(fields)}")
-        values[key] = _convert(fields[key], hints[key], raw, name)
+        values[key] = convert(hints[key], raw, f"variant {name!r} option {key!r}", VariantError)
     try:
         return variant.config_class(**values)
     except (TypeError, ValueError) as exc:

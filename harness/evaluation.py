@@ -1,0 +1,98 @@
+"""Evaluation: a model's predictions for a tokenised dataset (on every rank, in the dataset's
+order), the dev metrics of a task set, and the names they are logged under. Used by the loop
+(harness/train.py) and by saved runs (harness/trained.py)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import names
+from harness.config import TrainConfig
+from harness.data import collate
+from harness.metrics import task_metrics
+from harness.model import confidence, predictions
+from harness.names import metric_key
+from harness.tasks import get_task, overall_formula
+
+
+def pad_multiple(config: TrainConfig) -> int:
+    """Batches are padded to a multiple of 8 tokens under mixed precision (tensor-core shapes)."""
+    return 8 if config.mixed_precision in ("bf16", "fp16") else 1
+
+
+def make_batch(dataset, indices, device, pad_id: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """The examples `indices` of a tokenised dataset, collated (padded with `pad_id` to a multiple) on `device`."""
+    return {k: v.to(device) for k, v in collate(dataset[[int(i) for i in indices]], pad_id, multiple).items()}
+
+
+@torch.inference_mode()
+def predict_dataset(model, task: str, dataset, config: TrainConfig, accelerator,
+                    pad_id: int = 0) -> tuple[list[float], list[float]]:
+    """The model's prediction and score (harness.model.confidence) for every example of a
+    tokenised dataset, in the dataset's order, on every rank.
+
+    Examples are sorted by length so batches carry little padding, and dealt to ranks so
+    that every rank runs the same number of batches (ZeRO-3 needs every rank in every forward).
+    """
+    from accelerate.utils import gather_object
+
+    spec = get_task(task)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    order = np.argsort([len(x) for x in dataset["input_ids"]], kind="stable")
+    per_rank = -(-len(order) // world)
+    padded = np.concatenate([order, order[: per_rank * world - len(order)]])
+    mine = padded[rank::world]
+    results = []
+    for start in range(0, len(mine), config.eval_batch_size):
+        chunk = mine[start:start + config.eval_batch_size]
+        batch = make_batch(dataset, chunk, accelerator.device, pad_id, pad_multiple(config))
+        batch.pop("labels")
+        outputs = model(task, **batch)
+        preds = predictions(spec, outputs, config.pair_encoding).float().cpu().tolist()
+        results.extend(zip(chunk.tolist(), preds, confidence(spec, outputs).cpu().tolist()))
+    merged = {index: (pred, score) for index, pred, score in gather_object(results)}
+    return [merged[i][0] for i in range(len(order))], [merged[i][1] for i in range(len(order))]
+
+
+def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
+    """Dev metrics per task (task -> metric -> value), and per-example predictions (id, prediction, label)."""
+    model.eval()
+    metrics, rows = {}, {}
+    for task, task_data in data.items():
+        preds, _ = predict_dataset(model, task, task_data.dev, config, accelerator, task_data.pad_id)
+        labels = task_data.dev["label"]
+        metrics[task] = task_metrics(task_data.spec, preds, labels)
+        rows[task] = list(zip(task_data.dev_ids, preds, labels))
+    model.train()
+    return metrics, rows
+
+
+def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task, task_rows in rows.items():
+        path = folder / f"dev-{task}.csv"
+        with open(path, "w", newline="") as fp:
+            writer = csv.writer(fp)
+            writer.writerow(["id", "prediction", "label"])
+            writer.writerows(task_rows)
+        paths.append(path)
+    return paths
+
+
+def dev_metric_names(metrics: dict[str, dict[str, float]], prefix: str = names.DEV) -> dict[str, float]:
+    """MLflow names: <prefix>/<task>/<metric> for every metric, and <prefix>/overall where the task set has one."""
+    out = {metric_key(task, name, prefix): v for task, values in metrics.items() for name, v in values.items()}
+    overall = overall_formula(list(metrics)).score(metrics)
+    if overall is not None:
+        out[names.overall_key(prefix)] = overall
+    return out
+
+
+def selection_score(metrics: dict[str, dict[str, float]]) -> float:
+    """What picks the best epoch: the task set's overall score; NaN (a constant predictor's r) counts as worst."""
+    score = overall_formula(list(metrics)).score(metrics)
+    return -np.inf if score is None or np.isnan(score) else score

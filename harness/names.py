@@ -1,0 +1,62 @@
+"""The names runs are recorded under in MLflow: tags, params and metric keys.
+
+Whatever one module writes and another reads (the training loop and `compare`, sweeps and
+`compare`, the loop and `trained`) is named here once. A task's metric keys come from its
+spec: `dev/<task>/<metric>` for each metric the spec lists, its primary one first.
+"""
+from __future__ import annotations
+
+# Tags of every run
+VARIANT = "variant"
+SEED = "seed"
+
+# Tags of sweep runs. The parent run has sweep.role = PARENT_ROLE; each job's run is its child
+# (mlflow.parentRunId) with the sweep's id, the job's stable key and the label compare groups by.
+PARENT_RUN = "mlflow.parentRunId"
+SWEEP_ID = "sweep.id"
+SWEEP_ROLE = "sweep.role"
+SWEEP_JOB = "sweep.job"
+SWEEP_LABEL = "sweep.label"
+SWEEP_JOBS = "sweep.jobs"  # on the parent: how many jobs the sweep has
+SWEEP_FINISHED = "sweep.finished_jobs"  # on the parent: how many finished, set when the sweep ends
+PARENT_ROLE = "sweep"
+
+# Params
+TASKS_PARAM = "variant.tasks"  # the run's task set, comma-separated
+OVERALL_FORMULA = "overall_formula"
+SKIPPED_ROWS_PARAM = "data.skipped_rows"  # rows skipped by --lenient-data, all files together
+
+# Metrics
+STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go
+DEV = "dev"  # the reported epoch's dev metrics
+DEV_EPOCH_PREFIX = "dev_epoch"  # every evaluated epoch's, at its step (--eval-every-epoch)
+OVERALL = "overall"
+REPORTED_EPOCH = "dev/epoch"
+TASK_SPECIFIC_TOTAL = "params/task_specific_total"
+RATIO_TO_ENCODER = "params/ratio_to_encoder"
+TRAIN_SECONDS = "time/train_seconds"
+
+
+def metric_key(task: str, metric: str, prefix: str = DEV) -> str:
+    """The MLflow metric name of a task's metric: dev/<task>/<metric>."""
+    return f"{prefix}/{task}/{metric}"
+
+
+def primary_key(task: str, prefix: str = DEV) -> str:
+    """The key of the task's primary metric (its spec's `primary_metric`)."""
+    from harness.tasks import get_task
+
+    return metric_key(task, get_task(task).primary_metric, prefix)
+
+
+def overall_key(prefix: str = DEV) -> str:
+    return f"{prefix}/{OVERALL}"
+
+
+def train_loss_key(task: str) -> str:
+    return f"train/loss/{task}"
+
+
+def skipped_rows_key(file: str) -> str:
+    """Rows of a data file skipped by --lenient-data (logged only when there are any)."""
+    return f"data/skipped_rows/{file}"

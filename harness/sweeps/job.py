@@ -1,0 +1,114 @@
+"""One job of a sweep, run where its executor put it: `python -m harness.sweeps.job JOBS_FILE INDEX`.
+
+The job reads its training config from jobs/<key>/config.json (written by `mtl-bench sweep`),
+launches the harness with `accelerate launch` (on SLURM, once per node, each node with its
+rank), and resumes from the job's latest checkpoint if it has one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.launch_config import processes_per_node, read_launch_config, world_size
+from harness.sweeps.spec import Job, job_config_path
+
+
+def _main_host() -> str:
+    """The first node of this SLURM job: where the processes of all nodes meet."""
+    out = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
+
+
+def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None) -> list[str]:
+    """`accelerate launch` of the harness for one job. The launch config holds the total process
+    count (for SLURM, the executor wrote one for the requested nodes x GPUs)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
+              meta["launch_config"]]
+    nodes = int(os.environ.get("SLURM_NNODES", "1"))
+    if world_size(read_launch_config(meta["launch_config"])) > 1 or nodes > 1:
+        # A port of this job's own: jobs sharing a node must not meet on accelerate's default 29500.
+        job_id = os.environ.get("SLURM_JOB_ID")
+        port = 20000 + int(job_id) % 20000 if job_id else 29500 + 1 + job.index % 1000
+        launch += ["--main_process_port", str(port)]
+    if nodes > 1:  # every node runs this; its rank from SLURM; all meet on the first node
+        launch += ["--num_machines", str(nodes), "--machine_rank", os.environ["SLURM_NODEID"],
+                   "--main_process_ip", _main_host()]
+    # The launch config is the executor's choice (SLURM rewrites it per submission), so it is
+    # given here rather than in the job's config file; so is the checkpoint to resume.
+    train = ["-m", "harness.cli", "train", "--config", str(job_config_path(jobs_file, job)),
+             "--launch-config", meta["launch_config"]]
+    if resume:
+        train += ["--resume", str(resume)]
+    return launch + train
+
+
+def latest_checkpoint(job_dir: Path) -> Path | None:
+    """The run folder under a job's folder holding the newest complete checkpoint, if any."""
+    from harness.checkpoint import CHECKPOINT_PREFIX
+
+    found = [(p.stat().st_mtime, p.parents[2]) for p in
+             job_dir.glob(f"*/checkpoints/{CHECKPOINT_PREFIX}*/loop_state.json")]
+    return max(found)[1] if found else None
+
+
+def run_job(jobs_file: str | os.PathLike, index: int) -> int:
+    """Runs job `index` of a sweep to the end (resuming if it has a checkpoint); its exit status.
+
+    The job's training is a grandchild (accelerate launch starts it), so this process becomes a
+    child subreaper and waits for every descendant: when the scheduler sends SIGTERM, the
+    training writes its checkpoint before the job step ends.
+    """
+    jobs_file = Path(jobs_file).resolve()
+    meta = json.loads(jobs_file.read_text())
+    job = Job(**meta["jobs"][index])
+    resume = latest_checkpoint(jobs_file.parent / "jobs" / job.key)
+    command = job_command(jobs_file, job, meta, resume)
+    print(f"sweep {meta['name']} job {index} ({job.run_name}, key {job.key})"
+          + (f", resuming {resume}" if resume else ""), flush=True)
+    print(shlex.join(command), flush=True)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    env = {**os.environ, **meta.get("env", {})}
+    if "OMP_NUM_THREADS" not in env:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 when it is unset: on CPUs that halves a 2-core
+        # machine's speed. Give each process of this node its share of the node's CPUs instead.
+        local = processes_per_node(read_launch_config(meta["launch_config"]))
+        cpus = int(env.get("SLURM_CPUS_ON_NODE") or len(os.sched_getaffinity(0)))
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // local))
+    child = subprocess.Popen(command, cwd=meta["cwd"], env=env)
+
+    def forward(signum, frame):  # SLURM signals every process of the step; Ctrl-C reaches the group
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = child.wait()
+    while True:  # orphaned descendants (training processes whose launcher died first)
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[1].isdigit():
+        return run_job(argv[0], int(argv[1]))
+    print("usage: python -m harness.sweeps.job JOBS_FILE INDEX (used by `mtl-bench sweep`)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""A sweep's spec (a sweep file, see launch/sweeps/, or the command line), its expansion into
+jobs, and the files a job is run from: jobs.json and each job's config.json."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import SWEEP_FIELDS, ConfigError, TrainConfig, convert_setting, resolve_config, write_config
+
+# Fields a sweep decides for each job itself, so a sweep file or --set cannot give them.
+NOT_SETTINGS = {"variant", "seed", "variant_options", "resume", "run_name", "launch_config", "progress",
+                *SWEEP_FIELDS}
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep file or the command line describes."""
+
+    name: str
+    variants: list[str]
+    seeds: list[int]
+    set: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every job
+    grid: dict[str, list] = field(default_factory=dict)  # TrainConfig fields to vary: every combination
+    options: dict[str, Any] = field(default_factory=dict)  # variant options, for the variants that have them
+    launch_config: str = "launch/single.yaml"
+
+
+@dataclass
+class Job:
+    index: int
+    key: str  # stable: the same variant, seed and settings give the same key in every re-run
+    label: str  # the variant and any grid values; `mtl-bench compare` groups seeds by it
+    variant: str
+    seed: int
+    settings: dict[str, Any]  # TrainConfig fields (set + grid values)
+    options: dict[str, Any]  # variant options
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label} s{self.seed}".replace(" ", "_")
+
+
+def _setting(name: str, value: Any) -> Any:
+    if name in NOT_SETTINGS or name not in TrainConfig.__dataclass_fields__:
+        allowed = sorted(set(TrainConfig.__dataclass_fields__) - NOT_SETTINGS)
+        raise ConfigError(f"sweep setting {name!r}: not a setting a sweep can vary; known: {allowed}")
+    return convert_setting(name, value, "sweep setting")
+
+
+def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str] | None = None,
+              seeds: list[int] | None = None, settings: list[str] = (), grid: list[str] = (),
+              options: list[str] = (), launch_config: str = "") -> SweepSpec:
+    """A sweep file's spec, with command-line values replacing or adding to it."""
+    data: dict[str, Any] = {}
+    if path:
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"sweep file {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"sweep file {path}: expected a mapping of name, variants, seeds, set, grid, options")
+        known = {f.name for f in dataclasses.fields(SweepSpec)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"sweep file {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        data.setdefault("name", path.stem)
+    where = f"sweep file {path}" if path else "sweep"
+    if name:
+        data["name"] = name
+    if variants:
+        data["variants"] = variants
+    if seeds:
+        data["seeds"] = seeds
+    if launch_config:
+        data["launch_config"] = launch_config
+    for key in ("set", "grid", "options"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ConfigError(f"{where}: {key!r} must be a mapping of NAME: VALUE, got {data[key]!r}")
+        data[key] = dict(data.get(key) or {})
+    for pair in settings:
+        key, value = _pair(pair, "--set")
+        data["set"][key] = value
+    for pair in grid:
+        key, value = _pair(pair, "--grid")
+        data["grid"][key] = value.split(",")
+    for pair in options:
+        key, value = _pair(pair, "--option")
+        data["options"][key] = value
+    for required in ("name", "variants", "seeds"):
+        if not data.get(required):
+            raise ConfigError(f"{where}: {required!r} is missing (give it in the file or as --{required})")
+    if not str(data["name"]).replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"{where}: name {data['name']!r} may hold only letters, digits, '-', '_' and '.'")
+    for key in ("variants", "seeds"):
+        if not isinstance(data[key], list):
+            example = "[multitask, pals-top]" if key == "variants" else "[0, 1, 2]"
+            raise ConfigError(f"{where}: {key!r} must be a list, e.g. {example}, got {data[key]!r}")
+        if len(set(map(str, data[key]))) != len(data[key]):
+            raise ConfigError(f"{where}: {key!r} lists a value twice: {data[key]!r}")
+    try:
+        data["seeds"] = [int(s) for s in data["seeds"]]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: seeds must be integers, got {data['seeds']!r}") from None
+    both = sorted(set(data["set"]) & set(data["grid"]))
+    if both:
+        raise ConfigError(f"{where}: {both} both set for every job and varied in the grid; give each in one place")
+    data["set"] = {k: _setting(k, v) for k, v in data["set"].items()}
+    for key, values in data["grid"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid {key!r} must be a non-empty list of values, got {values!r}")
+        data["grid"][key] = [_setting(key, v) for v in values]
+    data["variants"] = [str(v) for v in data["variants"]]
+    data["name"] = str(data["name"])
+    return SweepSpec(**data)
+
+
+def _pair(pair: str, flag: str) -> tuple[str, str]:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {pair!r}: expected NAME=VALUE")
+    return key.strip().replace("-", "_"), value
+
+
+def expand(spec: SweepSpec) -> list[Job]:
+    """Every variant x grid point x seed, each validated as a training config before anything runs."""
+    from variants import VariantError, get_variant, make_config
+
+    option_takers = {}
+    for variant in spec.variants:
+        fields = {f.name for f in dataclasses.fields(get_variant(variant).config_class)}
+        option_takers[variant] = {k: v for k, v in spec.options.items() if k in fields}
+    for option in spec.options:
+        if not any(option in taken for taken in option_takers.values()):
+            raise ConfigError(f"sweep option {option!r}: none of the variants {spec.variants} has it "
+                              "(see `mtl-bench variants --options`)")
+    jobs = []
+    grid_keys = sorted(spec.grid)
+    for variant in spec.variants:
+        for point in itertools.product(*(spec.grid[k] for k in grid_keys)):
+            grid_values = dict(zip(grid_keys, point))
+            label = " ".join([variant] + [f"{k}={v}" for k, v in grid_values.items()])
+            for seed in spec.seeds:
+                settings = {**spec.set, **grid_values}
+                options = option_takers[variant]
+                try:
+                    config = resolve_config({**settings, "variant": variant, "seed": seed,
+                                             "variant_options": dict(options)})
+                    typed = make_config(variant, config.variant_settings())
+                except (ConfigError, VariantError) as exc:
+                    raise ConfigError(f"sweep {spec.name}, job {label} seed {seed}: {exc}") from None
+                # Typed values: `pal_size: 204` in a file and `-o pal_size=204` are the same job.
+                identity = json.dumps({"variant": variant, "seed": seed, "settings": settings,
+                                       "options": {k: getattr(typed, k) for k in options}},
+                                      sort_keys=True, default=str)
+                # (How a job is launched is not part of it: the same training on other hardware is the same job.)
+                key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+                jobs.append(Job(len(jobs), key, label, variant, seed, settings, dict(options)))
+    return jobs
+
+
+def sweep_dir(spec: SweepSpec) -> Path:
+    output_dir = spec.set.get("output_dir", TrainConfig.output_dir)
+    return (Path(output_dir) / "sweeps" / spec.name).resolve()
+
+
+def tracking_of(spec: SweepSpec) -> tuple[str, str]:
+    """The sweep's tracking URI and experiment: its settings', else the defaults."""
+    from harness.tracking import resolve_tracking_uri
+
+    return (resolve_tracking_uri(spec.set.get("tracking_uri", "")),
+            spec.set.get("experiment", TrainConfig.experiment))
+
+
+def job_config(job: Job, sweep: str, parent_run_id: str, folder: Path) -> TrainConfig:
+    """The job's whole training config: its settings and options, and its place in the sweep."""
+    return resolve_config({**job.settings, "variant": job.variant, "seed": job.seed,
+                           "variant_options": dict(job.options), "parent_run_id": parent_run_id,
+                           "sweep_id": sweep, "sweep_job": job.key, "sweep_label": job.label,
+                           "run_name": job.run_name, "output_dir": str(folder / "jobs" / job.key),
+                           "progress": False})
+
+
+def job_config_path(jobs_file: Path, job: Job) -> Path:
+    return jobs_file.parent / "jobs" / job.key / "config.json"
+
+
+def write_jobs_file(folder: Path, spec: SweepSpec, jobs: list[Job], parent_run_id: str, tracking_uri: str,
+                    experiment: str) -> Path:
+    """jobs.json (the sweep and its jobs, for the job runner) and every job's config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "jobs.json"
+    for job in jobs:
+        write_config(job_config(job, spec.name, parent_run_id, folder), job_config_path(path, job))
+    meta = {"name": spec.name, "parent_run_id": parent_run_id, "launch_config": str(Path(spec.launch_config).resolve()),
+            "cwd": str(Path.cwd()),
+            "env": {"MLFLOW_TRACKING_URI": tracking_uri}, "experiment": experiment,
+            "spec": dataclasses.asdict(spec), "jobs": [dataclasses.asdict(j) for j in jobs]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=str))
+    tmp.replace(path)
+    return path
