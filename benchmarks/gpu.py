@@ -158,7 +158,9 @@ def launch_config(source: str, processes: int, folder: Path) -> str:
     """A copy of a launch config with num_processes set to what this machine runs."""
     import yaml
 
-    config = yaml.safe_load((REPO / source).read_text())
+    from harness.launch_config import read_launch_config
+
+    config = read_launch_config(REPO / source)
     config["num_processes"] = processes
     path = folder / f"{processes}x-{Path(source).name}"
     path.write_text(yaml.safe_dump(config))

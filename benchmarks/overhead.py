@@ -44,18 +44,18 @@ def recorded_batches():
     """Collects every batch harness.train builds for its steps, as built (padded, on the device)."""
     import harness.train as train_module
 
-    batches, original = [], train_module._batch
+    batches, original = [], train_module.make_batch
 
     def recording(*args, **kwargs):
         batch = original(*args, **kwargs)
         batches.append(batch)
         return batch
 
-    train_module._batch = recording
+    train_module.make_batch = recording
     try:
         yield batches
     finally:
-        train_module._batch = original
+        train_module.make_batch = original
 
 
 def count_stepped(counts: list[int]):

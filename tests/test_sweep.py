@@ -399,3 +399,16 @@ def test_a_variant_beyond_noise_before_the_holm_correction_and_not_after_is_with
     assert f"| {pals['p_seeds']:.3f} | {pals['p_seeds_holm']:.3f} |" in table
     assert "Holm (step-down) is applied to the t-test p-values across the 4 comparison(s)" in caption(
         rows, "multitask", "seeds")
+
+
+def test_compare_orders_rows_by_the_sweeps_variant_order_else_baseline_first_then_by_parameter_cost():
+    """A plugin variant sorts by what it costs, not last behind a fixed list of in-tree names."""
+    from harness.compare import RunRecord, summarise
+
+    costs = {"multitask": 0, "pals-top": 900, "lowrank-plugin": 40, "embert": 3}
+    records = [RunRecord(f"{v}-{s}", v, v, s, {}, 0.5 + 0.01 * s, n, 1.0, 60.0)
+               for v, n in costs.items() for s in range(2)]
+    rows = summarise(records, "multitask", "seeds", 0)
+    assert [r["variant"] for r in rows] == ["multitask", "embert", "lowrank-plugin", "pals-top"]
+    rows = summarise(records, "multitask", "seeds", 0, order=["pals-top", "multitask", "lowrank-plugin"])
+    assert [r["variant"] for r in rows] == ["pals-top", "multitask", "lowrank-plugin", "embert"]

@@ -55,6 +55,24 @@ def test_the_nine_study_configurations_are_registered():
                              "combined"}
 
 
+def test_only_a_task_adapter_with_a_dataclass_config_can_be_registered():
+    from dataclasses import dataclass
+
+    from variants import TaskAdapter, register_variant
+
+    @dataclass
+    class Options:
+        size: int = 1
+
+    with pytest.raises(TypeError, match="config must be a dataclass"):
+        register_variant("not-registered", config=dict)
+    with pytest.raises(TypeError, match="'not-registered': .* is not a TaskAdapter subclass"):
+        register_variant("not-registered", config=Options)(type("Plain", (), {}))
+    with pytest.raises(TypeError, match="is not a TaskAdapter subclass"):
+        register_variant("not-registered", config=Options)(lambda encoder: encoder)
+    assert "not-registered" not in VARIANTS and issubclass(TaskAdapter, torch.nn.Module)
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("pair_encoding", ["joint", "separate"])
 def test_forward_for_every_task(encoder, name, pair_encoding):

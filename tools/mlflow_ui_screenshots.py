@@ -1,0 +1,118 @@
+"""Screenshots of the MLflow UI as a user first sees a sweep: the runs table, a run's charts, the
+chart view, the compare view and the compare plot, taken with headless Chromium.
+
+    pip install -e ".[ui]"            # playwright (drives the browser)
+    apt-get install chromium          # Debian's Chromium: the browser itself
+    python tools/mlflow_ui_screenshots.py --tracking-uri sqlite:///$PWD/mlruns/mlflow.db \\
+        --experiment ui-demo --sweep ui-demo --out docs/images
+
+It starts `mlflow server` on the store (127.0.0.1, a free port), opens each page in Chromium as a
+first-time visitor would (child runs expanded, MLflow's assistant panel closed, nothing else
+changed), waits for the page to settle, writes one PNG per view, and stops the server. The
+README's pictures were made this way (see its "Tracking" section).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tracking_uri: str, port: int) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(1)
+    server.kill()
+    raise SystemExit(f"mlflow server on port {port} did not come up in 120 s")
+
+
+def screenshot(page, url: str, path: Path, wait_s: float) -> None:
+    page.goto(url, wait_until="load")  # (never "networkidle": the runs page polls the server)
+    page.wait_for_timeout(int(wait_s * 1000))  # charts draw after the data arrives
+    page.screenshot(path=str(path))
+    print(f"{path}  <-  {url}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking-uri", required=True, help="the MLflow store holding the sweep")
+    parser.add_argument("--experiment", required=True, help="the sweep's experiment")
+    parser.add_argument("--sweep", required=True, help="the sweep's id (its parent run holds compare/)")
+    parser.add_argument("--out", default="docs/images", help="folder for the PNGs (default: docs/images)")
+    parser.add_argument("--size", default="1600,1000", help="browser window, WIDTH,HEIGHT (default: 1600,1000)")
+    parser.add_argument("--wait", type=float, default=5.0, help="seconds to wait after a page loads (default: 5)")
+    args = parser.parse_args(argv)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("chromium not found: install Debian's chromium package (apt-get install chromium)")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(args.tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise SystemExit(f"no experiment {args.experiment!r} in {args.tracking_uri}")
+    eid = experiment.experiment_id
+    runs = client.search_runs([eid], f"tags.`sweep.id` = '{args.sweep}'", order_by=["attributes.start_time ASC"])
+    parent = next((r for r in runs if r.data.tags.get("sweep.role") == "sweep"), None)
+    children = [r for r in runs if r.data.tags.get("sweep.role") != "sweep" and r.info.status == "FINISHED"]
+    if parent is None or len(children) < 2:
+        raise SystemExit(f"sweep {args.sweep!r}: need its parent run and 2+ finished job runs in {args.experiment}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(args.tracking_uri, port)
+    base = f"http://127.0.0.1:{port}/#"
+    run = children[0].info.run_id
+    compared = [r.info.run_id for r in children[:4]]
+    views = {
+        "ui-runs-table.png": f"{base}/experiments/{eid}/runs",
+        "ui-run-charts.png": f"{base}/experiments/{eid}/runs/{run}/model-metrics",
+        "ui-chart-view.png": f"{base}/experiments/{eid}/runs?compareRunsMode=CHART",
+        "ui-compare-runs.png": f"{base}/compare-runs?runs={urllib.parse.quote(json.dumps(compared))}"
+                               f"&experiments={urllib.parse.quote(json.dumps([eid]))}",
+        "ui-compare-plot.png": f"{base}/experiments/{eid}/runs/{parent.info.run_id}/artifacts/compare/overall.png",
+    }
+    width, height = map(int, args.size.split(","))
+    # A first visit opens MLflow's assistant panel over a third of the page; a user closes it.
+    # Child runs are shown expanded under their sweep's parent run, as a user opens them.
+    init = (f"localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+            f"localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            f"localStorage.setItem('MLflowLocalStorage-1.1-ExperimentView-{eid}-expandRows', 'true');")
+    from playwright.sync_api import sync_playwright
+
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.add_init_script(init)
+            for name, url in views.items():
+                screenshot(page, url, out / name, args.wait)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
