@@ -72,6 +72,7 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
     import torch
     from accelerate.utils import set_seed
 
+    from harness import names
     from harness.config import resolve_config
     from harness.distributed import agree_on_step
     from harness.evaluation import make_batch, pad_multiple
@@ -117,7 +118,8 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
             agree_on_step(run.accelerator, run.tasks.index(task), False, run.state.step, run.tasks)
             losses = train_step(run, [task])
             run.state.step += 1
-            run.tracker.log_metrics({**{f"train/loss/{t}": v for t, v in losses.items()}, "train/lr": config.lr},
+            run.tracker.log_metrics({**{names.train_loss_key(t): v for t, v in losses.items()},
+                                     names.STEP_METRIC: config.lr},
                                     step=run.state.step)
 
         # Each step's task and batch, drawn ahead from copies of the harness's sampler and streams, so

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 
 def startup_seconds(args, work: Path, cache: Path, index: int) -> float:
     from mlflow.tracking import MlflowClient
+
+    from harness import names
 
     uri = f"sqlite:///{work / f'mlflow{index}.db'}"
     command = [sys.executable, "-m", "harness.cli", "train", "--model", args.model, "--data-dir", args.data_dir,
@@ -31,7 +34,7 @@ def startup_seconds(args, work: Path, cache: Path, index: int) -> float:
         raise SystemExit(result.stderr[-3000:])
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
-    return run.data.metrics["time/startup_seconds"]
+    return run.data.metrics[names.STARTUP_SECONDS]
 
 
 def main() -> None:

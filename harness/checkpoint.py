@@ -44,7 +44,7 @@ def upgrade_metrics(metrics: dict, primary_of) -> dict:
 
 def check_resume_tasks(state: LoopState, where: Path, tasks: list[str]) -> None:
     """A checkpoint continues only the task set it was written with (its heads and task parts)."""
-    from harness.distributed import LaunchError
+    from harness.launch_config import LaunchError
 
     if state.tasks and list(state.tasks) != list(tasks):
         raise LaunchError(f"--resume {where}: written for tasks {','.join(state.tasks)}; this run has "
@@ -63,7 +63,7 @@ def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_si
     checkpoints are partitioned by rank: they need the world size they were written with
     (DeepSpeed's universal-checkpoint conversion is not used here).
     """
-    from harness.distributed import LaunchError
+    from harness.launch_config import LaunchError
 
     if not state.world_size:
         return

@@ -22,16 +22,11 @@ from harness.config import (
     read_config,
     resolve_config,
 )
+from harness.values import parse_pair
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {pair!r}: expected NAME=VALUE")
-        options[key.strip().replace("-", "_")] = value
-    return options
+    return dict(parse_pair(pair, "--option", ConfigError) for pair in pairs)
 
 
 class _Registered:
@@ -222,13 +217,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
-    return parse
+def _comma_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -259,21 +249,30 @@ def _add_sweep_parser(sub) -> None:
                                    "records it as an MLflow parent run with a child run per job, and queues the "
                                    "jobs that have not finished. Run it again to re-run failed or missing jobs.")
     p.add_argument("file", nargs="?", help="a sweep file (YAML), e.g. launch/sweeps/study-quick.yaml")
-    p.add_argument("--name", default="", help="the sweep's id (default: the file's name)")
-    p.add_argument("--variants", type=_csv(str), help="comma-separated variants (replaces the file's)")
-    p.add_argument("--seeds", type=_csv(int), help="comma-separated seeds (replaces the file's)")
+    p.add_argument("--name", default="", help="the sweep's id: a re-run of the same name goes on where it stopped "
+                                              "(default: the file's name; required without a file)")
+    p.add_argument("--variants", type=_comma_list, metavar="V1,V2",
+                   help="comma-separated registered variants, `mtl-bench variants` (replaces the file's)")
+    p.add_argument("--seeds", type=_comma_list, metavar="S1,S2", help="comma-separated integer seeds (replaces "
+                                                                      "the file's)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a training setting for every job, e.g. --set profile=paper")
+                   help="a training setting for every job: any `mtl-bench train` setting by its field name "
+                        "(`batch_size`), except those a sweep sets per job (variant, seed, run_name, resume, "
+                        "launch_config, progress, sweep_*); e.g. --set profile=paper (repeatable)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a training setting to vary: every value with every variant and seed")
+                   help="a training setting to vary: every value with every variant and seed (repeatable: "
+                        "every combination)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
-                   help="a variant option, for the variants that have it")
-    p.add_argument("--launch-config", default="", help="the Accelerate config of each job (default launch/single.yaml)")
+                   help="a variant option, given to the variants that have it, `mtl-bench variants --options` "
+                        "(repeatable)")
+    p.add_argument("--launch-config", default="", help="the Accelerate config of each job (default: "
+                                                       "launch/single.yaml)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
-    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
-                   help="with an executor that queues jobs (slurm): wait until they leave the queue, then report "
-                        "(default: no; local always waits)")
     executors = list_executors()
+    queuing = ", ".join(e.name for e in executors if e.detaches)
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,
+                   help=f"with an executor that queues jobs ({queuing}): wait until they leave the queue, then "
+                        "report and close the sweep's parent run (default: no; the others always wait)")
     p.add_argument("--executor", default="local", choices=[e.name for e in executors],
                    help="where the jobs run: " + "; ".join(f"{e.name}: {e.description}" for e in executors)
                    + " (default: local)")
@@ -287,10 +286,11 @@ def _add_sweep_parser(sub) -> None:
     which.add_argument("--experiment", help="an experiment's finished runs, grouped by variant")
     c.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
     c.add_argument("--out", default="", help="folder for the table and plots (default outputs/compare/<name>)")
-    c.add_argument("--baseline", default="multitask", help="the variant others are compared with")
+    c.add_argument("--baseline", default=TrainConfig.variant, help="the variant others are compared with "
+                                                                   "(default: %(default)s)")
     c.add_argument("--test", default="both", choices=("seeds", "bootstrap", "both"),
-                   help="paired t-test over seeds, paired bootstrap over dev examples, or both")
-    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+                   help="paired t-test over seeds, paired bootstrap over dev examples, or both (default: both)")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     c.set_defaults(func=cmd_compare)
 
 
@@ -354,7 +354,7 @@ def _exit_code(exc: Exception) -> int | None:
     """Errors the user can act on get a one-line message and an exit code instead of a traceback."""
     from harness.compare import CompareError
     from harness.data import DataError
-    from harness.distributed import LaunchError
+    from harness.launch_config import LaunchError
     from harness.model import ModelError
     from harness.sweeps import SweepError
     from harness.tasks import TaskError

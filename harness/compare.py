@@ -146,9 +146,9 @@ def task_title(task: str) -> str:
 
 def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]:
     if not record.predictions:
-        local = Path(client.download_artifacts(record.run_id, "predictions", str(folder / record.run_id)))
+        local = Path(client.download_artifacts(record.run_id, names.PREDICTIONS, str(folder / record.run_id)))
         for task in record.scores:
-            path = local / f"dev-{task}.csv"
+            path = local / names.predictions_file(task)
             if not path.is_file():
                 raise CompareError(f"run {record.run_id} ({record.label} seed {record.seed}): "
                                    f"artifact predictions/dev-{task}.csv is missing")
@@ -472,7 +472,7 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     records, parent_id = collect(client, sweep, experiment, out)
     # A sweep's rows follow the order its file or command line listed the variants in.
-    order = client.get_run(parent_id).data.params.get("variants", "").split(",") if parent_id else None
+    order = client.get_run(parent_id).data.params.get(names.SWEEP_VARIANTS, "").split(",") if parent_id else None
     title = sweep or experiment
     folder = Path(out_dir or Path("outputs") / "compare" / title)
     folder.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ class TrainConfig:
     cache_dir: str = setting("", "where tokenised datasets are cached; empty: the datasets library's cache")
     experiment: str = setting("bert-mtl-bench", "the MLflow experiment the run is recorded in")
     tracking_uri: str = setting("", "the MLflow store; empty: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns")
-    run_name: str = setting("", "the MLflow run's name; empty: MLflow's generated one")
+    run_name: str = setting("", "the MLflow run's name; empty: <variant>-s<seed>")
     progress: bool = setting(True, "show a progress bar")
     system_metrics_interval: float = setting(10.0, "seconds between MLflow's system/* samples (CPU, memory, "
                                              "GPU); 0: none")
@@ -177,11 +177,8 @@ class TrainConfig:
         return self.epochs * self.batches_per_epoch
 
     def flat(self) -> dict[str, Any]:
-        """Flat key -> value, variant options as variant.<name>, for MLflow params."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant_options"}
-        for key, value in self.variant_options.items():
-            out[f"variant.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
-        return out
+        """Every setting but the variant's options (a run logs those resolved: harness/names.py variant_param)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "variant_options"}
 
 
 def convert_setting(name: str, raw: Any, where: str = "") -> Any:

@@ -74,7 +74,7 @@ def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for task, task_rows in rows.items():
-        path = folder / f"dev-{task}.csv"
+        path = folder / names.predictions_file(task)
         with open(path, "w", newline="") as fp:
             writer = csv.writer(fp)
             writer.writerow(["id", "prediction", "label"])

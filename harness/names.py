@@ -26,8 +26,20 @@ SWEEP_JOBS = "sweep.jobs"  # on the parent: how many jobs the sweep has
 SWEEP_FINISHED = "sweep.finished_jobs"  # on the parent: how many finished, set when the sweep ends
 PARENT_ROLE = "sweep"
 
+# Tags that an executor's job environment adds to its run (JSON in this environment variable),
+# e.g. SLURM's {"slurm.job_id": "<array>_<task>"}.
+RUN_TAGS_ENV = "MTL_BENCH_RUN_TAGS"
+
 # Params
-TASKS_PARAM = "variant.tasks"  # the run's task set, comma-separated
+SWEEP_VARIANTS = "variants"  # on a sweep's parent run: its variants in the order the sweep lists them
+
+
+def variant_param(option: str) -> str:
+    """A variant option's param: variant.<option> (every option, resolved, on every run)."""
+    return f"variant.{option}"
+
+
+TASKS_PARAM = variant_param("tasks")  # the run's task set, comma-separated
 OVERALL_FORMULA = "overall_formula"
 SKIPPED_ROWS_PARAM = "data.skipped_rows"  # rows skipped by --lenient-data, all files together
 
@@ -37,9 +49,23 @@ DEV = "dev"  # the reported epoch's dev metrics
 DEV_EPOCH_PREFIX = "dev_epoch"  # every evaluated epoch's, at its step (--eval-every-epoch)
 OVERALL = "overall"
 REPORTED_EPOCH = "dev/epoch"
-TASK_SPECIFIC_TOTAL = "params/task_specific_total"
+TASK_SPECIFIC_TOTAL = "params/task_specific_total"  # = params_key("task_specific_total")
 RATIO_TO_ENCODER = "params/ratio_to_encoder"
 TRAIN_SECONDS = "time/train_seconds"
+STARTUP_SECONDS = "time/startup_seconds"  # process start to the first training step
+
+# Artifacts
+PREDICTIONS = "predictions"  # folder of a run's prediction files
+
+
+def predictions_file(task: str, split: str = "dev") -> str:
+    """A run's per-example predictions of a task: predictions/dev-<task>.csv (id, prediction, label)."""
+    return f"{split}-{task}.csv"
+
+
+def params_key(what: str) -> str:
+    """Parameter-count metrics: params/total, params/task_specific/<task>, ... (harness/params.py)."""
+    return f"params/{what}"
 
 
 def metric_key(task: str, metric: str, prefix: str = DEV) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from harness.names import RATIO_TO_ENCODER, TASK_SPECIFIC_TOTAL, params_key
+
 
 def numel(parameter: nn.Parameter) -> int:
     """True size even when ZeRO-3 has partitioned the tensor (its numel() is then 0)."""
@@ -38,14 +40,14 @@ class ParameterCounts:
 
     def as_metrics(self) -> dict[str, float]:
         """Flat names for MLflow, the same for every variant so runs line up in the UI."""
-        out = {"params/total": self.total, "params/encoder": self.encoder, "params/trainable": self.trainable,
-               "params/shared_added": self.shared_added, "params/ratio_to_encoder": self.ratio,
-               "params/task_specific_total": sum(self.task_specific.values()),
-               "params/heads_total": sum(self.heads.values())}
+        out = {params_key("total"): self.total, params_key("encoder"): self.encoder,
+               params_key("trainable"): self.trainable, params_key("shared_added"): self.shared_added,
+               RATIO_TO_ENCODER: self.ratio, TASK_SPECIFIC_TOTAL: sum(self.task_specific.values()),
+               params_key("heads_total"): sum(self.heads.values())}
         for task, n in self.task_specific.items():
-            out[f"params/task_specific/{task}"] = n
+            out[params_key(f"task_specific/{task}")] = n
         for task, n in self.heads.items():
-            out[f"params/head/{task}"] = n
+            out[params_key(f"head/{task}")] = n
         return out
 
 

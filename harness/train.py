@@ -159,10 +159,8 @@ def sweep_tags(config: TrainConfig) -> dict[str, str]:
     if config.sweep_id:
         tags.update({names.SWEEP_ID: config.sweep_id, names.SWEEP_JOB: config.sweep_job,
                      names.SWEEP_LABEL: config.sweep_label or config.variant})
-    if os.environ.get("SLURM_JOB_ID"):
-        array = os.environ.get("SLURM_ARRAY_JOB_ID")
-        tags["slurm.job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
-                                else os.environ["SLURM_JOB_ID"])
+    # What the executor's job environment says of this job (e.g. SLURM's job id): harness/sweeps/executors.
+    tags.update(json.loads(os.environ.get(names.RUN_TAGS_ENV) or "{}"))
     return tags
 
 
@@ -228,8 +226,9 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
         if resume_from:
             tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
         else:
-            tracker.log_params({**config.flat(), **{f"variant.{k}": (",".join(v) if isinstance(v, tuple) else v)
-                                                    for k, v in asdict(variant_config).items()},
+            tracker.log_params({**config.flat(),
+                                **{names.variant_param(k): (",".join(v) if isinstance(v, tuple) else v)
+                                   for k, v in asdict(variant_config).items()},
                                 names.OVERALL_FORMULA: overall_formula(tasks).describe(),
                                 names.SKIPPED_ROWS_PARAM: sum(len(rows) for t in tasks
                                                               for rows in data[t].skipped.values())})
@@ -300,7 +299,7 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
         import psutil
 
         # From process start (imports, model and data loading, tokenisation) to the first step.
-        tracker.log_metrics({"time/startup_seconds": time.time() - psutil.Process().create_time()}, step=0)
+        tracker.log_metrics({names.STARTUP_SECONDS: time.time() - psutil.Process().create_time()}, step=0)
     while state.epoch <= config.epochs:
         epoch = state.epoch
         if state.step_in_epoch == 0 and tracker:
@@ -351,7 +350,7 @@ def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dic
         return
     state.metrics, state.metrics_epoch = metrics, epoch
     if run.accelerator.is_main_process:
-        write_predictions(rows, run.out_dir / "predictions")
+        write_predictions(rows, run.out_dir / names.PREDICTIONS)
     if run.config.save_model:
         save_reported_model(run)
 
@@ -383,7 +382,7 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
     if accelerator.is_main_process:
         # The reported epoch's, written by record_evaluation (also before a resume).
         for task in run.tasks:
-            tracker.log_artifact(out_dir / "predictions" / f"dev-{task}.csv", "predictions")
+            tracker.log_artifact(out_dir / names.PREDICTIONS / names.predictions_file(task), names.PREDICTIONS)
         if config.save_model:  # the reported epoch's, written by record_evaluation
             from harness.trained import ARTIFACT_PATH
 

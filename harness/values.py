@@ -15,6 +15,14 @@ TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no")
 
 
+def parse_pair(pair: str, flag: str, error: type[Exception] = ValueError) -> tuple[str, str]:
+    """NAME=VALUE (as --option, --set, --grid take it) as (name with '-' read as '_', value)."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise error(f"{flag} {pair!r}: expected NAME=VALUE")
+    return key.strip().replace("-", "_"), value
+
+
 def describe(hint: Any) -> str:
     """What a value of this type looks like, for error and help texts."""
     if typing.get_origin(hint) is typing.Literal:

@@ -80,7 +80,7 @@ def test_a_bad_sweep_file_is_refused_naming_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=rf"sweep file {path}: unknown key\(s\) \['setting'\]"):
         load_spec(path)
     path.write_text("variants: [multitask]\nseeds: [zero]\n")
-    with pytest.raises(ConfigError, match=rf"sweep file {path}: seeds must be integers"):
+    with pytest.raises(ConfigError, match=rf"sweep file {path}: seeds: expected an integer, got .zero."):
         load_spec(path)
     path.write_text("variants: [no-such-variant]\nseeds: [0]\n")
     from variants import VariantError
@@ -220,6 +220,20 @@ def test_ambiguous_sweeps_are_refused(kwargs, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("seeds: [1, 1.0]", r"seeds: expected an integer, got 1.0"),  # not silently 1
+    ("seeds: [1, true]", r"seeds: expected an integer, got True"),
+    ("seeds: [0, '0']", r"'seeds' lists a value twice: \[0, 0\]"),
+    ("seeds: [0]\ngrid: {lr: [1e-4, 0.0001]}", r"grid 'lr' lists a value twice: \[0.0001, 0.0001\]"),
+    ("seeds: [0]\nvariants: [multitask, multitask]", r"'variants' lists a value twice"),
+])
+def test_a_sweep_that_would_run_one_job_twice_is_refused_on_the_typed_values(tmp_path, text, message):
+    path = tmp_path / "twice.yaml"
+    path.write_text("variants: [multitask]\n" * ("variants" not in text) + text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+
+
 def test_a_sweep_file_with_a_string_for_a_list_is_refused(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("variants: multitask\nseeds: [0]\n")
@@ -273,13 +287,20 @@ def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slu
     with pytest.raises(ConfigError, match="runs one process .* asks for 8: use launch/ddp.yaml"):
         slurm_launch_config(REPO / "launch/single.yaml", SlurmOptions(nodes=2, gpus_per_node=4))
 
+    from harness.sweeps.executors import slurm
+
     monkeypatch.setenv("SLURM_NNODES", "2")
     monkeypatch.setenv("SLURM_NODEID", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
-    monkeypatch.setattr(job_runner, "_main_host", lambda: "node017")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "123450")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "6")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "8")
+    monkeypatch.setattr(slurm, "_main_host", lambda: "node017")
+    place = slurm.SlurmExecutor.placement()
+    assert (place.cpus, place.tags) == (8, {"slurm.job_id": "123450_6"})  # recorded on the run as a tag
     job = Job(0, "abc", "multitask", "multitask", 0, {"epochs": 2, "length_grouping": False}, {})
     meta = {"launch_config": str(launch), "parent_run_id": "p", "name": "study"}
-    command = job_runner.job_command(tmp_path / "jobs.json", job, meta, resume=tmp_path / "run")
+    command = job_runner.job_command(tmp_path / "jobs.json", job, meta, tmp_path / "run", place)
     text = " ".join(command)
     assert f"--config_file {launch}" in text and f"--launch-config {launch}" in text
     assert "--num_machines 2 --machine_rank 1 --main_process_ip node017" in text

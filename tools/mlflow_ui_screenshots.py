@@ -24,6 +24,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -67,16 +69,27 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("chromium not found: install Debian's chromium package (apt-get install chromium)")
     from mlflow.tracking import MlflowClient
 
+    from harness import names
+    from harness.sweeps.records import job_runs
+
     client = MlflowClient(args.tracking_uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise SystemExit(f"no experiment {args.experiment!r} in {args.tracking_uri}")
     eid = experiment.experiment_id
-    runs = client.search_runs([eid], f"tags.`sweep.id` = '{args.sweep}'", order_by=["attributes.start_time ASC"])
-    parent = next((r for r in runs if r.data.tags.get("sweep.role") == "sweep"), None)
-    children = [r for r in runs if r.data.tags.get("sweep.role") != "sweep" and r.info.status == "FINISHED"]
-    if parent is None or len(children) < 2:
+    parents = client.search_runs([eid], f"tags.`{names.SWEEP_ID}` = '{args.sweep}' and "
+                                        f"tags.`{names.SWEEP_ROLE}` = '{names.PARENT_ROLE}'")
+    finished = [r for runs in job_runs(client, eid, args.sweep).values() for r in runs if r.info.status == "FINISHED"]
+    if not parents or len(finished) < 2:
         raise SystemExit(f"sweep {args.sweep!r}: need its parent run and 2+ finished job runs in {args.experiment}")
+    parent = parents[0]
+    # One run of each variant (the lowest seed), in the sweep's order, for the run page and the compare view.
+    order = parent.data.params.get(names.SWEEP_VARIANTS, "").split(",")
+    first = {}
+    for run in sorted(finished, key=lambda r: int(r.data.tags[names.SEED])):
+        first.setdefault(run.data.tags[names.VARIANT], run)
+    children = sorted(first.values(), key=lambda r: order.index(r.data.tags[names.VARIANT])
+                      if r.data.tags[names.VARIANT] in order else len(order))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -1,8 +1,9 @@
 """One job of a sweep, run where its executor put it: `python -m harness.sweeps.job JOBS_FILE INDEX`.
 
 The job reads its training config from jobs/<key>/config.json (written by `mtl-bench sweep`),
-launches the harness with `accelerate launch` (on SLURM, once per node, each node with its
-rank), and resumes from the job's latest checkpoint if it has one.
+launches the harness with `accelerate launch` where its executor's `placement` says (a multi-
+machine job: once per machine, each with its rank), and resumes from the job's latest
+checkpoint if it has one.
 """
 from __future__ import annotations
 
@@ -14,31 +15,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import names
 from harness.launch_config import processes_per_node, read_launch_config, world_size
+from harness.sweeps.executors import Placement, get_executor
 from harness.sweeps.spec import Job, job_config_path
 
 
-def _main_host() -> str:
-    """The first node of this SLURM job: where the processes of all nodes meet."""
-    out = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
-
-
-def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None) -> list[str]:
-    """`accelerate launch` of the harness for one job. The launch config holds the total process
-    count (for SLURM, the executor wrote one for the requested nodes x GPUs)."""
+def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None, place: Placement) -> list[str]:
+    """`accelerate launch` of the harness for one job, on the machine `place` describes. The launch
+    config holds the total process count (the executor may have rewritten it for its machines)."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
               meta["launch_config"]]
-    nodes = int(os.environ.get("SLURM_NNODES", "1"))
-    if world_size(read_launch_config(meta["launch_config"])) > 1 or nodes > 1:
-        # A port of this job's own: jobs sharing a node must not meet on accelerate's default 29500.
-        job_id = os.environ.get("SLURM_JOB_ID")
-        port = 20000 + int(job_id) % 20000 if job_id else 29500 + 1 + job.index % 1000
-        launch += ["--main_process_port", str(port)]
-    if nodes > 1:  # every node runs this; its rank from SLURM; all meet on the first node
-        launch += ["--num_machines", str(nodes), "--machine_rank", os.environ["SLURM_NODEID"],
-                   "--main_process_ip", _main_host()]
+    if world_size(read_launch_config(meta["launch_config"])) > 1 or place.machines > 1:
+        # A port of this job's own: jobs sharing a machine must not meet on accelerate's default 29500.
+        launch += ["--main_process_port", str(place.port or 29500 + 1 + job.index % 1000)]
+    if place.machines > 1:  # every machine runs this, each with its rank; all meet on the main host
+        launch += ["--num_machines", str(place.machines), "--machine_rank", str(place.machine_rank),
+                   "--main_process_ip", place.main_host]
     # The launch config is the executor's choice (SLURM rewrites it per submission), so it is
     # given here rather than in the job's config file; so is the checkpoint to resume.
     train = ["-m", "harness.cli", "train", "--config", str(job_config_path(jobs_file, job)),
@@ -68,7 +61,8 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
     meta = json.loads(jobs_file.read_text())
     job = Job(**meta["jobs"][index])
     resume = latest_checkpoint(jobs_file.parent / "jobs" / job.key)
-    command = job_command(jobs_file, job, meta, resume)
+    place = get_executor(meta.get("executor", "local")).placement()
+    command = job_command(jobs_file, job, meta, resume, place)
     print(f"sweep {meta['name']} job {index} ({job.run_name}, key {job.key})"
           + (f", resuming {resume}" if resume else ""), flush=True)
     print(shlex.join(command), flush=True)
@@ -76,12 +70,12 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    env = {**os.environ, **meta.get("env", {})}
+    env = {**os.environ, **meta.get("env", {}), names.RUN_TAGS_ENV: json.dumps(place.tags)}
     if "OMP_NUM_THREADS" not in env:
         # `accelerate launch` sets OMP_NUM_THREADS=1 when it is unset: on CPUs that halves a 2-core
-        # machine's speed. Give each process of this node its share of the node's CPUs instead.
+        # machine's speed. Give each process of this machine its share of the machine's CPUs instead.
         local = processes_per_node(read_launch_config(meta["launch_config"]))
-        cpus = int(env.get("SLURM_CPUS_ON_NODE") or len(os.sched_getaffinity(0)))
+        cpus = place.cpus or len(os.sched_getaffinity(0))
         env["OMP_NUM_THREADS"] = str(max(1, cpus // local))
     child = subprocess.Popen(command, cwd=meta["cwd"], env=env)
 

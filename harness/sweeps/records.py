@@ -22,7 +22,7 @@ def parent_run(client, experiment_id: str, spec: SweepSpec, jobs: list[Job], exe
         names.SWEEP_ID: spec.name, names.SWEEP_ROLE: names.PARENT_ROLE, names.SWEEP_JOBS: str(len(jobs)),
         "mlflow.note.content": f"Sweep {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds "
                                f"({len(jobs)} jobs); its jobs are the child runs below it."}))
-    params = {"variants": ",".join(spec.variants), "seeds": ",".join(map(str, spec.seeds)),
+    params = {names.SWEEP_VARIANTS: ",".join(spec.variants), "seeds": ",".join(map(str, spec.seeds)),
               "launch_config": spec.launch_config, "executor": executor,
               **{f"set.{k}": v for k, v in spec.set.items()},
               **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},

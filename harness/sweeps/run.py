@@ -37,7 +37,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
         # Created once here, before any job starts: concurrent creation by jobs would race.
         experiment_id = retry(lambda: get_or_create_experiment(client, experiment, tracking_uri))
     parent_id = parent_run(client, experiment_id, spec, jobs, executor.name)
-    jobs_file = write_jobs_file(folder, spec, jobs, parent_id, tracking_uri, experiment)
+    jobs_file = write_jobs_file(folder, spec, jobs, parent_id, tracking_uri, experiment, executor.name)
     client.log_artifact(parent_id, str(jobs_file))
     states = {key: job_state(runs) for key, runs in job_runs(client, experiment_id, spec.name).items()}
     todo = [j for j in jobs if states.get(j.key) != "FINISHED"]

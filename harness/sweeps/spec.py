@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import SWEEP_FIELDS, ConfigError, TrainConfig, convert_setting, resolve_config, write_config
+from harness.values import convert, parse_pair
 
 # Fields a sweep decides for each job itself, so a sweep file or --set cannot give them.
 NOT_SETTINGS = {"variant", "seed", "variant_options", "resume", "run_name", "launch_config", "progress",
@@ -87,13 +88,13 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
             raise ConfigError(f"{where}: {key!r} must be a mapping of NAME: VALUE, got {data[key]!r}")
         data[key] = dict(data.get(key) or {})
     for pair in settings:
-        key, value = _pair(pair, "--set")
+        key, value = parse_pair(pair, "--set", ConfigError)
         data["set"][key] = value
     for pair in grid:
-        key, value = _pair(pair, "--grid")
+        key, value = parse_pair(pair, "--grid", ConfigError)
         data["grid"][key] = value.split(",")
     for pair in options:
-        key, value = _pair(pair, "--option")
+        key, value = parse_pair(pair, "--option", ConfigError)
         data["options"][key] = value
     for required in ("name", "variants", "seeds"):
         if not data.get(required):
@@ -104,12 +105,8 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         if not isinstance(data[key], list):
             example = "[multitask, pals-top]" if key == "variants" else "[0, 1, 2]"
             raise ConfigError(f"{where}: {key!r} must be a list, e.g. {example}, got {data[key]!r}")
-        if len(set(map(str, data[key]))) != len(data[key]):
-            raise ConfigError(f"{where}: {key!r} lists a value twice: {data[key]!r}")
-    try:
-        data["seeds"] = [int(s) for s in data["seeds"]]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: seeds must be integers, got {data['seeds']!r}") from None
+    data["variants"] = [convert(str, v, f"{where}: variants", ConfigError) for v in data["variants"]]
+    data["seeds"] = [convert(int, s, f"{where}: seeds", ConfigError) for s in data["seeds"]]
     both = sorted(set(data["set"]) & set(data["grid"]))
     if both:
         raise ConfigError(f"{where}: {both} both set for every job and varied in the grid; give each in one place")
@@ -118,16 +115,13 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: grid {key!r} must be a non-empty list of values, got {values!r}")
         data["grid"][key] = [_setting(key, v) for v in values]
-    data["variants"] = [str(v) for v in data["variants"]]
+    # Typed values decide what is the same: `lr: [1e-4, 0.0001]` would be one job twice.
+    for what, values in [("'variants'", data["variants"]), ("'seeds'", data["seeds"]),
+                         *((f"grid {k!r}", v) for k, v in data["grid"].items())]:
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}: {what} lists a value twice: {values!r}")
     data["name"] = str(data["name"])
     return SweepSpec(**data)
-
-
-def _pair(pair: str, flag: str) -> tuple[str, str]:
-    key, sep, value = pair.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"{flag} {pair!r}: expected NAME=VALUE")
-    return key.strip().replace("-", "_"), value
 
 
 def expand(spec: SweepSpec) -> list[Job]:
@@ -194,14 +188,14 @@ def job_config_path(jobs_file: Path, job: Job) -> Path:
 
 
 def write_jobs_file(folder: Path, spec: SweepSpec, jobs: list[Job], parent_run_id: str, tracking_uri: str,
-                    experiment: str) -> Path:
+                    experiment: str, executor: str = "local") -> Path:
     """jobs.json (the sweep and its jobs, for the job runner) and every job's config.json."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "jobs.json"
     for job in jobs:
         write_config(job_config(job, spec.name, parent_run_id, folder), job_config_path(path, job))
-    meta = {"name": spec.name, "parent_run_id": parent_run_id, "launch_config": str(Path(spec.launch_config).resolve()),
-            "cwd": str(Path.cwd()),
+    meta = {"name": spec.name, "executor": executor, "parent_run_id": parent_run_id,
+            "launch_config": str(Path(spec.launch_config).resolve()), "cwd": str(Path.cwd()),
             "env": {"MLFLOW_TRACKING_URI": tracking_uri}, "experiment": experiment,
             "spec": dataclasses.asdict(spec), "jobs": [dataclasses.asdict(j) for j in jobs]}
     tmp = path.with_suffix(".tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -22,10 +23,23 @@ class SweepError(RuntimeError):
     """A sweep cannot be expanded, submitted or followed; the message says why."""
 
 
+@dataclass
+class Placement:
+    """Where this process runs its job, as the job runner (harness/sweeps/job.py) needs to know it."""
+
+    machines: int = 1  # machines the job's processes span; this process runs `accelerate launch` on one
+    machine_rank: int = 0
+    main_host: str = ""  # where the machines meet (machines > 1)
+    port: int = 0  # a port of the job's own for the rendezvous; 0: 29501 + the job's index
+    cpus: int = 0  # CPUs of this machine for the job; 0: those this process may use
+    tags: dict[str, str] = field(default_factory=dict)  # recorded on the job's run (e.g. the scheduler's job id)
+
+
 class Executor:
     """Runs a sweep's jobs. `run_sweep` calls, in order: `check` (before anything is recorded),
     `active` (jobs of earlier submissions still queued or running, not to be submitted again),
-    `submit` (the jobs to run), and `wait` (until they have ended)."""
+    `submit` (the jobs to run), and `wait` (until they have ended). On the machine that runs a
+    job, `placement` says where it runs (read from the scheduler's environment)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -53,6 +67,11 @@ class Executor:
     def wait(self) -> None:
         """Until every submitted job has ended (calling `report` for each, where it can)."""
         raise NotImplementedError
+
+    @classmethod
+    def placement(cls) -> Placement:
+        """Called by the job runner on the machine that runs a job: one machine unless said otherwise."""
+        return Placement()
 
 
 _EXECUTORS: dict[str, type[Executor]] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from harness.config import ConfigError
 from harness.launch_config import is_distributed, processes_per_node, read_launch_config
-from harness.sweeps.executors import Executor, Report, SweepError, register_executor
+from harness.sweeps.executors import Executor, Placement, Report, SweepError, register_executor
 from harness.sweeps.spec import Job, SweepSpec
 
 
@@ -62,6 +63,13 @@ def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, py
               f"srun --kill-on-bad-exit=1{cpus} {shlex.quote(python)} -m harness.sweeps.job "
               f"{shlex.quote(str(jobs_file))} \"$SLURM_ARRAY_TASK_ID\"", ""]
     return "\n".join(lines)
+
+
+def _main_host() -> str:
+    """The first node of this SLURM job: where the processes of all nodes meet."""
+    out = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
 
 
 def job_name(sweep_name: str) -> str:
@@ -173,6 +181,20 @@ class SlurmExecutor(Executor):
             fp.write(json.dumps({"job_id": self.job_id, "keys": {str(j.index): j.key for j in jobs},
                                  "script": str(script), "time": time.time()}) + "\n")
         return f"submitted SLURM array job {self.job_id} ({len(jobs)} tasks); logs in {folder / 'logs'}"
+
+    @classmethod
+    def placement(cls) -> Placement:
+        """From SLURM's environment: srun runs the job runner once per node, each with its node id."""
+        env = os.environ
+        nodes = int(env.get("SLURM_NNODES", "1"))
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env.get("SLURM_JOB_ID", "")
+        return Placement(machines=nodes, machine_rank=int(env.get("SLURM_NODEID", "0")),
+                         main_host=_main_host() if nodes > 1 else "",
+                         # The same on every node of the job, and different from other jobs sharing a node.
+                         port=20000 + int(env["SLURM_JOB_ID"]) % 20000 if env.get("SLURM_JOB_ID") else 0,
+                         cpus=int(env.get("SLURM_CPUS_ON_NODE") or 0),
+                         tags={"slurm.job_id": job_id} if job_id else {})
 
     def wait(self, timeout: float | None = None) -> None:
         """Until no task of the submitted array job is pending, running or completing."""
