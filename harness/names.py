@@ -6,11 +6,6 @@ spec: `dev/<task>/<metric>` for each metric the spec lists, its primary one firs
 """
 from __future__ import annotations
 
-# Experiment tag read by MLflow's UI (3.x): "custom_model_development" opens an experiment on its
-# training runs and metrics (the default for an untagged one is the GenAI layout of traces).
-EXPERIMENT_KIND = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-
 # Tags of every run
 VARIANT = "variant"
 SEED = "seed"

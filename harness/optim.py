@@ -64,7 +64,8 @@ class TaskSteps:
         self.optimizer = optimizer
         self.active: set[str] = set()
         self.inner = innermost(optimizer)
-        if inactive_tasks == "skip":
+        self.skip = inactive_tasks == "skip"
+        if self.skip:
             self.inner.register_step_pre_hook(self._drop_inactive_gradients)
 
     def begin(self, lr: float, tasks: set[str]) -> None:
@@ -80,9 +81,15 @@ class TaskSteps:
                     parameter.grad = None
 
 
-def fill_missing_gradients(model) -> None:
-    """Gives parameters without a gradient a zero one, so that AdamW's state advances the same
-    way as under DeepSpeed, whose flat gradient buffers hold zeros for unused parameters."""
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
+    def fill_missing_gradients(self) -> None:
+        """Gives the parameters this step updates a zero gradient where they have none (a part the
+        forward did not use), so that AdamW's state advances the same way as under DeepSpeed, whose
+        flat gradient buffers hold zeros for unused parameters. Under "skip" inactive tasks'
+        parameters are left without one: the step drops their gradients anyway, and zeros for
+        them would cost an allocation the size of every other task's parts at every step."""
+        for group in self.inner.param_groups:
+            if self.skip and group.get("task") and group["task"] not in self.active:
+                continue
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)

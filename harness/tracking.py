@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from harness import names
 from harness.names import STEP_METRIC
 
 DEFAULT_STORE_DIR = "mlruns"
@@ -44,12 +43,9 @@ def git_commit() -> str:
 
 
 def get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
-    """The experiment's id, created if missing (its artifacts beside a SQLite store), and marked as
-    model training so that MLflow's UI opens it on runs and metrics rather than on GenAI traces."""
+    """The experiment's id, created if missing (its artifacts beside a SQLite store)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        if names.EXPERIMENT_KIND not in experiment.tags:
-            client.set_experiment_tag(experiment.experiment_id, names.EXPERIMENT_KIND, names.MODEL_TRAINING)
         return experiment.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):
@@ -57,8 +53,7 @@ def get_or_create_experiment(client, name: str, tracking_uri: str) -> str:
         db_path = Path(tracking_uri[len("sqlite:///"):])
         artifact_location = (db_path.parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                        tags={names.EXPERIMENT_KIND: names.MODEL_TRAINING})
+        return client.create_experiment(name, artifact_location=artifact_location)
     except Exception:
         # Another process created it between our lookup and create: use theirs.
         experiment = client.get_experiment_by_name(name)

@@ -42,7 +42,7 @@ from harness.distributed import (
 )
 from harness.evaluation import dev_metric_names, evaluate, make_batch, pad_multiple, selection_score, write_predictions
 from harness.model import build_model, check_model, load_encoder, task_loss
-from harness.optim import TaskSteps, fill_missing_gradients, make_optimizer
+from harness.optim import TaskSteps, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
 from harness.tasks import get_task, overall_formula
@@ -275,7 +275,7 @@ def train_step(run: Run, window: list[str]) -> dict[str, float]:
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 if not run.deepspeed:
-                    fill_missing_gradients(model)
+                    run.task_steps.fill_missing_gradients()
             optimizer.step()
             if accelerator.sync_gradients and accelerator.optimizer_step_was_skipped:
                 # fp16 loss scaling met inf/NaN gradients: no update, a smaller scale next step. Counted,

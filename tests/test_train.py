@@ -442,15 +442,3 @@ def test_device_tags_name_the_gpus_and_the_cuda_and_nccl_versions(monkeypatch):
     assert device_tags() == {"torch.version": torch.__version__, "device.type": "cuda", "device.name": "NVIDIA H200",
                              "device.count": 8, "cuda.version": "12.8", "nccl.version": "2.27.3"}
 
-
-def test_experiments_are_marked_as_model_training_for_the_mlflow_ui(tmp_path):
-    """MLflow 3's UI opens an untagged experiment on GenAI traces; ours open on runs and metrics."""
-    from harness.tracking import RunTracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    client.create_experiment("made-elsewhere")  # an existing experiment, created without the tag
-    for name in ("made-here", "made-elsewhere"):
-        tracker = RunTracker(uri, name, run_name="r")
-        tracker.finish()
-        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -7,8 +7,9 @@ chart view, the compare view and the compare plot, taken with headless Chromium.
         --experiment ui-demo --sweep ui-demo --out docs/images
 
 It starts `mlflow server` on the store (127.0.0.1, a free port), opens each page in Chromium as a
-first-time visitor would (child runs expanded, MLflow's assistant panel closed, nothing else
-changed), waits for the page to settle, writes one PNG per view, and stops the server. The
+first-time visitor would (MLflow's assistant panel closed, the "Model training" view; in the
+runs table the sweep's parent run expanded and "Show more columns" clicked), waits for the page
+to settle, writes one PNG per view, and stops the server. The
 README's pictures were made this way (see its "Tracking" section).
 """
 from __future__ import annotations
@@ -48,11 +49,30 @@ def start_server(tracking_uri: str, port: int) -> subprocess.Popen:
     raise SystemExit(f"mlflow server on port {port} did not come up in 120 s")
 
 
-def screenshot(page, url: str, path: Path, wait_s: float) -> None:
+def screenshot(page, url: str, path: Path, wait_s: float, prepare=None) -> None:
     page.goto(url, wait_until="load")  # (never "networkidle": the runs page polls the server)
     page.wait_for_timeout(int(wait_s * 1000))  # charts draw after the data arrives
+    if prepare is not None:
+        prepare(page)
+        page.wait_for_timeout(int(wait_s * 1000))
     page.screenshot(path=str(path))
     print(f"{path}  <-  {url}")
+
+
+def open_runs_table(sweep: str, metrics: list[str], chooser: Path):
+    """As a user opens the runs table: the sweep's parent run expanded, "Show more columns" clicked
+    (a picture of its list, which begins with the metrics), then the dev metrics ticked."""
+    def prepare(page) -> None:
+        name_cell = page.locator('[role=gridcell][col-id="attributes.`Run Name`"]').filter(has_text=sweep).first
+        name_cell.locator("button").first.click()
+        page.get_by_text("Show more columns").first.click()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(chooser))
+        print(f"{chooser}  <-  the runs table's column list")
+        for metric in metrics:
+            page.get_by_text(metric, exact=True).first.click()
+        page.keyboard.press("Escape")
+    return prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True, help="the sweep's experiment")
     parser.add_argument("--sweep", required=True, help="the sweep's id (its parent run holds compare/)")
     parser.add_argument("--out", default="docs/images", help="folder for the PNGs (default: docs/images)")
-    parser.add_argument("--size", default="1600,1000", help="browser window, WIDTH,HEIGHT (default: 1600,1000)")
+    parser.add_argument("--size", default="1920,1000", help="browser window, WIDTH,HEIGHT (default: 1920,1000)")
     parser.add_argument("--wait", type=float, default=5.0, help="seconds to wait after a page loads (default: 5)")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -83,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if not parents or len(finished) < 2:
         raise SystemExit(f"sweep {args.sweep!r}: need its parent run and 2+ finished job runs in {args.experiment}")
     parent = parents[0]
+    parent_tasks = finished[0].data.params.get(names.TASKS_PARAM, "").split(",")
     # One run of each variant (the lowest seed), in the sweep's order, for the run page and the compare view.
     order = parent.data.params.get(names.SWEEP_VARIANTS, "").split(",")
     first = {}
@@ -106,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         "ui-compare-plot.png": f"{base}/experiments/{eid}/runs/{parent.info.run_id}/artifacts/compare/overall.png",
     }
     width, height = map(int, args.size.split(","))
-    # A first visit opens MLflow's assistant panel over a third of the page; a user closes it.
-    # Child runs are shown expanded under their sweep's parent run, as a user opens them.
-    init = (f"localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-            f"localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-            f"localStorage.setItem('MLflowLocalStorage-1.1-ExperimentView-{eid}-expandRows', 'true');")
+    # A first visit opens MLflow's assistant panel over a third of the page, and the sidebar in its
+    # GenAI mode: a user closes the one and picks "Model training" in the other.
+    init = ("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            "localStorage.setItem('mlflow.workflowType_v1', '\"machine_learning\"');")
     from playwright.sync_api import sync_playwright
 
     try:
@@ -119,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.add_init_script(init)
             for name, url in views.items():
-                screenshot(page, url, out / name, args.wait)
+                prepare = None
+                if name == "ui-runs-table.png":
+                    tasks = [t for t in parent_tasks if t]
+                    metrics = [names.overall_key()] + [names.primary_key(t) for t in tasks]
+                    prepare = open_runs_table(parent.info.run_name, metrics, out / "ui-runs-columns.png")
+                screenshot(page, url, out / name, args.wait, prepare)
             browser.close()
     finally:
         server.terminate()
