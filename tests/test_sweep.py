@@ -433,3 +433,62 @@ def test_compare_orders_rows_by_the_sweeps_variant_order_else_baseline_first_the
     assert [r["variant"] for r in rows] == ["multitask", "embert", "lowrank-plugin", "pals-top"]
     rows = summarise(records, "multitask", "seeds", 0, order=["pals-top", "multitask", "lowrank-plugin"])
     assert [r["variant"] for r in rows] == ["pals-top", "multitask", "lowrank-plugin", "embert"]
+
+
+def test_an_executor_is_one_class_the_sweep_command_and_run_sweep_use_without_knowing_it(tmp_path, monkeypatch):
+    """A new executor needs no change elsewhere: registered, it is an --executor choice with its own
+    options, and run_sweep drives it through check, active, submit and wait."""
+    from harness.cli import build_parser
+    from harness.sweeps import Executor, executors, run_sweep
+    from harness.sweeps.executors import register_executor
+
+    monkeypatch.setattr(executors, "_EXECUTORS", dict(executors._EXECUTORS))  # registered for this test only
+    calls = []
+
+    @register_executor
+    class RecordingExecutor(Executor):
+        name = "recording"
+        description = "records what it is asked to do"
+        detaches = True
+
+        @classmethod
+        def add_arguments(cls, group):
+            group.add_argument("--queue-name", default="q1")
+
+        @classmethod
+        def from_args(cls, args):
+            return cls(args.queue_name)
+
+        def __init__(self, queue_name: str = "q1"):
+            self.queue_name = queue_name
+
+        def check(self, spec):
+            calls.append(("check", spec.name))
+
+        def active(self, folder):
+            calls.append(("active", folder.name))
+            return set()
+
+        def submit(self, jobs_file, jobs, report):
+            calls.append(("submit", self.queue_name, [j.run_name for j in jobs], jobs_file.is_file()))
+            return f"queued {len(jobs)} on {self.queue_name}"
+
+        def wait(self):
+            calls.append(("wait",))
+
+    sweep = build_parser()._subparsers._group_actions[0].choices["sweep"]
+    args = sweep.parse_args(["--name", "x", "--variants", "multitask", "--seeds", "0", "--executor", "recording",
+                             "--queue-name", "gpu-long"])
+    assert args.executor == "recording" and RecordingExecutor.from_args(args).queue_name == "gpu-long"
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "single.yaml").write_text((REPO / "launch" / "single.yaml").read_text())
+    spec = load_spec(None, "x", ["multitask", "pals-top"], [0], settings=[f"output_dir={tmp_path / 'out'}"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    lines = []
+    states = run_sweep(spec, RecordingExecutor("gpu-long"), wait=False, out=lines.append)
+    assert calls == [("check", "x"), ("active", "x"), ("submit", "gpu-long", ["multitask_s0", "pals-top_s0"], True)]
+    assert "queued 2 on gpu-long" in lines and set(states.values()) == {"MISSING"}  # queued, not run: no wait
+    jobs = json.loads((tmp_path / "out" / "sweeps" / "x" / "jobs.json").read_text())
+    assert jobs["executor"] == "recording"  # what the job runner asks for the job's placement

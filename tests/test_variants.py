@@ -169,7 +169,8 @@ def test_identity_at_initialisation_where_the_method_intends_it(encoder, name):
         reference = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         for task in model.tasks:
             model.variant.set_context(task, batch["attention_mask"])
-            hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = model.encoder(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
             assert torch.equal(model.variant.top(hidden), reference)
 
 
