@@ -23,6 +23,7 @@ class LoopState:
     run_id: str = ""
     metrics: dict = field(default_factory=dict)  # the dev metrics to report (the best or the last epoch's)
     metrics_epoch: int = 0  # the epoch they are from
+    validation_metrics: dict = field(default_factory=dict)  # that epoch's validation metrics (if a split is held out)
     sampler: dict = field(default_factory=dict)
     streams: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # training time up to this checkpoint, over all earlier segments of the run

@@ -100,6 +100,11 @@ class TrainConfig:
                                  "two encoded separately and combined ('separate')", PAIR_ENCODINGS)
     length_grouping: bool = setting(True, "batch examples of similar length together (less padding)")
     eval_batch_size: int = setting(64, "examples per batch when evaluating")
+    validation_fraction: float = setting(0.0, "fraction of each task's training rows held out as a validation "
+                                         "split (chosen by a hash of task and row id: the same rows in every "
+                                         "run, whatever the seed or file order), evaluated with dev and logged as "
+                                         "val/*; the reported epoch is then the best on validation, and dev "
+                                         "stays for reporting. 0: no validation split, in [0, 0.5]")
     eval_every_epoch: bool = setting(False, "evaluate on dev after every epoch (else only after the last)")
     report_epoch: str = setting("best", "with --eval-every-epoch: report the 'best' epoch's dev metrics (by the "
                                 "overall score) or the 'last' one's", REPORT_EPOCHS)
@@ -146,6 +151,8 @@ class TrainConfig:
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected a value >= 0, got {getattr(self, name)!r}")
+        if isinstance(self.validation_fraction, bool) or not 0 <= self.validation_fraction <= 0.5:
+            raise ConfigError(f"validation_fraction: expected a fraction in [0, 0.5], got {self.validation_fraction!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction: expected a value in [0, 1), got {self.warmup_fraction!r}")
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:

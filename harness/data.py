@@ -273,12 +273,24 @@ class TaskData:
     dev_ids: list[str]
     skipped: dict[str, list[tuple[int, str]]]  # file name -> skipped (line, problem)
     pad_id: int = 0  # the tokenizer's padding id
+    validation: Any = None  # held out from the training file (--validation-fraction), or None
+    validation_ids: list[str] = field(default_factory=list)
+
+
+def validation_rows(task: str, ids: list[str], fraction: float) -> list[bool]:
+    """Which training rows are held out for validation: a row is, if a hash of its task and id falls
+    below `fraction`. Deterministic and independent of the rows' order, the seed and the other rows."""
+    def position(row_id: str) -> float:
+        digest = hashlib.sha256(f"{task}\0{row_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64
+    return [position(i) < fraction for i in ids]
 
 
 def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max_length: int,
                    pair_encoding: str = "joint", lenient: bool = False,
-                   cache_dir: str | os.PathLike | None = None) -> dict[str, TaskData]:
-    """Validates and tokenises the train and dev splits of each task."""
+                   cache_dir: str | os.PathLike | None = None, validation_fraction: float = 0.0) -> dict[str, TaskData]:
+    """Validates and tokenises the train and dev splits of each task; with `validation_fraction`, holds
+    that fraction of each training file out as its validation split (`validation_rows`)."""
     data_dir = Path(data_dir)
     out: dict[str, TaskData] = {}
     for name in tasks:
@@ -290,8 +302,18 @@ def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max
             rows = read_rows(data_dir / filename, spec, lenient=lenient)
             skipped[filename] = rows.skipped
             splits[split] = (rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir))
-        out[name] = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped,
-                             pad_id_of(tokenizer))
+        data = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped,
+                        pad_id_of(tokenizer))
+        if validation_fraction > 0:
+            train_rows = splits["train"][0]
+            held = validation_rows(name, train_rows.ids, validation_fraction)
+            if all(held) or not any(held):
+                raise DataError(f"{spec.file('train')}: --validation-fraction {validation_fraction} leaves "
+                                f"{'no training' if all(held) else 'no validation'} rows of its {len(held)}")
+            data.validation = data.train.select([i for i, h in enumerate(held) if h])
+            data.validation_ids = [i for i, h in zip(train_rows.ids, held) if h]
+            data.train = data.train.select([i for i, h in enumerate(held) if not h])
+        out[name] = data
     return out
 
 

@@ -57,15 +57,18 @@ def predict_dataset(model, task: str, dataset, config: TrainConfig, accelerator,
     return [merged[i][0] for i in range(len(order))], [merged[i][1] for i in range(len(order))]
 
 
-def evaluate(model, data, config: TrainConfig, accelerator) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
-    """Dev metrics per task (task -> metric -> value), and per-example predictions (id, prediction, label)."""
+def evaluate(model, data, config: TrainConfig, accelerator,
+             split: str = "dev") -> tuple[dict[str, dict[str, float]], dict[str, list]]:
+    """Metrics per task of the `split` ("dev", or "validation": held out of train) (task -> metric ->
+    value), and per-example predictions (id, prediction, label)."""
     model.eval()
     metrics, rows = {}, {}
     for task, task_data in data.items():
-        preds, _ = predict_dataset(model, task, task_data.dev, config, accelerator, task_data.pad_id)
-        labels = task_data.dev["label"]
+        dataset, ids = getattr(task_data, split), getattr(task_data, f"{split}_ids")
+        preds, _ = predict_dataset(model, task, dataset, config, accelerator, task_data.pad_id)
+        labels = dataset["label"]
         metrics[task] = task_metrics(task_data.spec, preds, labels)
-        rows[task] = list(zip(task_data.dev_ids, preds, labels))
+        rows[task] = list(zip(ids, preds, labels))
     model.train()
     return metrics, rows
 

@@ -38,10 +38,17 @@ TASKS_PARAM = variant_param("tasks")  # the run's task set, comma-separated
 OVERALL_FORMULA = "overall_formula"
 SKIPPED_ROWS_PARAM = "data.skipped_rows"  # rows skipped by --lenient-data, all files together
 
+
+def validation_rows_param(task: str) -> str:
+    """How many of a task's training rows --validation-fraction held out."""
+    return f"data.validation_rows.{task}"
+
 # Metrics
 STEP_METRIC = "train/lr"  # logged at every optimizer step: tells how far a run's records go
 DEV = "dev"  # the reported epoch's dev metrics
 DEV_EPOCH_PREFIX = "dev_epoch"  # every evaluated epoch's, at its step (--eval-every-epoch)
+VALIDATION = "val"  # the reported epoch's validation metrics (--validation-fraction): what chose it
+VALIDATION_EPOCH_PREFIX = "val_epoch"  # every evaluated epoch's validation metrics
 OVERALL = "overall"
 REPORTED_EPOCH = "dev/epoch"
 TASK_SPECIFIC_TOTAL = "params/task_specific_total"  # = params_key("task_specific_total")

@@ -202,7 +202,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
     encoder, tokenizer = load_encoder(config.model, pooler=config.head_input == "pooler")
     with accelerator.main_process_first():
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
-                              lenient=config.lenient_data, cache_dir=config.cache_dir or None)
+                              lenient=config.lenient_data, cache_dir=config.cache_dir or None,
+                              validation_fraction=config.validation_fraction)
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input,
                         config.freeze_encoder, config.gradient_checkpointing)
     # from_pretrained returns the encoder in eval mode: without this the encoder trained without
@@ -231,7 +232,9 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                                    for k, v in asdict(variant_config).items()},
                                 names.OVERALL_FORMULA: overall_formula(tasks).describe(),
                                 names.SKIPPED_ROWS_PARAM: sum(len(rows) for t in tasks
-                                                              for rows in data[t].skipped.values())})
+                                                              for rows in data[t].skipped.values()),
+                                **{names.validation_rows_param(t): len(data[t].validation_ids) for t in tasks
+                                   if config.validation_fraction > 0}})
             # A file's count is a metric only when rows were skipped: zeros would lead the UI's tables and charts.
             skipped = {names.skipped_rows_key(name): len(rows) for t in tasks
                        for name, rows in data[t].skipped.items() if rows}
@@ -330,7 +333,9 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
                     and state.step_in_epoch < config.batches_per_epoch:
                 run.checkpoint()
         if config.eval_every_epoch or epoch == config.epochs:
-            record_evaluation(run, epoch, *evaluate(run.model, run.data, config, run.accelerator))
+            validation = (evaluate(run.model, run.data, config, run.accelerator, "validation")[0]
+                          if config.validation_fraction > 0 else {})
+            record_evaluation(run, epoch, *evaluate(run.model, run.data, config, run.accelerator), validation)
         state.epoch += 1
         state.step_in_epoch = 0
         run.checkpoint()
@@ -338,17 +343,22 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
         progress.close()
 
 
-def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dict[str, list]) -> None:
-    """Logs an epoch's dev metrics as dev_epoch/*; if this epoch is the one to report (the best so
-    far by `selection_score`, as the CS224N starter keeps its best dev checkpoint, or the last with
-    report_epoch="last"), it becomes the run's dev/* and its predictions are written."""
+def record_evaluation(run: Run, epoch: int, metrics: dict[str, float], rows: dict[str, list],
+                      validation: dict | None = None) -> None:
+    """Logs an epoch's dev metrics as dev_epoch/* (and validation metrics as val_epoch/*); if this
+    epoch is the one to report (the best so far by `selection_score`, on validation where a split
+    is held out, else on dev as the CS224N starter keeps its best dev checkpoint; or the last with
+    report_epoch="last"), it becomes the run's dev/* (and val/*) and its predictions are written."""
     state = run.state
     if run.tracker:
-        run.tracker.log_metrics(dev_metric_names(metrics, names.DEV_EPOCH_PREFIX), step=state.step)
-    not_better = state.metrics and selection_score(metrics) <= selection_score(state.metrics)
+        run.tracker.log_metrics({**dev_metric_names(metrics, names.DEV_EPOCH_PREFIX),
+                                 **(dev_metric_names(validation, names.VALIDATION_EPOCH_PREFIX) if validation else {})},
+                                step=state.step)
+    chooser, reported = (validation, state.validation_metrics) if validation else (metrics, state.metrics)
+    not_better = state.metrics and selection_score(chooser) <= selection_score(reported)
     if run.config.report_epoch == "best" and not_better:
         return
-    state.metrics, state.metrics_epoch = metrics, epoch
+    state.metrics, state.metrics_epoch, state.validation_metrics = metrics, epoch, validation or {}
     if run.accelerator.is_main_process:
         write_predictions(rows, run.out_dir / names.PREDICTIONS)
     if run.config.save_model:
@@ -390,8 +400,9 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
                 if path.is_file():
                     folder = path.parent.relative_to(out_dir / "model").as_posix()
                     tracker.log_artifact(path, ARTIFACT_PATH if folder == "." else f"{ARTIFACT_PATH}/{folder}")
-        tracker.log_metrics({**dev_metric_names(run.state.metrics), names.REPORTED_EPOCH: run.state.metrics_epoch},
-                            step=run.state.step)
+        tracker.log_metrics({**dev_metric_names(run.state.metrics), names.REPORTED_EPOCH: run.state.metrics_epoch,
+                             **(dev_metric_names(run.state.validation_metrics, names.VALIDATION)
+                                if run.state.validation_metrics else {})}, step=run.state.step)
         resolved = out_dir / "config.json"
         resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(run.variant_config)}, indent=2))
         tracker.log_artifact(resolved)

@@ -442,3 +442,45 @@ def test_device_tags_name_the_gpus_and_the_cuda_and_nccl_versions(monkeypatch):
     assert device_tags() == {"torch.version": torch.__version__, "device.type": "cuda", "device.name": "NVIDIA H200",
                              "device.count": 8, "cuda.version": "12.8", "nccl.version": "2.27.3"}
 
+
+
+def test_a_validation_split_is_held_out_of_train_chooses_the_reported_epoch_and_dev_stays_for_reporting(
+        tmp_path, tiny_bert, small_data, tracking_uri):
+    """--validation-fraction: the held-out rows are the same whatever the row order, never trained on,
+    evaluated every epoch as val_epoch/*, and the reported epoch (dev/*, val/*) is the best on validation."""
+    from harness.data import read_rows, validation_rows
+    from harness.tasks import get_task
+
+    rows = read_rows(small_data / "ids-sst-train.csv", get_task("sst"))
+    held = validation_rows("sst", rows.ids, 0.25)
+    assert 0 < sum(held) < len(held)
+    shuffled = list(reversed(rows.ids))  # the same rows, whatever their order in the file
+    assert {i for i, h in zip(shuffled, validation_rows("sst", shuffled, 0.25)) if h} == \
+           {i for i, h in zip(rows.ids, held) if h}
+    assert validation_rows("sst", rows.ids, 0.0) == [False] * len(rows.ids)
+    wider = validation_rows("sst", rows.ids, 0.5)
+    assert all(w for h, w in zip(held, wider) if h)  # a larger fraction keeps the smaller one's rows
+
+    config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=4, batches_per_epoch=3,
+                         eval_every_epoch=True, lr=3e-2, validation_fraction=0.25)
+    metrics = train(config)
+    client, run = the_run(tracking_uri)
+    assert run.data.params["validation_fraction"] == "0.25"
+    assert int(run.data.params["data.validation_rows.sst"]) == sum(held)
+    history = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+               for k in ("val_epoch/overall", "dev_epoch/overall")}
+    assert len(history["val_epoch/overall"]) == 4
+    chosen = int(np.argmax(history["val_epoch/overall"]))
+    assert run.data.metrics["dev/epoch"] == chosen + 1  # chosen on validation...
+    assert run.data.metrics["val/overall"] == pytest.approx(history["val_epoch/overall"][chosen])
+    assert metrics["dev/overall"] == pytest.approx(history["dev_epoch/overall"][chosen])  # ...dev reported
+
+    from harness.data import load_task_data
+    from harness.model import load_encoder
+
+    _, tokenizer = load_encoder(str(tiny_bert))
+    data = load_task_data(small_data, ["sst"], tokenizer, 32, validation_fraction=0.25)["sst"]
+    assert len(data.validation) == sum(held) and len(data.train) == len(held) - sum(held)
+    assert data.validation_ids == [i for i, h in zip(rows.ids, held) if h]
+    with pytest.raises(ValueError, match="validation_fraction: expected a fraction in \\[0, 0.5\\], got 0.9"):
+        tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, validation_fraction=0.9)
