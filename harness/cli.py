@@ -237,7 +237,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare
 
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
-            baseline=args.baseline, test=args.test, resamples=args.resamples)
+            baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by)
     return 0
 
 
@@ -291,6 +291,10 @@ def _add_sweep_parser(sub) -> None:
     c.add_argument("--test", default="both", choices=("seeds", "bootstrap", "both"),
                    help="paired t-test over seeds, paired bootstrap over dev examples, or both (default: both)")
     c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    c.add_argument("--select-best-by", default="", choices=("validation",),
+                   help="compare each variant at its own best grid point: per seed, the point with the best "
+                        "val/overall (runs trained with --validation-fraction), dev reported for it, and a table of "
+                        "the points chosen (default: every grid point is a row of its own)")
     c.set_defaults(func=cmd_compare)
 
 

@@ -14,6 +14,7 @@ The bootstrap intervals are not corrected: each is a plain 95% interval.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import tempfile
@@ -48,6 +49,7 @@ class RunRecord:
     ratio: float  # total parameters / encoder parameters
     train_seconds: float
     formula: str = ""  # how `overall` was computed from the run's task set (harness.tasks.overall_formula)
+    validation: float | None = None  # val/overall: the validation split's score (--validation-fraction), if any
     predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
 
 
@@ -120,8 +122,29 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
                                  int(m[names.TASK_SPECIFIC_TOTAL]),
                                  float(m.get(names.RATIO_TO_ENCODER, math.nan)),
                                  float(m.get(names.TRAIN_SECONDS, math.nan)),
-                                 formula.describe()))
+                                 formula.describe(), validation=m.get(names.overall_key(names.VALIDATION))))
     return records, parent_id
+
+
+def select_best(records: list[RunRecord]) -> tuple[list[RunRecord], list[dict]]:
+    """Each variant's best grid point per seed by the validation score (val/overall), labelled by
+    the variant alone so that variants are compared each at its own best point; and which point
+    each got. Runs without a validation score are refused: choosing on dev would report dev twice."""
+    missing = [r for r in records if r.validation is None or math.isnan(r.validation)]
+    if missing:
+        names_ = ", ".join(f"{r.run_id} ({r.label} seed {r.seed})" for r in missing[:5])
+        raise CompareError(f"--select-best-by validation: {len(missing)} run(s) have no "
+                           f"{names.overall_key(names.VALIDATION)} metric (train with --validation-fraction): {names_}")
+    best: dict[tuple[str, int], RunRecord] = {}
+    for record in sorted(records, key=lambda r: r.label):  # ties: the first label in order
+        key = (record.variant, record.seed)
+        if key not in best or record.validation > best[key].validation:
+            best[key] = record
+    chosen = [{"variant": v, "seed": s, "point": " ".join(r.label.split()[1:]) or "-", "validation": r.validation,
+               "candidates": sum(1 for x in records if (x.variant, x.seed) == (v, s))}
+              for (v, s), r in sorted(best.items())]
+    selected = [dataclasses.replace(r, label=r.variant) for r in best.values()]
+    return selected, chosen
 
 
 def _as_metrics(scores: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -463,7 +486,8 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
 
 
 def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
-            baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print) -> list[dict]:
+            baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print,
+            select_best_by: str = "") -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     from harness.tracking import resolve_tracking_uri
@@ -471,6 +495,11 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     records, parent_id = collect(client, sweep, experiment, out)
+    chosen = []
+    if select_best_by:
+        if select_best_by != "validation":
+            raise CompareError(f"--select-best-by: expected 'validation', got {select_best_by!r}")
+        records, chosen = select_best(records)
     # A sweep's rows follow the order its file or command line listed the variants in.
     order = client.get_run(parent_id).data.params.get(names.SWEEP_VARIANTS, "").split(",") if parent_id else None
     title = sweep or experiment
@@ -485,6 +514,11 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
         table += (f"\nPer task, the difference from {baseline} (mean over common seeds) and its 95% paired "
                   "bootstrap interval over dev examples; * where the interval excludes 0:\n\n"
                   + task_difference_table(rows, baseline))
+    if chosen:
+        table += ("\nEach variant at its best grid point per seed by the validation score (val/overall); dev is "
+                  "reported for that point:\n\n| variant | seed | chosen point | val overall | points tried |\n"
+                  "|---|---|---|---|---|\n" + "".join(f"| {c['variant']} | {c['seed']} | {c['point']} | "
+                                                     f"{c['validation']:.4f} | {c['candidates']} |\n" for c in chosen))
     (folder / "compare.md").write_text(
         f"# {title}\n\nFinished runs: {len(records)}. Mean ± std over seeds (n). Δ: mean paired difference "
         f"of the overall score from {baseline} over common seeds. {caption(rows, baseline, test)}\n\n" + table)

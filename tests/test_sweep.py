@@ -492,3 +492,56 @@ def test_an_executor_is_one_class_the_sweep_command_and_run_sweep_use_without_kn
     assert "queued 2 on gpu-long" in lines and set(states.values()) == {"MISSING"}  # queued, not run: no wait
     jobs = json.loads((tmp_path / "out" / "sweeps" / "x" / "jobs.json").read_text())
     assert jobs["executor"] == "recording"  # what the job runner asks for the job's placement
+
+
+def test_a_variant_can_have_its_own_grid(tmp_path):
+    path = tmp_path / "grids.yaml"
+    path.write_text("variants: [multitask, pals-top]\nseeds: [0, 1]\ngrid: {lr: [1e-5, 3e-5]}\n"
+                    "variant_grid: {pals-top: {lr: [1e-4, 3e-4, 1e-3]}}\n")
+    jobs = expand(load_spec(path))
+    points = {(j.variant, j.settings["lr"]) for j in jobs}
+    assert points == {("multitask", 1e-5), ("multitask", 3e-5), ("pals-top", 1e-4), ("pals-top", 3e-4),
+                      ("pals-top", 1e-3)}
+    assert len(jobs) == 10 and len({j.key for j in jobs}) == 10
+    assert {j.label for j in jobs if j.variant == "pals-top"} == {"pals-top lr=0.0001", "pals-top lr=0.0003",
+                                                                  "pals-top lr=0.001"}
+    for text, message in [
+        ("variants: [multitask]\nseeds: [0]\nvariant_grid: {lora: {lr: [1e-3]}}",
+         "variant_grid names 'lora', which is not one of the sweep's variants"),
+        ("variants: [multitask]\nseeds: [0]\nset: {lr: 1e-4}\nvariant_grid: {multitask: {lr: [1e-3]}}",
+         r"\['lr'\] both set for every job and varied in the grid"),
+        ("variants: [multitask]\nseeds: [0]\nvariant_grid: {multitask: {lr: [1e-3, 0.001]}}",
+         "variant_grid 'multitask' 'lr' lists a value twice"),
+        ("variants: [multitask]\nseeds: [0]\nvariant_grid: {multitask: [1e-3]}",
+         "variant_grid 'multitask' must be a mapping"),
+    ]:
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_spec(path)
+
+
+def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_reports_its_dev():
+    from harness.compare import CompareError, RunRecord, select_best, summarise
+
+    def record(variant, point, seed, dev, validation):
+        label = f"{variant} lr={point}"
+        return RunRecord(f"{label}-{seed}", label, variant, seed, {}, dev, 0 if variant == "multitask" else 10,
+                         1.0, 60.0, validation=validation)
+
+    records = [  # pals-top's best point on validation differs by seed; its best dev point is never chosen
+        record("multitask", 1e-5, 0, 0.60, 0.61), record("multitask", 3e-5, 0, 0.62, 0.60),
+        record("multitask", 1e-5, 1, 0.61, 0.62), record("multitask", 3e-5, 1, 0.63, 0.60),
+        record("pals-top", 1e-4, 0, 0.70, 0.65), record("pals-top", 1e-3, 0, 0.75, 0.64),
+        record("pals-top", 1e-4, 1, 0.66, 0.60), record("pals-top", 1e-3, 1, 0.80, 0.66),
+    ]
+    selected, chosen = select_best(records)
+    assert {(r.variant, r.seed): (r.label, r.overall) for r in selected} == {
+        ("multitask", 0): ("multitask", 0.60), ("multitask", 1): ("multitask", 0.61),
+        ("pals-top", 0): ("pals-top", 0.70), ("pals-top", 1): ("pals-top", 0.80)}
+    assert [(c["variant"], c["seed"], c["point"], c["candidates"]) for c in chosen] == [
+        ("multitask", 0, "lr=1e-05", 2), ("multitask", 1, "lr=1e-05", 2), ("pals-top", 0, "lr=0.0001", 2),
+        ("pals-top", 1, "lr=0.001", 2)]
+    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
+    assert rows["pals-top"]["delta_overall"] == pytest.approx(((0.70 - 0.60) + (0.80 - 0.61)) / 2)
+    with pytest.raises(CompareError, match="1 run\\(s\\) have no val/overall metric .*pals-top lr=0.001 seed 1"):
+        select_best(records[:-1] + [record("pals-top", 1e-3, 1, 0.80, None)])

@@ -26,6 +26,8 @@ def parent_run(client, experiment_id: str, spec: SweepSpec, jobs: list[Job], exe
               "launch_config": spec.launch_config, "executor": executor,
               **{f"set.{k}": v for k, v in spec.set.items()},
               **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},
+              **{f"grid.{variant}.{k}": ",".join(map(str, v)) for variant, grid in spec.variant_grid.items()
+                 for k, v in grid.items()},
               **{f"option.{k}": v for k, v in spec.options.items()}}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id

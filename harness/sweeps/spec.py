@@ -28,6 +28,9 @@ class SweepSpec:
     seeds: list[int]
     set: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every job
     grid: dict[str, list] = field(default_factory=dict)  # TrainConfig fields to vary: every combination
+    # A variant's own grid, replacing `grid`'s values for the settings it names (e.g. a higher
+    # learning-rate range for a method with few added parameters): {variant: {setting: [values]}}.
+    variant_grid: dict[str, dict[str, list]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # variant options, for the variants that have them
     launch_config: str = "launch/single.yaml"
 
@@ -68,7 +71,8 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"sweep file {path}: {exc}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"sweep file {path}: expected a mapping of name, variants, seeds, set, grid, options")
+            raise ConfigError(f"sweep file {path}: expected a mapping of name, variants, seeds, set, grid, "
+                              "variant_grid, options")
         known = {f.name for f in dataclasses.fields(SweepSpec)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -83,7 +87,7 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         data["seeds"] = seeds
     if launch_config:
         data["launch_config"] = launch_config
-    for key in ("set", "grid", "options"):
+    for key in ("set", "grid", "variant_grid", "options"):
         if not isinstance(data.get(key) or {}, dict):
             raise ConfigError(f"{where}: {key!r} must be a mapping of NAME: VALUE, got {data[key]!r}")
         data[key] = dict(data.get(key) or {})
@@ -107,17 +111,25 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
             raise ConfigError(f"{where}: {key!r} must be a list, e.g. {example}, got {data[key]!r}")
     data["variants"] = [convert(str, v, f"{where}: variants", ConfigError) for v in data["variants"]]
     data["seeds"] = [convert(int, s, f"{where}: seeds", ConfigError) for s in data["seeds"]]
-    both = sorted(set(data["set"]) & set(data["grid"]))
+    for variant, grid in data["variant_grid"].items():
+        if variant not in data["variants"]:
+            raise ConfigError(f"{where}: variant_grid names {variant!r}, which is not one of the sweep's variants "
+                              f"{data['variants']}")
+        if not isinstance(grid, dict):
+            raise ConfigError(f"{where}: variant_grid {variant!r} must be a mapping of setting: [values], got {grid!r}")
+    both = sorted(set(data["set"]) & (set(data["grid"]).union(*map(set, data["variant_grid"].values()))))
     if both:
         raise ConfigError(f"{where}: {both} both set for every job and varied in the grid; give each in one place")
     data["set"] = {k: _setting(k, v) for k, v in data["set"].items()}
-    for key, values in data["grid"].items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: grid {key!r} must be a non-empty list of values, got {values!r}")
-        data["grid"][key] = [_setting(key, v) for v in values]
+    grids = [("grid", data["grid"])] + [(f"variant_grid {v!r}", g) for v, g in data["variant_grid"].items()]
+    for what, grid in grids:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: {what} {key!r} must be a non-empty list of values, got {values!r}")
+            grid[key] = [_setting(key, v) for v in values]
     # Typed values decide what is the same: `lr: [1e-4, 0.0001]` would be one job twice.
     for what, values in [("'variants'", data["variants"]), ("'seeds'", data["seeds"]),
-                         *((f"grid {k!r}", v) for k, v in data["grid"].items())]:
+                         *((f"{name} {k!r}", v) for name, grid in grids for k, v in grid.items())]:
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: {what} lists a value twice: {values!r}")
     data["name"] = str(data["name"])
@@ -137,9 +149,10 @@ def expand(spec: SweepSpec) -> list[Job]:
             raise ConfigError(f"sweep option {option!r}: none of the variants {spec.variants} has it "
                               "(see `mtl-bench variants --options`)")
     jobs = []
-    grid_keys = sorted(spec.grid)
     for variant in spec.variants:
-        for point in itertools.product(*(spec.grid[k] for k in grid_keys)):
+        grid = {**spec.grid, **spec.variant_grid.get(variant, {})}
+        grid_keys = sorted(grid)
+        for point in itertools.product(*(grid[k] for k in grid_keys)):
             grid_values = dict(zip(grid_keys, point))
             label = " ".join([variant] + [f"{k}={v}" for k, v in grid_values.items()])
             for seed in spec.seeds:
