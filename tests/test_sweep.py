@@ -545,3 +545,30 @@ def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_r
     assert rows["pals-top"]["delta_overall"] == pytest.approx(((0.70 - 0.60) + (0.80 - 0.61)) / 2)
     with pytest.raises(CompareError, match="1 run\\(s\\) have no val/overall metric .*pals-top lr=0.001 seed 1"):
         select_best(records[:-1] + [record("pals-top", 1e-3, 1, 0.80, None)])
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_with_a_validation_split_is_compared_at_each_variants_best_point(
+        tmp_path, tiny_bert, small_data, tracking_uri):
+    """End to end: a sweep file with a per-variant grid, trained with --validation-fraction, then
+    `compare --select-best-by validation`: one row per variant, dev of the point validation chose."""
+    sweep_file = tmp_path / "fair.yaml"
+    sweep_file.write_text("name: fair\nvariants: [multitask, pals-top]\nseeds: [0]\n"
+                          "set: {validation_fraction: 0.25}\ngrid: {lr: [1e-4, 1e-3]}\n"
+                          "variant_grid: {pals-top: {lr: [3e-4, 3e-3]}}\noptions: {pal_size: 12}\n")
+    result = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, str(sweep_file))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, children = child_runs(tracking_uri, "fair")
+    assert sorted(r.data.tags["sweep.label"] for r in children) == [
+        "multitask lr=0.0001", "multitask lr=0.001", "pals-top lr=0.0003", "pals-top lr=0.003"]
+    out = tmp_path / "compare"
+    rows = compare(sweep="fair", tracking_uri=tracking_uri, out_dir=str(out), resamples=100, out=lambda *_: None,
+                   select_best_by="validation")
+    assert [r["variant"] for r in rows] == ["multitask", "pals-top"]
+    for row in rows:
+        runs = [r for r in children if r.data.tags["variant"] == row["variant"]]
+        best = max(runs, key=lambda r: r.data.metrics["val/overall"])
+        assert row["overall_mean"] == pytest.approx(best.data.metrics["dev/overall"])
+        point = best.data.tags["sweep.label"].split()[1]
+        assert f"| {row['variant']} | 0 | {point} | {best.data.metrics['val/overall']:.4f} | 2 |" in (
+            out / "compare.md").read_text()
