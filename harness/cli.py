@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import typing
 
 from harness.config import (
     PROFILES,
@@ -21,6 +20,7 @@ from harness.config import (
     convert_setting,
     read_config,
     resolve_config,
+    setting_types,
 )
 from harness.values import parse_pair
 
@@ -69,7 +69,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="a JSON file of settings (as `mtl-bench sweep` writes for each job: "
                              "<job folder>/config.json); flags given beside it replace its values")
-    hints = typing.get_type_hints(TrainConfig)
+    hints = setting_types()
     in_profiles = {name for values in PROFILES.values() for name in values}
     sweep_group = parser.add_argument_group("set by `mtl-bench sweep` for each of its jobs")
     for f in dataclasses.fields(TrainConfig):

@@ -5,6 +5,7 @@ This module imports nothing heavy, so a typo in a flag fails in well under a sec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import typing
@@ -188,11 +189,17 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "variant_options"}
 
 
+@functools.cache
+def setting_types() -> dict[str, Any]:
+    """Each TrainConfig field's type (resolved once: the annotations are strings)."""
+    return typing.get_type_hints(TrainConfig)
+
+
 def convert_setting(name: str, raw: Any, where: str = "") -> Any:
     """A TrainConfig field's value from a string (command line, sweep file) or a YAML/JSON value."""
     from harness.values import convert
 
-    hints = typing.get_type_hints(TrainConfig)
+    hints = setting_types()
     if name not in hints:
         raise ConfigError(f"{where or 'setting'} {name!r}: not a setting; known: {sorted(hints)}")
     return convert(hints[name], raw, f"{where} {name}".strip(), ConfigError)

@@ -63,8 +63,6 @@ def convert(hint: Any, raw: Any, where: str, error: type[Exception] = ValueError
     if hint in (int, float):
         if isinstance(raw, bool) or (hint is int and isinstance(raw, float)):
             raise fail()
-        if isinstance(raw, (int, float)):
-            return hint(raw)
         try:
             return hint(raw)
         except (TypeError, ValueError):
