@@ -290,13 +290,12 @@ def precision(size: dict, model: Path, work: Path, rtol: float) -> dict:
 
 def step_parameters(model, tasks: list[str]) -> dict[str, int]:
     """Non-embedding parameters a step of each task uses: the shared ones, its own parts and head."""
-    from harness.params import parameter_group
+    from harness.params import grouped_parameters
 
     counts = dict.fromkeys(tasks, 0)
-    for name, parameter in model.named_parameters():
+    for name, parameter, _, owner in grouped_parameters(model):
         if name.startswith("encoder.embeddings."):
             continue
-        _, owner = parameter_group(name)
         for task in tasks:
             counts[task] += parameter.numel() if owner in (None, task) else 0
     return counts

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from harness.config import INACTIVE_TASKS
-from harness.params import parameter_group
+from harness.params import grouped_parameters
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,9 +31,8 @@ def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Frozen parameters (requires_grad False: a frozen encoder) are left out of the optimizer.
     """
     by_task: dict[str | None, list] = {None: []}
-    for name, parameter in model.named_parameters():
+    for _, parameter, _, task in grouped_parameters(model):
         if parameter.requires_grad:
-            _, task = parameter_group(name)
             by_task.setdefault(task, []).append(parameter)
     return [{"params": params, "task": task or "", "weight_decay": weight_decay}
             for task, params in by_task.items() if params]

@@ -1,7 +1,8 @@
 """Exact parameter accounting for any built MultitaskModel, DeepSpeed ZeRO-3 included.
 
 The layout a variant follows (see variants.base) decides each parameter's group:
-  encoder.*                    -> encoder (the pretrained BERT)
+  encoder.*                    -> encoder (the pretrained BERT), except what the variant
+                                  injected there (a peft adapter), which is its task's
   variant.per_task.<task>.*    -> task-specific parameters of <task>
   variant.* (anything else)    -> shared added parameters
   heads.<task>.*               -> head of <task>
@@ -51,11 +52,14 @@ class ParameterCounts:
         return out
 
 
-def parameter_group(name: str) -> tuple[str, str | None]:
-    """(group, task) of a parameter name: ("encoder"|"shared_added", None) or ("task_specific"|"head", task)."""
+def parameter_group(name: str, variant: nn.Module | None = None) -> tuple[str, str | None]:
+    """(group, task) of a parameter (or state-dict) name of a MultitaskModel: ("encoder"|"shared_added",
+    None) or ("task_specific"|"head", task). `variant` (the model's TaskAdapter) says which names
+    under the encoder it injected; without it every encoder.* name is the encoder's."""
     parts = name.split(".")
     if parts[0] == "encoder":
-        return "encoder", None
+        task = variant.encoder_parameter_task(name.removeprefix("encoder.")) if variant is not None else None
+        return ("task_specific", task) if task else ("encoder", None)
     if parts[0] == "heads":
         return "head", parts[1]
     if parts[0] == "variant":
@@ -63,15 +67,21 @@ def parameter_group(name: str) -> tuple[str, str | None]:
     raise ValueError(f"parameter {name!r} is outside encoder/variant/heads; cannot account for it")
 
 
-def count_parameters(model: nn.Module) -> ParameterCounts:
+def grouped_parameters(model: nn.Module):
+    """(name, parameter, group, task) for every parameter of a MultitaskModel (wrapped or not)."""
     model = getattr(model, "module", model)  # DDP / DeepSpeed engine wrappers
+    for name, parameter in model.named_parameters():
+        yield (name, parameter, *parameter_group(name, model.variant))
+
+
+def count_parameters(model: nn.Module) -> ParameterCounts:
+    model = getattr(model, "module", model)
     tasks = tuple(model.tasks)
     counts = ParameterCounts(task_specific=dict.fromkeys(tasks, 0), heads=dict.fromkeys(tasks, 0))
-    for name, parameter in model.named_parameters():
+    for _, parameter, group, task in grouped_parameters(model):
         n = numel(parameter)
         if parameter.requires_grad:
             counts.trainable += n
-        group, task = parameter_group(name)
         if group == "encoder":
             counts.encoder += n
         elif group == "shared_added":

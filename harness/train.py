@@ -375,7 +375,7 @@ def save_reported_model(run: Run, epoch: int | None = None, metrics: dict | None
     weights = accelerator.get_state_dict(run.model)
     if accelerator.is_main_process:
         save_model(run.out_dir / "model", weights, run.config, run.variant_config, run.tokenizer,
-                   accelerator.unwrap_model(run.model).encoder.config, epoch, state.step,
+                   accelerator.unwrap_model(run.model), epoch, state.step,
                    state.metrics if metrics is None else metrics)
     state.model_saved_epoch = epoch
 

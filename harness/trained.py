@@ -70,14 +70,18 @@ def checkpoint_sha256(model: str) -> str:
     return digest.hexdigest()
 
 
-def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_config, tokenizer, encoder_config,
+def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_config, tokenizer, model,
                epoch: int, step: int, metrics: dict) -> Path:
-    """Writes the artifact's files into `folder` (main process; `weights` gathered on every rank)."""
+    """Writes the artifact's files into `folder` (main process; `weights`, the state dict of the
+    MultitaskModel `model`, gathered on every rank). A frozen encoder's own weights are left out;
+    a variant's weights injected into the encoder (peft adapters) are kept."""
+    from harness.params import parameter_group
     from harness.tasks import get_task, spec_summary
 
     folder.mkdir(parents=True, exist_ok=True)
+    encoder_config = model.encoder.config
     if config.freeze_encoder:
-        weights = {k: v for k, v in weights.items() if not k.startswith("encoder.")}
+        weights = {k: v for k, v in weights.items() if parameter_group(k, model.variant)[0] != "encoder"}
     torch.save({k: v.detach().cpu() for k, v in weights.items()}, folder / "weights.pt")
     encoder_folder = folder / "encoder"
     encoder_config.save_pretrained(encoder_folder)
@@ -166,6 +170,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
 
     from harness.config import TrainConfig
     from harness.model import build_model, load_encoder
+    from harness.params import parameter_group
     from harness.tasks import spec_summary
     from variants import make_config
 
@@ -193,7 +198,8 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input)
     weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     result = model.load_state_dict(weights, strict=False)
-    missing = [k for k in result.missing_keys if not (meta["encoder"] == "base" and k.startswith("encoder."))]
+    missing = [k for k in result.missing_keys
+               if not (meta["encoder"] == "base" and parameter_group(k, model.variant)[0] == "encoder")]
     if missing or result.unexpected_keys:
         raise TrainedModelError(f"{folder / 'weights.pt'} does not fit the model it describes: missing "
                                 f"{missing[:10]}, unexpected {result.unexpected_keys[:10]}")

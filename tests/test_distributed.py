@@ -93,7 +93,10 @@ def train_checks(spec: dict, out: Path, config: str | None = None, timeout: int 
 SGD = ["--optimizer", "sgd", "--lr", "0.1", "--max-grad-norm", "1e6"]
 FROZEN = ["--freeze-encoder"]
 # Activation checkpointing on the ranks only: it must reproduce the one process without it.
-CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen", "combined-checkpointed"]
+# The inactive-task check (mode, variant): a hand-written variant and a peft one.
+INACTIVE_CHECKS = [("skip", "pals-parallel"), ("skip", "lora")]
+# lora: peft's adapters injected into the encoder, one per task, with the encoder trained and frozen.
+CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen", "combined-checkpointed", "lora", "lora-frozen"]
 
 
 def variant_of(check: str) -> str:
@@ -116,9 +119,15 @@ def check_flags(tiny_bert, small_data, out: Path, check: str, launch_config: str
     return flags + (["--launch-config", launch_config] if launch_config else [])
 
 
-def inactive_flags(tiny_bert, small_data, out: Path, mode: str, launch_config: str | None) -> list[str]:
-    flags = common_args(tiny_bert, small_data, out / f"inactive-{mode}", "pals-parallel")
-    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", f"inactive-{mode}",
+def inactive_name(mode: str, variant: str) -> str:
+    return f"inactive-{mode}" if variant == "pals-parallel" else f"inactive-{variant}-{mode}"
+
+
+def inactive_flags(tiny_bert, small_data, out: Path, mode: str, launch_config: str | None,
+                   variant: str = "pals-parallel") -> list[str]:
+    name = inactive_name(mode, variant)
+    flags = common_args(tiny_bert, small_data, out / name, variant)
+    flags += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", name,
               "--cache-dir", str(out / "cache")]
     flags += ["--weight-decay", "0.1", "--inactive-tasks", mode]
     flags += ["--batch-size", "2", "--grad-accum", "2"] if launch_config else ["--batch-size", "8"]
@@ -133,22 +142,27 @@ def references(tmp_path_factory, tiny_bert_no_dropout, small_data):
     whole = common_args(tiny_bert_no_dropout, small_data, out / "resume-whole", "pals-parallel") + RESUME_STEPS + [
         "--batch-size", "8", "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--experiment", "resume-whole"]
     spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, out, c, None) for c in CHECKS] + [whole],
-            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, out, mode, None),
-                          "result": str(out / f"inactive-{mode}")} for mode in ("skip", "zero-grad")]}
+            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, out, mode, None, variant),
+                          "result": str(out / inactive_name(mode, variant))}
+                         for mode, variant in INACTIVE_CHECKS + [("zero-grad", "pals-parallel")]]}
     result = train_checks(spec, out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
 
-def initial_weights(tiny_bert, variant):
+def initial_weights(tiny_bert, variant) -> tuple[dict, dict]:
+    """The model's weights at initialisation, and each weight's (group, task) (harness.params)."""
     from accelerate.utils import set_seed
 
     from harness.model import build_model, load_encoder
+    from harness.params import parameter_group
     from variants import make_config
 
     set_seed(0)
     encoder, _ = load_encoder(str(tiny_bert))
-    return build_model(encoder, variant, make_config(variant), "joint").state_dict()
+    model = build_model(encoder, variant, make_config(variant), "joint")
+    weights = model.state_dict()
+    return weights, {k: parameter_group(k, model.variant) for k in weights}
 
 
 def inactive_report(prefix: str, ranks: int) -> list[dict]:
@@ -169,7 +183,9 @@ def assert_inactive_task_untouched(reports: list[dict], where: str) -> None:
 
 
 def test_one_process_leaves_inactive_tasks_and_their_optimizer_state_untouched(references):
-    assert_inactive_task_untouched(inactive_report(str(references / "inactive-skip"), 1), "1 process")
+    for mode, variant in INACTIVE_CHECKS:
+        assert_inactive_task_untouched(inactive_report(str(references / inactive_name(mode, variant)), 1),
+                                       f"1 process, {variant}")
     # The old zero-gradient mode moves AdamW's state while a task is not drawn: the check sees it.
     old = inactive_report(str(references / "inactive-zero-grad"), 1)[0]["schedule"]
     assert not any(step["unchanged"] for step in old[1:4])
@@ -182,11 +198,13 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
     encoder, combined with gradient checkpointing, and the inactive-task check."""
     config = BACKENDS[backend]
     spec = {"trainings": [check_flags(tiny_bert_no_dropout, small_data, tmp_path, c, config) for c in CHECKS],
-            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, tmp_path, "skip", config),
-                          "result": str(tmp_path / "inactive-skip")}]}
+            "inactive": [{"flags": inactive_flags(tiny_bert_no_dropout, small_data, tmp_path, mode, config, variant),
+                          "result": str(tmp_path / inactive_name(mode, variant))} for mode, variant in INACTIVE_CHECKS]}
     result = train_checks(spec, tmp_path, config)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]  # ZeRO-3 included: a clean exit
-    assert_inactive_task_untouched(inactive_report(str(tmp_path / "inactive-skip"), 2), backend)
+    for mode, variant in INACTIVE_CHECKS:
+        assert_inactive_task_untouched(inactive_report(str(tmp_path / inactive_name(mode, variant)), 2),
+                                       f"{backend}, {variant}")
 
     for check in CHECKS:
         variant = variant_of(check)
@@ -196,15 +214,19 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
         assert worst < ATOL, f"{backend}/{check}: parameters differ by {worst:.2e}"
 
         # The never-trained task's parameters are exactly where they started, on every backend.
-        init = initial_weights(tiny_bert_no_dropout, variant)
-        untrained = [k for k in got if f"per_task.{UNTRAINED}." in k or k.startswith(f"heads.{UNTRAINED}.")]
-        assert untrained
+        init, groups = initial_weights(tiny_bert_no_dropout, variant)
+        untrained = [k for k in got if groups[k][1] == UNTRAINED]
+        assert untrained and (variant == "multitask" or any(groups[k][0] == "task_specific" for k in untrained))
         for key in untrained:
             assert torch.equal(got[key], init[key]), f"{backend}/{check}: {key} moved although {UNTRAINED} was " \
                                                      "never trained"
-        trained = [k for k in got if k.startswith("heads.quora.")]
-        assert all(not torch.equal(got[k], init[k]) for k in trained)
-        encoder = [k for k in got if k.startswith("encoder.")]
+        # quora was trained: its head moved, and its own parts (LoRA's A has no gradient in the first
+        # step, its B has: some of them).
+        heads = [k for k in got if groups[k] == ("head", "quora")]
+        own = [k for k in got if groups[k] == ("task_specific", "quora")]
+        assert heads and all(not torch.equal(got[k], init[k]) for k in heads), f"{backend}/{check}: quora's head"
+        assert not own or any(not torch.equal(got[k], init[k]) for k in own), f"{backend}/{check}: quora's parts"
+        encoder = [k for k in got if groups[k][0] == "encoder" and got[k].is_floating_point()]
         frozen = check.endswith("-frozen")
         assert all(torch.equal(got[k], init[k]) for k in encoder) == frozen, f"{backend}/{check}: frozen={frozen}"
 

@@ -6,7 +6,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from harness.model import build_model, task_loss
-from harness.params import count_parameters
+from harness.params import count_parameters, grouped_parameters
 from harness.tasks import get_task
 from variants import VariantError, get_variant, list_variants, make_config
 
@@ -91,25 +91,24 @@ def test_backward_on_one_task_leaves_other_tasks_parameters_without_gradient(enc
         model.zero_grad(set_to_none=True)
         batch = batch_for(task)
         task_loss(task, forward(model, task, batch), batch["labels"], "joint").backward()
-        for other in tasks:
-            if other == task:
-                continue
-            for prefix in (f"variant.per_task.{other}.", f"heads.{other}."):
-                for pname, p in model.named_parameters():
-                    if pname.startswith(prefix):
-                        assert p.grad is None or not p.grad.any(), f"{pname} got a gradient from {task}"
+        others = [(pname, p) for pname, p, _, owner in grouped_parameters(model) if owner not in (None, task)]
+        assert others, "the check sees no other task's parameters"
+        for pname, p in others:
+            assert p.grad is None or not p.grad.any(), f"{pname} got a gradient from {task}"
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_parameter_of_the_trained_task_moves_within_two_steps(encoder, name):
     """What a variant must satisfy: two optimizer steps on a task move every one of that task's
     parameters. Two, not one: an adapter whose up-projection starts at zero (LoRA, the README's
-    lowrank example) gives its down-projection a zero gradient on the first step only."""
+    lowrank example) gives its down-projection a zero gradient on the first step only. Adam, not
+    SGD: any gradient that is not exactly zero moves a parameter by about lr (LoRA's A on the
+    query gets a gradient of the order of the product of two small ones in step 2, which SGD's
+    update leaves below float32's resolution of A)."""
     model = build(encoder, name).train()
     for task in model.tasks:
-        own = {n: p.detach().clone() for n, p in model.named_parameters()
-               if n.startswith((f"variant.per_task.{task}.", f"heads.{task}."))}
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        own = {n: p.detach().clone() for n, p, _, owner in grouped_parameters(model) if owner == task}
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         batch = batch_for(task)
         for _ in range(2):
             optimizer.zero_grad(set_to_none=True)
@@ -130,6 +129,10 @@ def expected_task_specific(name, config):
         "single-task": 0, "multitask": 0, "embert": embert, "pals-top": pal + top_norm, "pals-parallel": L * pal,
         "pals-parallel-weighted": L * pal + scale, "pals-top-parallel-same": pal + top_norm + scale,
         "pals-top-parallel-different": 2 * pal + top_norm + scale, "combined": embert + pal + top_norm + scale,
+        # LoRA: A (r x in) and B (out x r) at each site of each layer; all sites here are H x H.
+        "lora": L * len(getattr(config, "sites", ())) * 2 * getattr(config, "rank", 0) * H,
+        # (IA)^3: a vector of the key's and value's outputs (H each), of the ffn-out's input (64).
+        "ia3": L * (H + H + 64),
     }.get(name)
 
 
@@ -253,12 +256,12 @@ def test_a_frozen_encoder_leaves_the_optimizer_only_the_variants_parts_and_heads
     optimizer = make_optimizer(model, "adamw", 1e-3, 0.0)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
-    assert not any(n.startswith("encoder.") for n, p in model.named_parameters() if id(p) in held)
+    assert not any(group == "encoder" for _, p, group, _ in grouped_parameters(model) if id(p) in held)
     task = model.tasks[0]
     batch = batch_for(task)
     task_loss(task, forward(model, task, batch), batch["labels"], "joint").backward()
     optimizer.step()  # every variant still trains with the encoder frozen
-    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is None for _, p, group, _ in grouped_parameters(model) if group == "encoder")
 
 
 @pytest.mark.parametrize("mode", ["bert-layer", "pals-code", "replace", "residual"])
@@ -355,3 +358,41 @@ def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_gradien
 def test_gradient_checkpointing_with_a_frozen_encoder(encoder):
     """Nothing entering a frozen encoder requires grad (what reentrant checkpointing would need)."""
     assert_checkpointing_changes_nothing_but_memory(encoder, "combined", "joint", freeze_encoder=True)
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3"])
+def test_a_peft_variant_runs_each_task_through_its_own_adapter_without_touching_requires_grad(encoder, name):
+    """peft's own set_adapter would set requires_grad on the active adapter only; DDP and DeepSpeed
+    fix the trainable set when they wrap the model, so selecting a task must not change it."""
+    model = build_model(copy.deepcopy(encoder), name, make_config(name), "joint", freeze_encoder=True).eval()
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(trainable[n] == (group != "encoder") for n, _, group, _ in grouped_parameters(model))
+    batch = batch_for("sst")
+    with torch.no_grad():
+        before = {t: forward(model, t, batch) for t in model.tasks}
+        for pname, p, _, owner in grouped_parameters(model):  # move sst's adapter away from the identity
+            if owner == "sst" and not pname.startswith("heads."):
+                p.add_(torch.randn_like(p))
+        after = {t: forward(model, t, batch) for t in model.tasks}
+    assert not torch.allclose(after["sst"], before["sst"])
+    for task in model.tasks:
+        if task != "sst":
+            assert torch.equal(after[task], before[task]), f"{name}: {task}'s pass used sst's adapter"
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable
+
+
+def test_peft_sites_are_options_and_ia3_scales_what_the_paper_scales(encoder):
+    lora = build(encoder, "lora", sites="query,key,ffn-in", rank=4)
+    per_layer = 2 * 4 * H + 2 * 4 * H + (4 * H + 64 * 4)  # ffn-in: A is 4 x H, B is 64 x 4
+    assert count_parameters(lora).task_specific["sts"] == L * per_layer
+    ia3 = build(encoder, "ia3")
+    scaled = {n.removeprefix("encoder.").rsplit(".ia3_l.", 1)[0]: p.numel()
+              for n, p, _, owner in grouped_parameters(ia3) if owner == "sst" and ".ia3_l." in n}
+    # l_k and l_v scale the key's and value's outputs, l_ff the feed-forward block's inner activation
+    # (the input of its second Linear); the attention's output projection is left alone.
+    assert scaled == {f"encoder.layer.{i}.{site}": size for i in range(L)
+                      for site, size in (("attention.self.key", H), ("attention.self.value", H), ("output.dense", 64))}
+    with pytest.raises(VariantError, match=r"sites: \['keys'\] not among the sites"):
+        make_config("ia3", {"sites": "keys"})
+    with pytest.raises(VariantError, match="rank: expected a positive number"):
+        make_config("lora", {"rank": 0})

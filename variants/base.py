@@ -5,9 +5,12 @@ A TaskAdapter owns every parameter the method adds. Parameters specific to one t
 accounting (`harness.params`) relies on exactly this layout, so a new variant gets correct
 counts without writing any counting code.
 
-The adapter never sees the optimizer, Accelerate, DeepSpeed or MLflow. It may reach into the
-encoder only through forward hooks installed by `attach`, so the encoder's own parameter
-names (and a pretrained checkpoint's keys) stay as they are.
+The adapter never sees the optimizer, Accelerate, DeepSpeed or MLflow. It reaches into the
+encoder through forward hooks installed by `attach`, so the encoder's own parameter names
+(and a pretrained checkpoint's keys) stay as they are. The one exception is a variant built
+on a library that injects its modules into the encoder (`peft`, variants/peft_adapters.py):
+its parameters then live under the encoder, and its `encoder_parameter_task` names the task
+of each, which the accounting and the optimizer's per-task groups follow.
 """
 from __future__ import annotations
 
@@ -76,6 +79,11 @@ class TaskAdapter(nn.Module):
 
     def attach(self, encoder: nn.Module) -> None:
         """Installs forward hooks on the encoder. Called once, before training is prepared."""
+
+    def encoder_parameter_task(self, name: str) -> str | None:
+        """The task owning the encoder parameter `name` (relative to the encoder), if the variant
+        put it there; None for the encoder's own parameters (the default: nothing is injected)."""
+        return None
 
     def set_context(self, task: str, attention_mask: torch.Tensor) -> None:
         """Tells the hooks which task, and which padding mask, the next encoder pass is for."""

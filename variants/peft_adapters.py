@@ -1,0 +1,173 @@
+"""Per-task LoRA and (IA)^3, built by the `peft` library: one adapter per task, selected for its pass.
+
+`peft.inject_adapter_in_model` is called once per task with the task's name as the adapter
+name, so every targeted Linear of the encoder holds one adapter per task (peft's own
+multi-adapter layers). Before each encoder pass the task's adapter is made the active one.
+
+What the harness's invariants need, and how they are kept:
+- The set of trainable parameters never changes after the model is built (DDP and DeepSpeed
+  fix it when they wrap the model). peft's `set_adapter` sets `requires_grad` on the active
+  adapter only, so it is not used: a forward pre-hook on each adapted layer sets the layer's
+  active adapter (`_active_adapter`) to the task of the pass. Every task's adapter stays
+  trainable; an inactive task's adapter gets no gradient, and the optimizer's per-task groups
+  leave it and its optimizer state untouched (harness.optim). peft's injection also freezes
+  everything but the adapters; the encoder's own `requires_grad` is restored afterwards, so
+  `--freeze-encoder` decides whether the encoder trains, as for every variant.
+- The adapters live inside the encoder's modules, under peft's names
+  (`...query.lora_A.<task>.weight`, `...key.ia3_l.<task>`); `encoder_parameter_task` maps
+  those names to their task, so the parameter accounting counts them as the task's specific
+  parameters, not as the encoder's, and the optimizer puts them in the task's group. The
+  wrapped Linear's own weights move to `...query.base_layer.weight` (peft's layout).
+- Gradient checkpointing: the pre-hook reads the adapter's `_task`, which a recomputed layer
+  gets back from `checkpoint_context`.
+
+Where in each BERT layer (`sites`): query, key, value (the attention's projections),
+attention-output (its output projection), ffn-in and ffn-out (the feed-forward block's two
+Linear layers).
+
+LoRA (Hu et al. 2021): W x + (alpha / r) B A x, B zero at initialisation (the pretrained
+function at the start). Defaults are the LoRA paper's and peft's: W_q and W_v, r = 8,
+alpha = 8, no dropout; peft's default BERT targets are the same two ("query", "value").
+
+(IA)^3 (Liu et al. 2022): learned vectors rescale the keys, the values and the feed-forward
+block's inner activation (l_k, l_v, l_ff), all ones at initialisation. peft scales a
+"feed-forward" layer's input and any other layer's output; here ffn-out and attention-output
+are feed-forward layers (their inputs are scaled), the others are not. Default: key, value,
+ffn-out, the paper's three. peft's own default for BERT targets every module whose name ends
+in "output.dense", which also rescales the input of each attention output projection:
+`-o sites=key,value,attention-output,ffn-out` gives that reading.
+
+Bottleneck adapters (Houlsby or Pfeiffer placement) are not in `peft`; AdapterHub's `adapters`
+library has them, but its current release (1.3.0) requires transformers ~= 4.57.6 and the
+harness runs transformers 5, so no variant offers them yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from variants.base import TaskAdapter, VariantConfig, check_positive
+from variants.registry import register_variant
+
+# Module names inside a transformers BertModel, one pattern per site.
+SITES = {
+    "query": r"encoder\.layer\.\d+\.attention\.self\.query",
+    "key": r"encoder\.layer\.\d+\.attention\.self\.key",
+    "value": r"encoder\.layer\.\d+\.attention\.self\.value",
+    "attention-output": r"encoder\.layer\.\d+\.attention\.output\.dense",
+    "ffn-in": r"encoder\.layer\.\d+\.intermediate\.dense",
+    "ffn-out": r"encoder\.layer\.\d+\.output\.dense",
+}
+FEEDFORWARD_SITES = ("attention-output", "ffn-out")  # (IA)^3 scales these layers' inputs
+
+
+def site_pattern(sites: tuple[str, ...]) -> str:
+    """One regex (peft full-matches a string target against each module's name) for `sites`."""
+    return "(?:" + "|".join(SITES[s] for s in sites) + ")"
+
+
+def check_sites(config, name: str = "sites") -> None:
+    sites = getattr(config, name)
+    if not sites:
+        raise ValueError(f"{name}: at least one site is needed (one of {list(SITES)})")
+    unknown = [s for s in sites if s not in SITES]
+    if unknown:
+        raise ValueError(f"{name}: {unknown} not among the sites {list(SITES)}")
+
+
+@dataclass
+class LoRAConfig(VariantConfig):
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    sites: tuple[str, ...] = ("query", "value")
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "rank", "alpha")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int):
+            raise ValueError(f"rank: expected a whole number, got {self.rank!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
+        check_sites(self)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=site_pattern(self.sites), bias="none")
+
+
+@dataclass
+class IA3Config(VariantConfig):
+    sites: tuple[str, ...] = ("key", "value", "ffn-out")
+
+    def validate(self) -> None:
+        super().validate()
+        check_sites(self)
+
+    def peft_config(self):
+        from peft import IA3Config as PeftIA3Config
+
+        feedforward = tuple(s for s in self.sites if s in FEEDFORWARD_SITES)
+        # peft requires feedforward_modules to be a subset of target_modules; a pattern matching no
+        # module stands for "none".
+        return PeftIA3Config(target_modules=site_pattern(self.sites),
+                             feedforward_modules=site_pattern(feedforward) if feedforward else r"(?!)",
+                             init_ia3_weights=True)
+
+
+class PeftTaskAdapter(TaskAdapter):
+    """Base of the peft variants: one peft adapter per task, injected into the encoder."""
+
+    identity_options = {}  # LoRA's B and (IA)^3's vectors start at the identity
+
+    def __init__(self, config, encoder_config, tasks: tuple[str, ...]):
+        super().__init__(config, encoder_config, tasks)
+        self._adapter_names: tuple[str, ...] = ()  # peft's per-adapter attribute names (lora_A, ia3_l, ...)
+
+    def attach(self, encoder: nn.Module) -> None:
+        from peft import inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        trainable = {id(p): p.requires_grad for p in encoder.parameters()}
+        for task in self.tasks:
+            inject_adapter_in_model(self.config.peft_config(), encoder, adapter_name=task)
+            # peft's record of its configs, which would make the next injection warn of several adapters
+            # (what is meant here); the harness keeps its own record (the variant config).
+            del encoder.peft_config
+        layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
+        if not layers:
+            raise ValueError(f"sites {list(self.config.sites)}: no module of the encoder matched")
+        names = set()
+        for layer in layers:
+            names.update(layer.adapter_layer_names)
+            layer.register_forward_pre_hook(self._activate)
+        self._adapter_names = tuple(sorted(names))
+        for name, parameter in encoder.named_parameters():
+            # The encoder's own weights as they were; every task's adapter trainable, always.
+            parameter.requires_grad = trainable.get(id(parameter), True) if self.encoder_parameter_task(name) is None \
+                else True
+
+    def _activate(self, layer, args) -> None:
+        layer._active_adapter = self.task
+
+    def encoder_parameter_task(self, name: str) -> str | None:
+        """The task owning encoder parameter `name` (peft's `<module>.<adapter attr>.<task>[.<param>]`)."""
+        parts = name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part in self._adapter_names and parts[i + 1] in self.tasks:
+                return parts[i + 1]
+        return None
+
+
+@register_variant("lora", config=LoRAConfig)
+class LoRA(PeftTaskAdapter):
+    """Per-task LoRA (peft) on the attention's query and value projections; rank, alpha, sites are options."""
+
+
+@register_variant("ia3", config=IA3Config)
+class IA3(PeftTaskAdapter):
+    """Per-task (IA)^3 (peft): learned rescaling of keys, values and the feed-forward activation."""
+
