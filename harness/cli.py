@@ -237,7 +237,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare
 
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
-            baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by)
+            baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by,
+            select_over=tuple(x for x in args.select_over.split(",") if x))
     return 0
 
 
@@ -295,6 +296,9 @@ def _add_sweep_parser(sub) -> None:
                    help="compare each variant at its own best grid point: per seed, the point with the best "
                         "val/overall (runs trained with --validation-fraction), dev reported for it, and a table of "
                         "the points chosen (default: every grid point is a row of its own)")
+    c.add_argument("--select-over", default="", metavar="SETTING[,SETTING]",
+                   help="with --select-best-by: the grid settings to choose among, e.g. lr; the others stay rows "
+                        "of their own (default: all grid settings)")
     c.set_defaults(func=cmd_compare)
 
 

@@ -126,24 +126,40 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
     return records, parent_id
 
 
-def select_best(records: list[RunRecord]) -> tuple[list[RunRecord], list[dict]]:
+def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[list[RunRecord], list[dict]]:
     """Each variant's best grid point per seed by the validation score (val/overall), labelled by
     the variant alone so that variants are compared each at its own best point; and which point
-    each got. Runs without a validation score are refused: choosing on dev would report dev twice."""
+    each got. Runs without a validation score are refused: choosing on dev would report dev twice.
+
+    `over` names the grid settings chosen among (default: all of them). A grid setting it does not
+    name stays in the label, so its values remain rows of their own: with over=("lr",) a sweep of
+    lr x freeze_encoder gives "lora freeze_encoder=True" and "lora freeze_encoder=False", each at
+    its own best learning rate."""
     missing = [r for r in records if r.validation is None or math.isnan(r.validation)]
     if missing:
         names_ = ", ".join(f"{r.run_id} ({r.label} seed {r.seed})" for r in missing[:5])
         raise CompareError(f"--select-best-by validation: {len(missing)} run(s) have no "
                            f"{names.overall_key(names.VALIDATION)} metric (train with --validation-fraction): {names_}")
+    grid_settings = {t.split("=", 1)[0] for r in records for t in r.label.split()[1:]}
+    unknown = sorted(set(over) - grid_settings)
+    if unknown:
+        raise CompareError(f"--select-over: {unknown} not among the grid settings of these runs "
+                           f"({sorted(grid_settings) or 'none'})")
+
+    def kept(record: RunRecord) -> str:
+        tokens = [t for t in record.label.split()[1:] if over and t.split("=", 1)[0] not in over]
+        return " ".join([record.variant, *tokens])
+
     best: dict[tuple[str, int], RunRecord] = {}
     for record in sorted(records, key=lambda r: r.label):  # ties: the first label in order
-        key = (record.variant, record.seed)
+        key = (kept(record), record.seed)
         if key not in best or record.validation > best[key].validation:
             best[key] = record
-    chosen = [{"variant": v, "seed": s, "point": " ".join(r.label.split()[1:]) or "-", "validation": r.validation,
-               "candidates": sum(1 for x in records if (x.variant, x.seed) == (v, s))}
+    chosen = [{"variant": v, "seed": s, "validation": r.validation,
+               "point": " ".join(t for t in r.label.split()[1:] if t not in v.split()) or "-",
+               "candidates": sum(1 for x in records if (kept(x), x.seed) == (v, s))}
               for (v, s), r in sorted(best.items())]
-    selected = [dataclasses.replace(r, label=r.variant) for r in best.values()]
+    selected = [dataclasses.replace(r, label=label) for (label, _), r in best.items()]
     return selected, chosen
 
 
@@ -264,6 +280,10 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
     for label, group in by_label.items():
         # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same grid point.
         base_label = " ".join([baseline] + label.split()[1:])
+        if base_label not in by_label and baseline in by_label:
+            # A setting only this variant has (after --select-over: lora freeze_encoder=True): the
+            # baseline's own row.
+            base_label = baseline
         base = {r.seed: r for r in by_label.get(base_label, [])}
         row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group),
                "overall_formula": " / ".join(sorted({r.formula for r in group}))}
@@ -487,7 +507,7 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
 
 def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
             baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print,
-            select_best_by: str = "") -> list[dict]:
+            select_best_by: str = "", select_over: tuple[str, ...] = ()) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     from harness.tracking import resolve_tracking_uri
@@ -499,7 +519,9 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     if select_best_by:
         if select_best_by != "validation":
             raise CompareError(f"--select-best-by: expected 'validation', got {select_best_by!r}")
-        records, chosen = select_best(records)
+        records, chosen = select_best(records, tuple(select_over))
+    elif select_over:
+        raise CompareError("--select-over names the grid settings --select-best-by chooses among; give both")
     # A sweep's rows follow the order its file or command line listed the variants in.
     order = client.get_run(parent_id).data.params.get(names.SWEEP_VARIANTS, "").split(",") if parent_id else None
     title = sweep or experiment

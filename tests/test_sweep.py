@@ -547,6 +547,34 @@ def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_r
         select_best(records[:-1] + [record("pals-top", 1e-3, 1, 0.80, None)])
 
 
+def test_select_over_keeps_the_other_grid_settings_as_rows_of_their_own():
+    """lr x freeze_encoder for lora only: selecting over lr gives a frozen and a fine-tuned lora row,
+    each at its own best lr, both compared with the baseline's row (which has no freeze_encoder)."""
+    from harness.compare import CompareError, RunRecord, select_best, summarise
+
+    def record(label, seed, dev, validation):
+        return RunRecord(f"{label}-{seed}", label, label.split()[0], seed, {}, dev, 10, 1.0, 60.0,
+                         validation=validation)
+
+    records = [record("multitask lr=1e-05", s, 0.60, 0.60) for s in (0, 1)] + [
+        record("multitask lr=3e-05", s, 0.65, 0.50) for s in (0, 1)] + [
+        record("lora freeze_encoder=False lr=0.0001", s, 0.70, 0.70) for s in (0, 1)] + [
+        record("lora freeze_encoder=False lr=0.001", s, 0.50, 0.40) for s in (0, 1)] + [
+        record("lora freeze_encoder=True lr=0.0001", s, 0.55, 0.50) for s in (0, 1)] + [
+        record("lora freeze_encoder=True lr=0.001", s, 0.62 + s / 100, 0.60) for s in (0, 1)]
+    selected, chosen = select_best(records, ("lr",))
+    assert sorted({r.label for r in selected}) == ["lora freeze_encoder=False", "lora freeze_encoder=True",
+                                                   "multitask"]
+    assert {(c["variant"], c["seed"]): c["point"] for c in chosen}[("lora freeze_encoder=True", 1)] == "lr=0.001"
+    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
+    assert rows["lora freeze_encoder=True"]["delta_overall"] == pytest.approx((0.62 + 0.63) / 2 - 0.60)
+    assert rows["lora freeze_encoder=False"]["delta_overall"] == pytest.approx(0.10)
+    # Without --select-over every grid setting is chosen among: one lora row.
+    assert sorted({r.label for r in select_best(records)[0]}) == ["lora", "multitask"]
+    with pytest.raises(CompareError, match=r"--select-over: \['lrr'\] not among the grid settings"):
+        select_best(records, ("lrr",))
+
+
 @pytest.mark.slow
 def test_a_grid_sweep_with_a_validation_split_is_compared_at_each_variants_best_point(
         tmp_path, tiny_bert, small_data, tracking_uri):
