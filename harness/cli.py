@@ -238,7 +238,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
             baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by,
-            select_over=tuple(x for x in args.select_over.split(",") if x))
+            select_over=tuple(x.strip() for x in args.select_over.split(",") if x.strip()))
     return 0
 
 

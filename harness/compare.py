@@ -277,13 +277,12 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
     for record in records:
         by_label.setdefault(record.label, []).append(record)
     rows, compared = [], []
+    # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same values of
+    # the settings the baseline's own labels have: a setting only some variants vary (lora's
+    # freeze_encoder) is not part of the baseline's point.
+    base_settings = {t.split("=", 1)[0] for r in records if r.variant == baseline for t in r.label.split()[1:]}
     for label, group in by_label.items():
-        # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same grid point.
-        base_label = " ".join([baseline] + label.split()[1:])
-        if base_label not in by_label and baseline in by_label:
-            # A setting only this variant has (after --select-over: lora freeze_encoder=True): the
-            # baseline's own row.
-            base_label = baseline
+        base_label = " ".join([baseline] + [t for t in label.split()[1:] if t.split("=", 1)[0] in base_settings])
         base = {r.seed: r for r in by_label.get(base_label, [])}
         row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group),
                "overall_formula": " / ".join(sorted({r.formula for r in group}))}

@@ -95,8 +95,9 @@ FROZEN = ["--freeze-encoder"]
 # Activation checkpointing on the ranks only: it must reproduce the one process without it.
 # The inactive-task check (mode, variant): a hand-written variant and a peft one.
 INACTIVE_CHECKS = [("skip", "pals-parallel"), ("skip", "lora")]
-# lora: peft's adapters injected into the encoder, one per task, with the encoder trained and frozen.
-CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen", "combined-checkpointed", "lora", "lora-frozen"]
+# lora, ia3: peft's adapters injected into the encoder, one per task, with the encoder trained and frozen.
+CHECKS = [*VARIANTS, "multitask-sgd", "pals-parallel-frozen", "combined-checkpointed", "lora", "lora-frozen",
+          "ia3-frozen"]
 
 
 def variant_of(check: str) -> str:

@@ -569,6 +569,13 @@ def test_select_over_keeps_the_other_grid_settings_as_rows_of_their_own():
     rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
     assert rows["lora freeze_encoder=True"]["delta_overall"] == pytest.approx((0.62 + 0.63) / 2 - 0.60)
     assert rows["lora freeze_encoder=False"]["delta_overall"] == pytest.approx(0.10)
+    # Every grid point a row of its own: lora is compared with multitask at the same lr, whatever
+    # its freeze_encoder (a setting multitask does not have).
+    plain = records + [record("lora freeze_encoder=True lr=1e-05", s, 0.58, 0.5) for s in (0, 1)]
+    rows = {r["variant"]: r for r in summarise(plain, "multitask", "seeds", 0)}
+    assert rows["lora freeze_encoder=True lr=1e-05"]["delta_overall"] == pytest.approx(0.58 - 0.60)
+    assert rows["lora freeze_encoder=True lr=1e-05"]["paired_seeds"] == 2
+    assert rows["lora freeze_encoder=True lr=0.001"]["paired_seeds"] == 0  # multitask has no lr=0.001
     # Without --select-over every grid setting is chosen among: one lora row.
     assert sorted({r.label for r in select_best(records)[0]}) == ["lora", "multitask"]
     with pytest.raises(CompareError, match=r"--select-over: \['lrr'\] not among the grid settings"):

@@ -394,5 +394,7 @@ def test_peft_sites_are_options_and_ia3_scales_what_the_paper_scales(encoder):
                       for site, size in (("attention.self.key", H), ("attention.self.value", H), ("output.dense", 64))}
     with pytest.raises(VariantError, match=r"sites: \['keys'\] not among the sites"):
         make_config("ia3", {"sites": "keys"})
+    with pytest.raises(VariantError, match=r"sites: \['value', 'value'\] names a site twice"):
+        make_config("lora", {"sites": "value,value"})
     with pytest.raises(VariantError, match="rank: expected a positive number"):
         make_config("lora", {"rank": 0})

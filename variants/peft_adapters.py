@@ -37,6 +37,11 @@ ffn-out, the paper's three. peft's own default for BERT targets every module who
 in "output.dense", which also rescales the input of each attention output projection:
 `-o sites=key,value,attention-output,ffn-out` gives that reading.
 
+Departures and open choices: peft initialises LoRA's A Kaiming-uniform (as Microsoft's loralib
+does), where the LoRA paper's text says Gaussian. Weight decay (--weight-decay, default 0)
+applies to the adapters as to every parameter: for (IA)^3 it pulls the vectors toward 0, not
+toward their identity value 1.
+
 Bottleneck adapters (Houlsby or Pfeiffer placement) are not in `peft`; AdapterHub's `adapters`
 library has them, but its current release (1.3.0) requires transformers ~= 4.57.6 and the
 harness runs transformers 5, so no variant offers them yet.
@@ -74,6 +79,8 @@ def check_sites(config, name: str = "sites") -> None:
     unknown = [s for s in sites if s not in SITES]
     if unknown:
         raise ValueError(f"{name}: {unknown} not among the sites {list(SITES)}")
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"{name}: {list(sites)} names a site twice")
 
 
 @dataclass
@@ -136,7 +143,7 @@ class PeftTaskAdapter(TaskAdapter):
             inject_adapter_in_model(self.config.peft_config(), encoder, adapter_name=task)
             # peft's record of its configs, which would make the next injection warn of several adapters
             # (what is meant here); the harness keeps its own record (the variant config).
-            del encoder.peft_config
+            vars(encoder).pop("peft_config", None)
         layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
         if not layers:
             raise ValueError(f"sites {list(self.config.sites)}: no module of the encoder matched")
