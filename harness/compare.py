@@ -126,6 +126,12 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
     return records, parent_id
 
 
+def grid_point(label: str) -> list[tuple[str, str]]:
+    """A label's grid values as (setting, "setting=value") pairs: "lora freeze_encoder=True lr=0.001"
+    gives [("freeze_encoder", "freeze_encoder=True"), ("lr", "lr=0.001")]."""
+    return [(token.split("=", 1)[0], token) for token in label.split()[1:]]
+
+
 def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[list[RunRecord], list[dict]]:
     """Each variant's best grid point per seed by the validation score (val/overall), labelled by
     the variant alone so that variants are compared each at its own best point; and which point
@@ -140,14 +146,14 @@ def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[l
         names_ = ", ".join(f"{r.run_id} ({r.label} seed {r.seed})" for r in missing[:5])
         raise CompareError(f"--select-best-by validation: {len(missing)} run(s) have no "
                            f"{names.overall_key(names.VALIDATION)} metric (train with --validation-fraction): {names_}")
-    grid_settings = {t.split("=", 1)[0] for r in records for t in r.label.split()[1:]}
+    grid_settings = {setting for r in records for setting, _ in grid_point(r.label)}
     unknown = sorted(set(over) - grid_settings)
     if unknown:
         raise CompareError(f"--select-over: {unknown} not among the grid settings of these runs "
                            f"({sorted(grid_settings) or 'none'})")
 
     def kept(record: RunRecord) -> str:
-        tokens = [t for t in record.label.split()[1:] if over and t.split("=", 1)[0] not in over]
+        tokens = [token for setting, token in grid_point(record.label) if over and setting not in over]
         return " ".join([record.variant, *tokens])
 
     best: dict[tuple[str, int], RunRecord] = {}
@@ -156,7 +162,7 @@ def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[l
         if key not in best or record.validation > best[key].validation:
             best[key] = record
     chosen = [{"variant": v, "seed": s, "validation": r.validation,
-               "point": " ".join(t for t in r.label.split()[1:] if t not in v.split()) or "-",
+               "point": " ".join(token for _, token in grid_point(r.label) if token not in v.split()) or "-",
                "candidates": sum(1 for x in records if (kept(x), x.seed) == (v, s))}
               for (v, s), r in sorted(best.items())]
     selected = [dataclasses.replace(r, label=label) for (label, _), r in best.items()]
@@ -280,9 +286,9 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
     # A grid sweep's label is "<variant> lr=..."; its baseline is the baseline at the same values of
     # the settings the baseline's own labels have: a setting only some variants vary (lora's
     # freeze_encoder) is not part of the baseline's point.
-    base_settings = {t.split("=", 1)[0] for r in records if r.variant == baseline for t in r.label.split()[1:]}
+    base_settings = {setting for r in records if r.variant == baseline for setting, _ in grid_point(r.label)}
     for label, group in by_label.items():
-        base_label = " ".join([baseline] + [t for t in label.split()[1:] if t.split("=", 1)[0] in base_settings])
+        base_label = " ".join([baseline] + [token for setting, token in grid_point(label) if setting in base_settings])
         base = {r.seed: r for r in by_label.get(base_label, [])}
         row = {"variant": label, "n": len(group), "seeds": ",".join(str(r.seed) for r in group),
                "overall_formula": " / ".join(sorted({r.formula for r in group}))}

@@ -152,10 +152,9 @@ class PeftTaskAdapter(TaskAdapter):
             names.update(layer.adapter_layer_names)
             layer.register_forward_pre_hook(self._activate)
         self._adapter_names = tuple(sorted(names))
-        for name, parameter in encoder.named_parameters():
-            # The encoder's own weights as they were; every task's adapter trainable, always.
-            parameter.requires_grad = trainable.get(id(parameter), True) if self.encoder_parameter_task(name) is None \
-                else True
+        for parameter in encoder.parameters():
+            # The encoder's own weights as they were; every task's adapter (new here) trainable, always.
+            parameter.requires_grad = trainable.get(id(parameter), True)
 
     def _activate(self, layer, args) -> None:
         layer._active_adapter = self.task
