@@ -9,6 +9,7 @@ Read in this order:
   INDEX`): `accelerate launch` of the harness with the job's config file, resumed from the job's
   latest checkpoint if it has one.
 - `executors/`: where jobs run, one module per executor (`local`, `slurm`) behind `Executor`.
+- `search.py`: a search sweep (the file's `search:`): Optuna studies whose trials are jobs.
 - `run.py`: `run_sweep`, which ties them together.
 
 A sweep has a name (its id); running the same sweep again skips jobs whose MLflow run FINISHED

@@ -2,13 +2,17 @@
 and the job runs below it (tags sweep.id, sweep.job, sweep.label; see harness/names.py)."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from harness import names
-from harness.sweeps.spec import Job, SweepSpec
+from harness.sweeps.spec import SweepSpec
 from harness.tracking import retry, search_all_runs
 
 
-def parent_run(client, experiment_id: str, spec: SweepSpec, jobs: list[Job], executor: str) -> str:
-    """The sweep's parent run: found by its tags when the sweep is re-run, else created."""
+def parent_run(client, experiment_id: str, spec: SweepSpec, planned: int, executor: str) -> str:
+    """The sweep's parent run: found by its tags when the sweep is re-run, else created. `planned`:
+    its number of jobs (a search's: studies x trials)."""
     from mlflow.entities import Param
 
     found = retry(lambda: client.search_runs(
@@ -19,16 +23,18 @@ def parent_run(client, experiment_id: str, spec: SweepSpec, jobs: list[Job], exe
         client.update_run(run_id, status="RUNNING")
         return run_id
     run = retry(lambda: client.create_run(experiment_id, run_name=spec.name, tags={
-        names.SWEEP_ID: spec.name, names.SWEEP_ROLE: names.PARENT_ROLE, names.SWEEP_JOBS: str(len(jobs)),
+        names.SWEEP_ID: spec.name, names.SWEEP_ROLE: names.PARENT_ROLE, names.SWEEP_JOBS: str(planned),
         "mlflow.note.content": f"Sweep {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds "
-                               f"({len(jobs)} jobs); its jobs are the child runs below it."}))
+                               f"({planned} jobs); its jobs are the child runs below it."}))
     params = {names.SWEEP_VARIANTS: ",".join(spec.variants), "seeds": ",".join(map(str, spec.seeds)),
               "launch_config": spec.launch_config, "executor": executor,
               **{f"set.{k}": v for k, v in spec.set.items()},
               **{f"grid.{k}": ",".join(map(str, v)) for k, v in spec.grid.items()},
               **{f"grid.{variant}.{k}": ",".join(map(str, v)) for variant, grid in spec.variant_grid.items()
                  for k, v in grid.items()},
-              **{f"option.{k}": v for k, v in spec.options.items()}}
+              **{f"option.{k}": v for k, v in spec.options.items()},
+              **({f"search.{k}": json.dumps(v) if isinstance(v, dict) else v
+                  for k, v in dataclasses.asdict(spec.search).items()} if spec.search else {})}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id
 

@@ -33,6 +33,25 @@ class SweepSpec:
     variant_grid: dict[str, dict[str, list]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # variant options, for the variants that have them
     launch_config: str = "launch/single.yaml"
+    search: SearchSpec | None = None  # an Optuna search instead of (within each point of) the grid
+
+
+@dataclass
+class SearchSpec:
+    """An Optuna search over training settings (the sweep file's `search:`; see harness/sweeps/search.py).
+
+    One study per variant, grid point and seed; each trial is one job, its values in the job's label."""
+
+    trials: int  # per study
+    space: dict[str, Any]  # setting: {low, high, log} (a range) or [values] (a choice)
+    batch: int = 1  # trials run at a time per study (one round of jobs)
+    metric: str = "val/overall"  # a metric every job logs; choose on validation, report dev
+    direction: str = "maximize"
+    sampler: str = "tpe"  # one of SAMPLERS
+    sampler_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+
+
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "gp": "GPSampler"}
 
 
 @dataclass
@@ -132,13 +151,77 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
                          *((f"{name} {k!r}", v) for name, grid in grids for k, v in grid.items())]:
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: {what} lists a value twice: {values!r}")
+    if data.get("search") is not None:
+        data["search"] = load_search(data["search"], where, data)
     data["name"] = str(data["name"])
     return SweepSpec(**data)
 
 
+def _space_value(name: str, value: Any, where: str) -> Any:
+    try:
+        return _setting(name, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: space {name!r}: {exc}") from None
+
+
+def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
+    """The sweep file's `search:` mapping, each value checked; `data` is the rest of the sweep."""
+    where = f"{where}: search"
+    fields = {f.name for f in dataclasses.fields(SearchSpec)}
+    if not isinstance(raw, dict) or "trials" not in raw or "space" not in raw:
+        raise ConfigError(f"{where}: expected a mapping with trials and space (and optionally "
+                          f"{sorted(fields - {'trials', 'space'})}), got {raw!r}")
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    search = SearchSpec(**raw)
+    for name in ("trials", "batch"):
+        value = getattr(search, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: {name}: expected a positive whole number, got {value!r}")
+    if search.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{where}: direction: expected maximize or minimize, got {search.direction!r}")
+    if search.sampler not in SAMPLERS:
+        raise ConfigError(f"{where}: sampler: expected one of {list(SAMPLERS)}, got {search.sampler!r}")
+    if not isinstance(search.sampler_options, dict):
+        raise ConfigError(f"{where}: sampler_options: expected a mapping, got {search.sampler_options!r}")
+    if not isinstance(search.metric, str) or not search.metric:
+        raise ConfigError(f"{where}: metric: expected a metric name such as val/overall, got {search.metric!r}")
+    if search.metric.startswith("val/") and not data["set"].get("validation_fraction"):
+        raise ConfigError(f"{where}: metric {search.metric}: the jobs need a validation split; "
+                          "set validation_fraction (e.g. 0.1) under set:")
+    if not isinstance(search.space, dict) or not search.space:
+        raise ConfigError(f"{where}: space: expected a mapping of setting: {{low, high, log}} or [values], "
+                          f"got {search.space!r}")
+    varied = set(data["set"]).union(data["grid"], *map(set, data["variant_grid"].values()))
+    space = {}
+    for name, bounds in search.space.items():
+        if name in varied:
+            raise ConfigError(f"{where}: space {name!r} is also set or in the grid; give it in one place")
+        if isinstance(bounds, list):
+            if not bounds or len(set(map(str, bounds))) != len(bounds):
+                raise ConfigError(f"{where}: space {name!r}: expected a list of distinct values, got {bounds!r}")
+            space[name] = [_space_value(name, v, where) for v in bounds]
+            continue
+        if not isinstance(bounds, dict) or not {"low", "high"} <= set(bounds) <= {"low", "high", "log"}:
+            raise ConfigError(f"{where}: space {name!r}: expected {{low: , high: }} (and log: true for a "
+                              f"log scale) or a list of values, got {bounds!r}")
+        low, high = _space_value(name, bounds["low"], where), _space_value(name, bounds["high"], where)
+        log = bounds.get("log", False)
+        if not isinstance(low, (int, float)) or isinstance(low, bool) or not low < high:
+            raise ConfigError(f"{where}: space {name!r}: expected numbers low < high, got {low!r}, {high!r}")
+        if not isinstance(log, bool) or (log and low <= 0):
+            raise ConfigError(f"{where}: space {name!r}: log must be true or false, and a log scale needs low > 0")
+        space[name] = {"low": low, "high": high, "log": log}
+    search.space = space
+    return search
+
+
 def expand(spec: SweepSpec) -> list[Job]:
-    """Every variant x grid point x seed, each validated as a training config before anything runs."""
-    from variants import VariantError, get_variant, make_config
+    """Every variant x grid point x seed, each validated as a training config before anything runs.
+    (A search sweep's jobs are its studies' starting points: harness/sweeps/search.py adds each
+    trial's values to one of them.)"""
+    from variants import get_variant
 
     option_takers = {}
     for variant in spec.variants:
@@ -156,22 +239,27 @@ def expand(spec: SweepSpec) -> list[Job]:
             grid_values = dict(zip(grid_keys, point))
             label = " ".join([variant] + [f"{k}={v}" for k, v in grid_values.items()])
             for seed in spec.seeds:
-                settings = {**spec.set, **grid_values}
-                options = option_takers[variant]
-                try:
-                    config = resolve_config({**settings, "variant": variant, "seed": seed,
-                                             "variant_options": dict(options)})
-                    typed = make_config(variant, config.variant_settings())
-                except (ConfigError, VariantError) as exc:
-                    raise ConfigError(f"sweep {spec.name}, job {label} seed {seed}: {exc}") from None
-                # Typed values: `pal_size: 204` in a file and `-o pal_size=204` are the same job.
-                identity = json.dumps({"variant": variant, "seed": seed, "settings": settings,
-                                       "options": {k: getattr(typed, k) for k in options}},
-                                      sort_keys=True, default=str)
-                # (How a job is launched is not part of it: the same training on other hardware is the same job.)
-                key = hashlib.sha256(identity.encode()).hexdigest()[:12]
-                jobs.append(Job(len(jobs), key, label, variant, seed, settings, dict(options)))
+                jobs.append(make_job(len(jobs), spec.name, label, variant, seed, {**spec.set, **grid_values},
+                                     option_takers[variant]))
     return jobs
+
+
+def make_job(index: int, sweep: str, label: str, variant: str, seed: int, settings: dict[str, Any],
+             options: dict[str, Any]) -> Job:
+    """A job, validated as a training config, with its key: a hash of what it trains."""
+    from variants import VariantError, make_config
+
+    try:
+        config = resolve_config({**settings, "variant": variant, "seed": seed, "variant_options": dict(options)})
+        typed = make_config(variant, config.variant_settings())
+    except (ConfigError, VariantError) as exc:
+        raise ConfigError(f"sweep {sweep}, job {label} seed {seed}: {exc}") from None
+    # Typed values: `pal_size: 204` in a file and `-o pal_size=204` are the same job.
+    identity = json.dumps({"variant": variant, "seed": seed, "settings": settings,
+                           "options": {k: getattr(typed, k) for k in options}}, sort_keys=True, default=str)
+    # (How a job is launched is not part of it: the same training on other hardware is the same job.)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return Job(index, key, label, variant, seed, dict(settings), dict(options))
 
 
 def sweep_dir(spec: SweepSpec) -> Path:

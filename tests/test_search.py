@@ -1,0 +1,156 @@
+"""Optuna search sweeps (harness/sweeps/search.py): the sweep file's `search:`, the rounds of
+trials, and a real search on the local executor with a real MLflow store."""
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_sweep import child_runs, sweep_cli
+
+from harness.compare import compare
+from harness.config import ConfigError
+from harness.sweeps import expand, load_spec
+from harness.sweeps.search import Search, study_of
+
+SEARCH = """name: search
+variants: [multitask, pals-top]
+seeds: [0, 1]
+set: {validation_fraction: 0.25}
+options: {pal_size: 12}
+search:
+  trials: 3
+  batch: 2
+  space:
+    lr: {low: 1.0e-5, high: 1.0e-2, log: true}
+    batch_size: [4, 8]
+"""
+
+
+def spec_of(tmp_path, text=SEARCH):
+    path = tmp_path / "search.yaml"
+    path.write_text(text)
+    return load_spec(path)
+
+
+@pytest.mark.parametrize("search, message", [
+    ("{trials: 3}", "expected a mapping with trials and space"),
+    ("{trials: 0, space: {lr: {low: 1.0e-5, high: 1.0e-3}}}", "trials: expected a positive whole number"),
+    ("{trials: 2, batch: 1.5, space: {lr: {low: 1.0e-5, high: 1.0e-3}}}", "batch: expected a positive whole"),
+    ("{trials: 2, space: {lr: {low: 1.0e-3, high: 1.0e-5}}}", "space 'lr': expected numbers low < high"),
+    ("{trials: 2, space: {lr: {low: 0.0, high: 1.0e-3, log: true}}}", "a log scale needs low > 0"),
+    ("{trials: 2, space: {lr: {low: 1.0e-5, hi: 1.0e-3}}}", "space 'lr': expected {low: , high: }"),
+    ("{trials: 2, space: {lr: {low: fast, high: 1.0e-3}}}", "space 'lr': sweep setting lr: expected a number"),
+    ("{trials: 2, space: {seed: [0, 1]}}", "'seed': not a setting a sweep can vary"),
+    ("{trials: 2, space: {batch_size: [4, 4]}}", "expected a list of distinct values"),
+    ("{trials: 2, space: {epochs: {low: 1, high: 3}}, sampler: annealing}", "sampler: expected one of"),
+    ("{trials: 2, space: {epochs: {low: 1, high: 3}}, direction: up}", "direction: expected maximize"),
+    ("{trials: 2, space: {epochs: {low: 1, high: 3}}, trails: 3}", "unknown key(s) ['trails']"),
+    ("{trials: 2, space: {max_length: {low: 16, high: 32}}}", "'max_length' is also set or in the grid"),
+])
+def test_a_bad_search_section_is_refused_naming_the_field(tmp_path, search, message):
+    text = (f"name: s\nvariants: [multitask]\nseeds: [0]\nset: {{validation_fraction: 0.1, max_length: 32}}\n"
+            f"search: {search}\n")
+    with pytest.raises(ConfigError, match="search.yaml: search: .*" + re.escape(message)):
+        spec_of(tmp_path, text)
+
+
+def test_a_search_on_validation_needs_a_validation_split(tmp_path):
+    text = SEARCH.replace("set: {validation_fraction: 0.25}\n", "")
+    with pytest.raises(ConfigError, match="metric val/overall: the jobs need a validation split"):
+        spec_of(tmp_path, text)
+    spec_of(tmp_path, text.replace("  trials: 3\n", "  trials: 3\n  metric: dev/overall\n"))  # said outright: allowed
+
+
+def test_bad_sampler_options_are_refused_before_anything_runs(tmp_path):
+    spec = spec_of(tmp_path, SEARCH.replace("  batch: 2\n", "  batch: 2\n  sampler_options: {startup: 4}\n"))
+    with pytest.raises(ConfigError, match="search sampler_options \\{'startup': 4\\}"):
+        Search(spec, expand(spec), [])
+
+
+def test_each_study_gets_batch_trials_a_round_within_its_space_until_it_has_trials(tmp_path):
+    spec = spec_of(tmp_path)
+    starts = expand(spec)
+    assert len(starts) == 4  # a study per variant and seed; the searched settings are not in them
+    search = Search(spec, starts, [])
+    first = search.next_round({})
+    assert len(first) == 8 and [j.index for j in first] == list(range(8))
+    for job in first:
+        lr, batch_size = job.settings["lr"], job.settings["batch_size"]
+        assert 1e-5 <= lr <= 1e-2 and float(f"{lr:.3g}") == lr  # 3 significant digits: the label is the value
+        assert batch_size in (4, 8)
+        start = next(s for s in starts if study_of(s, spec.search.space) == study_of(job, spec.search.space))
+        assert job.label == f"{start.label} lr={lr} batch_size={batch_size}"
+        assert job.variant == start.variant and job.seed == start.seed and job.options == start.options
+        assert job.settings["validation_fraction"] == 0.25
+    assert {j.variant: j.options for j in first} == {"multitask": {}, "pals-top": {"pal_size": 12}}
+    assert len({j.key for j in first}) == 8
+    results = {job.key: 0.5 + i / 100 for i, job in enumerate(first)}
+    second = search.next_round(results)
+    assert len(second) == 4  # trials: 3 per study
+    assert search.next_round({**results, **{j.key: 0.5 for j in second}}) == []
+    # Rebuilt from the first round (as a later run of the sweep is, from jobs.json): the same next trials.
+    again = Search(spec, starts, first)
+    assert [j.key for j in again.next_round(results)] == [j.key for j in second]
+    # A narrower space keeps only the earlier trials inside it.
+    narrower = spec_of(tmp_path, SEARCH.replace("high: 1.0e-2", "high: 1.0e-4"))
+    kept = Search(narrower, expand(narrower), first).jobs
+    assert [j.key for j in kept] == [j.key for j in first if j.settings["lr"] <= 1e-4]
+    assert [j.index for j in kept] == list(range(len(kept)))
+
+
+def test_a_study_of_a_small_choice_ends_when_its_sampler_proposes_only_values_it_has_tried(tmp_path):
+    text = SEARCH.replace("    lr: {low: 1.0e-5, high: 1.0e-2, log: true}\n", "").replace("trials: 3", "trials: 6")
+    spec = spec_of(tmp_path, text.replace("sampler: tpe", "") + "  sampler: random\n")
+    search = Search(spec, expand(spec), [])
+    asked = []
+    for _ in range(10):
+        new = search.next_round({j.key: 0.5 for j in search.jobs})
+        asked += new
+    per_study = {}
+    for job in asked:
+        per_study.setdefault(study_of(job, spec.search.space), []).append(job.settings["batch_size"])
+    assert all(len(values) == len(set(values)) <= 2 for values in per_study.values())
+
+
+@pytest.mark.slow
+def test_a_search_sweep_runs_rounds_of_trials_as_child_runs_and_goes_on_where_it_stopped(
+        tmp_path, tiny_bert, small_data, tracking_uri):
+    """End to end on the local executor: 3 trials, 2 a round; the same sweep again runs nothing;
+    a larger budget adds only the new trial; compare chooses among the trials on validation."""
+    text = ("name: search\nvariants: [multitask]\nseeds: [0]\nset: {validation_fraction: 0.25}\n"
+            "search:\n  trials: 3\n  batch: 2\n  space: {lr: {low: 1.0e-4, high: 1.0e-2, log: true}}\n")
+    sweep_file = tmp_path / "search.yaml"
+    sweep_file.write_text(text)
+    result = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, str(sweep_file))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep search: 2 jobs, 0 finished or in progress, 2 to run" in result.stdout
+    assert "sweep search: 3 jobs, 2 finished or in progress, 1 to run" in result.stdout
+    assert "sweep search: 3/3 jobs finished" in result.stdout
+    parents, children = child_runs(tracking_uri, "search")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 3
+    parent = parents[0]
+    assert parent.data.params["search.trials"] == "3" and parent.data.tags["sweep.jobs"] == "3"
+    lrs = sorted(float(r.data.params["lr"]) for r in children)
+    assert len(set(lrs)) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["sweep.label"] == f"multitask lr={float(run.data.params['lr'])}"
+    best = max(children, key=lambda r: r.data.metrics["val/overall"])
+    summary = f"multitask_s0: best val/overall {best.data.metrics['val/overall']:.4f} at lr={best.data.params['lr']}"
+    assert summary in result.stdout
+    client = MlflowClient(tracking_uri)
+    local = client.download_artifacts(parent.info.run_id, "search.txt", str(tmp_path))
+    assert summary in open(local).read()
+
+    again = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, str(sweep_file))
+    assert again.returncode == 0 and "to run" not in again.stdout and "3/3 jobs finished" in again.stdout
+    sweep_file.write_text(text.replace("trials: 3", "trials: 4"))
+    more = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, str(sweep_file))
+    assert more.returncode == 0 and "sweep search: 4 jobs, 3 finished or in progress, 1 to run" in more.stdout
+    _, children = child_runs(tracking_uri, "search")
+    assert len(children) == 4 and len({r.data.params["lr"] for r in children}) == 4
+
+    rows = compare(sweep="search", tracking_uri=tracking_uri, out_dir=str(tmp_path / "compare"), resamples=100,
+                   out=lambda *_: None, select_best_by="validation", select_over=("lr",))
+    best = max(children, key=lambda r: r.data.metrics["val/overall"])
+    assert [r["variant"] for r in rows] == ["multitask"]
+    assert rows[0]["overall_mean"] == pytest.approx(best.data.metrics["dev/overall"])
