@@ -45,6 +45,9 @@ def spec_of(tmp_path, text=SEARCH):
     ("{trials: 2, space: {epochs: {low: 1, high: 3}}, direction: up}", "direction: expected maximize"),
     ("{trials: 2, space: {epochs: {low: 1, high: 3}}, trails: 3}", "unknown key(s) ['trails']"),
     ("{trials: 2, space: {max_length: {low: 16, high: 32}}}", "'max_length' is also set or in the grid"),
+    ("{trials: 2, space: {freeze_encoder: [true, 'true']}}", "expected a list of distinct values"),
+    ("{trials: 2, space: {epochs: [1, 2]}, sampler: qmc}", "sampler: expected one of ['tpe', 'random', 'gp']"),
+    ("{trials: 2, space: {epochs: [1, 2]}, sampler_options: {seed: 3}}", "seed is not an option here"),
 ])
 def test_a_bad_search_section_is_refused_naming_the_field(tmp_path, search, message):
     text = (f"name: s\nvariants: [multitask]\nseeds: [0]\nset: {{validation_fraction: 0.1, max_length: 32}}\n"
@@ -60,9 +63,28 @@ def test_a_search_on_validation_needs_a_validation_split(tmp_path):
     spec_of(tmp_path, text.replace("  trials: 3\n", "  trials: 3\n  metric: dev/overall\n"))  # said outright: allowed
 
 
-def test_bad_sampler_options_are_refused_before_anything_runs(tmp_path):
-    spec = spec_of(tmp_path, SEARCH.replace("  batch: 2\n", "  batch: 2\n  sampler_options: {startup: 4}\n"))
-    with pytest.raises(ConfigError, match="search sampler_options \\{'startup': 4\\}"):
+def test_a_validation_fraction_in_the_grid_is_a_validation_split_too(tmp_path):
+    text = SEARCH.replace("set: {validation_fraction: 0.25}\n", "grid: {validation_fraction: [0.1, 0.2]}\n")
+    assert spec_of(tmp_path, text).search.metric == "val/overall"
+    with pytest.raises(ConfigError, match="the jobs need a validation split"):
+        spec_of(tmp_path, text.replace("[0.1, 0.2]", "[0.0, 0.2]"))
+
+
+@pytest.mark.parametrize("options", ["{startup: 4}", "{n_startup_trials: x}"])
+def test_bad_sampler_options_are_refused_before_anything_runs(tmp_path, options):
+    spec = spec_of(tmp_path, SEARCH.replace("  batch: 2\n", f"  batch: 2\n  sampler_options: {options}\n"))
+    with pytest.raises(ConfigError, match="search sampler_options"):
+        Search(spec, expand(spec), [])
+
+
+@pytest.mark.parametrize("space, message", [
+    ("batch_size: [0, 8]", "search space 'batch_size', value 0: .*batch_size: expected a positive"),
+    ("lr: {low: 0.0, high: 1.0e-3}", "search space 'lr', value 0.0: .*lr: expected a positive learning rate"),
+])
+def test_every_value_of_the_space_is_checked_as_a_job_before_anything_runs(tmp_path, space, message):
+    text = SEARCH.split("  space:\n")[0] + f"  space:\n    {space}\n"
+    spec = spec_of(tmp_path, text)
+    with pytest.raises(ConfigError, match=message):
         Search(spec, expand(spec), [])
 
 
@@ -90,25 +112,43 @@ def test_each_study_gets_batch_trials_a_round_within_its_space_until_it_has_tria
     # Rebuilt from the first round (as a later run of the sweep is, from jobs.json): the same next trials.
     again = Search(spec, starts, first)
     assert [j.key for j in again.next_round(results)] == [j.key for j in second]
-    # A narrower space keeps only the earlier trials inside it.
-    narrower = spec_of(tmp_path, SEARCH.replace("high: 1.0e-2", "high: 1.0e-4"))
-    kept = Search(narrower, expand(narrower), first).jobs
-    assert [j.key for j in kept] == [j.key for j in first if j.settings["lr"] <= 1e-4]
-    assert [j.index for j in kept] == list(range(len(kept)))
+    # A narrower space searches only the earlier trials inside it, and keeps the others (in jobs.json):
+    # back to the first space, they are all trials again.
+    cut = sorted(j.settings["lr"] for j in first)[3]
+    narrower = spec_of(tmp_path, SEARCH.replace("high: 1.0e-2", f"high: {cut}"))
+    narrow = Search(narrower, expand(narrower), first)
+    assert [j.key for j in narrow.current()] == [j.key for j in first if j.settings["lr"] <= cut]
+    assert 0 < len(narrow.current()) < len(first) and narrow.jobs == first
+    assert [j.key for j in Search(spec, starts, narrow.jobs).current()] == [j.key for j in first]
 
 
-def test_a_study_of_a_small_choice_ends_when_its_sampler_proposes_only_values_it_has_tried(tmp_path):
-    text = SEARCH.replace("    lr: {low: 1.0e-5, high: 1.0e-2, log: true}\n", "").replace("trials: 3", "trials: 6")
-    spec = spec_of(tmp_path, text.replace("sampler: tpe", "") + "  sampler: random\n")
+def test_a_study_with_an_unfinished_trial_asks_for_no_more_until_it_has_run_again(tmp_path):
+    spec = spec_of(tmp_path)
     search = Search(spec, expand(spec), [])
-    asked = []
-    for _ in range(10):
-        new = search.next_round({j.key: 0.5 for j in search.jobs})
-        asked += new
+    first = search.next_round({})
+    failed = first[0]
+    results = {j.key: 0.6 for j in first if j is not failed}
+    second = search.next_round(results)
+    studies = {study_of(j, spec.search.space) for j in second}
+    assert len(second) == 3 and study_of(failed, spec.search.space) not in studies
+    # Its trial ran again and finished: now it asks; a NaN score (a constant predictor's) is the worst.
+    third = search.next_round({**results, failed.key: float("nan"), **{j.key: 0.6 for j in second}})
+    assert [study_of(j, spec.search.space) for j in third] == [study_of(failed, spec.search.space)]
+
+
+def test_a_study_of_a_small_choice_tries_every_value_then_says_it_is_used_up(tmp_path):
+    text = SEARCH.replace("    lr: {low: 1.0e-5, high: 1.0e-2, log: true}\n", "").replace("trials: 3", "trials: 6")
+    spec = spec_of(tmp_path, text + "  sampler: random\n")
+    search = Search(spec, expand(spec), [])
+    for _ in range(5):
+        search.next_round({j.key: 0.5 for j in search.jobs})
     per_study = {}
-    for job in asked:
+    for job in search.jobs:
         per_study.setdefault(study_of(job, spec.search.space), []).append(job.settings["batch_size"])
-    assert all(len(values) == len(set(values)) <= 2 for values in per_study.values())
+    assert len(per_study) == 4 and all(sorted(values) == [4, 8] for values in per_study.values())
+    assert search.used_up == set(per_study)
+    summary = search.summary({j.key: 0.5 for j in search.jobs})
+    assert all("(2 of 6 trials finished; the sampler proposed only values already tried)" in line for line in summary)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ def parent_run(client, experiment_id: str, spec: SweepSpec, planned: int, execut
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, names.SWEEP_JOBS, str(planned))  # the sweep may have grown (params stay as first run)
         return run_id
     run = retry(lambda: client.create_run(experiment_id, run_name=spec.name, tags={
         names.SWEEP_ID: spec.name, names.SWEEP_ROLE: names.PARENT_ROLE, names.SWEEP_JOBS: str(planned),

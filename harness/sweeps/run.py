@@ -40,7 +40,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
         what = f"{len(jobs)} jobs"
         if search:
             what = (f"{len(jobs)} studies of up to {spec.search.trials} trials, {spec.search.batch} at a time, "
-                    f"over {sorted(spec.search.space)}; {len(search.jobs)} trials asked so far")
+                    f"over {sorted(spec.search.space)}; {len(search.current())} trials asked so far")
         out(f"{what}; files in {folder}; tracking {tracking_uri}, experiment {experiment}")
         return {}
     check_reachable(tracking_uri)
@@ -55,12 +55,12 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
     while True:
         runs = job_runs(client, experiment_id, spec.name)
         states = {key: job_state(r) for key, r in runs.items()}
+        recorded = jobs  # what jobs.json holds: a search's every trial, today's space or not
         if search:
-            unfinished = [j for j in search.jobs if states.get(j.key) != "FINISHED"]
-            if submitted and unfinished:
+            if submitted and any(states.get(j.key) != "FINISHED" for j in search.current()):
                 break  # a trial of the last round did not finish: stop, as a grid sweep does
             search.next_round(search.results(runs))
-            jobs = search.jobs
+            jobs, recorded = search.current(), search.jobs
         todo = [j for j in jobs if states.get(j.key) != "FINISHED"]
         active = executor.active(folder)
         if active:
@@ -68,7 +68,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
             out(f"{len(active)} job(s) still queued or running ({executor.name}): not submitted again")
         if search and not todo:
             break
-        jobs_file = write_jobs_file(folder, spec, jobs, parent_id, tracking_uri, experiment, executor.name)
+        jobs_file = write_jobs_file(folder, spec, recorded, parent_id, tracking_uri, experiment, executor.name)
         client.log_artifact(parent_id, str(jobs_file))
         out(f"sweep {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} finished or in progress, "
             f"{len(todo)} to run (parent run {parent_id}, experiment {experiment}, {tracking_uri})")
@@ -76,10 +76,11 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
             break
         done = [0]
 
-        def report(index: int, code: int, seconds: float, todo=todo, jobs=jobs, done=done) -> None:
+        def report(index: int, code: int, seconds: float, todo=todo, recorded=recorded, done=done) -> None:
             done[0] += 1
-            job_runs_now = job_runs(client, experiment_id, spec.name).get(jobs[index].key, [])
-            out(f"[{done[0]}/{len(todo)}] {jobs[index].run_name}: {job_state(job_runs_now)} (exit {code}) "
+            job = recorded[index]  # the executor reports a job by its index in jobs.json
+            out(f"[{done[0]}/{len(todo)}] {job.run_name}: "
+                f"{job_state(job_runs(client, experiment_id, spec.name).get(job.key, []))} (exit {code}) "
                 f"in {seconds / 60:.1f} min")
 
         out(executor.submit(jobs_file, todo, report))

@@ -18,15 +18,22 @@ dev) is the trial's value. The sweep's parent MLflow run is the search, its chil
 No Optuna storage is kept: jobs.json (each job's trial values) and the jobs' MLflow runs (their
 metric) are the record. Every round rebuilds each study from its finished jobs, and its sampler
 is seeded from the study and its number of trials, so running the same sweep again goes on
-where it stopped, and the same results ask for the same next trials. A trial whose job did not
-finish is run again (same values) before the study asks for more; a round in which a job fails
-ends the sweep, as in a grid sweep ("run the same command again").
+where it stopped, and the same results ask for the same next trials. A study with a trial that
+did not finish asks for no more until that trial has run again (same values) and finished; a
+round in which a job fails ends the sweep, as in a grid sweep ("run the same command again"), so
+a trial that fails every time holds its study there. A finished trial whose metric is NaN (a
+constant predictor's correlation) counts as the worst value. A proposal already tried is drawn
+again; a study whose sampler proposes only tried values (a small choice, used up) ends early,
+which the sweep's summary says. Trials of earlier runs outside today's space (or of a study the
+sweep no longer has) stay in jobs.json, not in the search, and come back if the space does.
 
 A trial's values are in its job's label ("lora freeze_encoder=True lr=0.00412"), so
 `mtl-bench compare --select-best-by validation --select-over lr` chooses among trials exactly as
 among grid points. Float values are rounded to 3 significant digits: the label is the value.
-Optuna's TPE sampler draws its first 10 trials at random (`sampler_options: {n_startup_trials: 4}`
-changes that); with few trials per study, a grid or `sampler: qmc` covers the space more evenly.
+Samplers: `tpe` (default; its first 10 trials are random unless `sampler_options:
+{n_startup_trials: 4}`; with `batch` > 1 it uses Optuna's `constant_liar`, so the trials of one
+round avoid each other), `random`, `gp`. With few trials per study, a grid covers the space
+more evenly than any of them.
 """
 from __future__ import annotations
 
@@ -56,8 +63,13 @@ def known_jobs(folder: Path) -> list[Job]:
     return [Job(**job) for job in json.loads(path.read_text())["jobs"]]
 
 
+ATTEMPTS = 50  # proposals drawn for one new trial before a study counts as used up
+
+
 class Search:
-    """The studies of a search sweep and their trials' jobs (`jobs`: every trial asked so far)."""
+    """The studies of a search sweep and their trials: `jobs`, every trial any run of the sweep
+    asked (what jobs.json holds; a job runner finds its job there by index), and `current()`,
+    those of this spec's studies inside its space."""
 
     def __init__(self, spec: SweepSpec, starts: list[Job], known: list[Job]):
         import optuna
@@ -67,15 +79,39 @@ class Search:
         self.space = self.search.space
         self.starts = {study_of(job, self.space): job for job in starts}
         self.distributions = {name: self._distribution(bounds) for name, bounds in self.space.items()}
-        self._sampler(0)  # bad sampler options fail here, before anything runs
-        # Earlier trials of the same studies whose values are still in the space; indexes renumbered
-        # (a job runner finds its job by index in jobs.json).
-        mine = [j for j in known if study_of(j, self.space) in self.starts and self._in_space(j.settings)]
-        self.jobs = [dataclasses.replace(job, index=i) for i, job in enumerate(mine)]
+        self.jobs = [dataclasses.replace(job, index=i) for i, job in enumerate(known)]
+        self.used_up: set[str] = set()  # studies whose sampler proposed only values already tried
+        self._check(starts)
+
+    def _check(self, starts: list[Job]) -> None:
+        """Before anything runs: every choice and both ends of every range make a valid job, and
+        the sampler takes its options."""
+        import optuna
+
+        for start in starts:
+            for name, bounds in self.space.items():
+                for value in bounds if isinstance(bounds, list) else (bounds["low"], bounds["high"]):
+                    try:
+                        make_job(0, self.spec.name, start.label, start.variant, start.seed,
+                                 {**start.settings, name: value}, start.options)
+                    except ConfigError as exc:
+                        raise ConfigError(f"search space {name!r}, value {value!r}: {exc}") from None
+        try:
+            optuna.create_study(sampler=self._sampler(0)).ask(self.distributions)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"sweep {self.spec.name}: search sampler_options {self.search.sampler_options}: "
+                              f"{exc}") from None
 
     @property
     def planned(self) -> int:
         return len(self.starts) * self.search.trials
+
+    def current(self) -> list[Job]:
+        """The trials of this spec's studies whose values are inside its space."""
+        return [j for j in self.jobs if study_of(j, self.space) in self.starts and self._in_space(j.settings)]
+
+    def _trials(self, study_id: str) -> list[Job]:
+        return [j for j in self.current() if study_of(j, self.space) == study_id]
 
     def _distribution(self, bounds):
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -100,11 +136,8 @@ class Search:
         import optuna
 
         cls = getattr(optuna.samplers, SAMPLERS[self.search.sampler])
-        try:
-            return cls(**{"seed": seed, **self.search.sampler_options})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"sweep {self.spec.name}: search sampler_options {self.search.sampler_options}: "
-                              f"{exc}") from None
+        defaults = {"constant_liar": True} if self.search.sampler == "tpe" and self.search.batch > 1 else {}
+        return cls(**{**defaults, **self.search.sampler_options, "seed": seed})
 
     def _value(self, name: str, raw: Any) -> Any:
         """A suggested value as the job gets it: a float at 3 significant digits, within its bounds."""
@@ -116,60 +149,69 @@ class Search:
     def next_round(self, results: dict[str, float]) -> list[Job]:
         """Up to `batch` new trials of every study with trials left, as jobs (added to `jobs`).
 
-        `results`: the metric of each finished job, by job key. A study whose sampler proposes
-        only values it has already tried gets no new job (so a sweep of a small choice ends)."""
+        `results`: the metric of each finished job, by job key. A study with a trial not in
+        `results` (not finished) gets none: that trial runs again first."""
         import optuna
 
+        worst = -math.inf if self.search.direction == "maximize" else math.inf
         new = []
         for study_id, start in self.starts.items():
-            mine = [j for j in self.jobs if study_of(j, self.space) == study_id]
+            mine = self._trials(study_id)
             wanted = min(self.search.batch, self.search.trials - len(mine))
-            if wanted <= 0:
+            if wanted <= 0 or study_id in self.used_up or any(j.key not in results for j in mine):
                 continue
             seed = int(hashlib.sha256(f"{self.spec.name}|{study_id}|{len(mine)}".encode()).hexdigest()[:8], 16)
             study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(seed))
             study.add_trials([optuna.trial.create_trial(
                 params={k: j.settings[k] for k in self.space}, distributions=self.distributions,
-                value=results[j.key]) for j in mine if j.key in results])
+                value=worst if math.isnan(results[j.key]) else results[j.key]) for j in mine])
             keys = {j.key for j in self.jobs}
-            for _ in range(wanted):
+            added = 0
+            for _ in range(wanted * ATTEMPTS):
                 trial = study.ask(self.distributions)
                 values = {name: self._value(name, trial.params[name]) for name in self.space}
                 label = " ".join([start.label] + [f"{k}={v}" for k, v in values.items()])
                 job = make_job(len(self.jobs), self.spec.name, label, start.variant, start.seed,
                                {**start.settings, **values}, start.options)
-                if job.key in keys:
+                if job.key in keys:  # tried already (or asked this round): draw again
                     continue
                 keys.add(job.key)
                 self.jobs.append(job)
                 new.append(job)
+                added += 1
+                if added == wanted:
+                    break
+            else:
+                self.used_up.add(study_id)
         return new
 
     def results(self, runs_by_key: dict[str, list]) -> dict[str, float]:
         """Each finished job's metric from its MLflow run; a finished job without it is an error."""
         out = {}
-        for job in self.jobs:
+        for job in self.current():
             finished = [r for r in runs_by_key.get(job.key, []) if r.info.status == "FINISHED"]
             if not finished:
                 continue
             value = finished[-1].data.metrics.get(self.search.metric)
-            if value is None or math.isnan(value):
+            if value is None:
                 raise ConfigError(f"sweep {self.spec.name}: job {job.run_name} (run {finished[-1].info.run_id}) "
-                                  f"finished without the search metric {self.search.metric!r}")
-            out[job.key] = value
+                                  f"finished without the search metric {self.search.metric!r} (search: metric)")
+            out[job.key] = value  # NaN (a constant predictor's correlation) stays NaN: the worst value
         return out
 
     def summary(self, results: dict[str, float]) -> list[str]:
         """One line per study: its best trial and how many finished."""
         lines = []
-        best_of = max if self.search.direction == "maximize" else min
+        sign = 1 if self.search.direction == "maximize" else -1
         for study_id, start in self.starts.items():
-            done = [j for j in self.jobs if study_of(j, self.space) == study_id and j.key in results]
-            if not done:
-                lines.append(f"{start.run_name}: no finished trial")
+            done = [j for j in self._trials(study_id) if j.key in results]
+            used_up = "; the sampler proposed only values already tried" if study_id in self.used_up else ""
+            scored = [j for j in done if not math.isnan(results[j.key])]
+            if not scored:
+                lines.append(f"{start.run_name}: no finished trial with a score ({len(done)} finished{used_up})")
                 continue
-            best = best_of(done, key=lambda j: results[j.key])
+            best = max(scored, key=lambda j: sign * results[j.key])
             values = ", ".join(f"{k}={best.settings[k]}" for k in self.space)
             lines.append(f"{start.run_name}: best {self.search.metric} {results[best.key]:.4f} at {values} "
-                         f"({len(done)} of {self.search.trials} trials finished)")
+                         f"({len(done)} of {self.search.trials} trials finished{used_up})")
         return lines

@@ -51,7 +51,7 @@ class SearchSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
 
 
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler", "gp": "GPSampler"}
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "gp": "GPSampler"}
 
 
 @dataclass
@@ -185,9 +185,15 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
         raise ConfigError(f"{where}: sampler: expected one of {list(SAMPLERS)}, got {search.sampler!r}")
     if not isinstance(search.sampler_options, dict):
         raise ConfigError(f"{where}: sampler_options: expected a mapping, got {search.sampler_options!r}")
+    if "seed" in search.sampler_options:
+        raise ConfigError(f"{where}: sampler_options: seed is not an option here: each study's sampler is seeded "
+                          "from the study and its number of trials (so a re-run asks for the same trials)")
     if not isinstance(search.metric, str) or not search.metric:
         raise ConfigError(f"{where}: metric: expected a metric name such as val/overall, got {search.metric!r}")
-    if search.metric.startswith("val/") and not data["set"].get("validation_fraction"):
+    fractions = [data["variant_grid"].get(v, {}).get("validation_fraction")
+                 or data["grid"].get("validation_fraction") or [data["set"].get("validation_fraction", 0)]
+                 for v in data["variants"]]
+    if search.metric.startswith("val/") and not all(f for values in fractions for f in values):
         raise ConfigError(f"{where}: metric {search.metric}: the jobs need a validation split; "
                           "set validation_fraction (e.g. 0.1) under set:")
     if not isinstance(search.space, dict) or not search.space:
@@ -199,9 +205,10 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
         if name in varied:
             raise ConfigError(f"{where}: space {name!r} is also set or in the grid; give it in one place")
         if isinstance(bounds, list):
-            if not bounds or len(set(map(str, bounds))) != len(bounds):
+            values = [_space_value(name, v, where) for v in bounds]
+            if not values or len(set(values)) != len(values):  # typed: [true, "true"] is one value twice
                 raise ConfigError(f"{where}: space {name!r}: expected a list of distinct values, got {bounds!r}")
-            space[name] = [_space_value(name, v, where) for v in bounds]
+            space[name] = values
             continue
         if not isinstance(bounds, dict) or not {"low", "high"} <= set(bounds) <= {"low", "high", "log"}:
             raise ConfigError(f"{where}: space {name!r}: expected {{low: , high: }} (and log: true for a "
