@@ -3,6 +3,7 @@ trials, and a real search on the local executor with a real MLflow store."""
 import re
 
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 from test_sweep import child_runs, sweep_cli
 
@@ -149,6 +150,64 @@ def test_a_study_of_a_small_choice_tries_every_value_then_says_it_is_used_up(tmp
     assert search.used_up == set(per_study)
     summary = search.summary({j.key: 0.5 for j in search.jobs})
     assert all("(2 of 6 trials finished; the sampler proposed only values already tried)" in line for line in summary)
+
+
+def test_the_rounds_stop_at_a_failed_trial_and_a_re_run_runs_it_again_before_asking_for_more(tmp_path, monkeypatch):
+    """run_sweep's rounds with an executor that records each job's run in a real MLflow store
+    (a score from its lr) instead of training, failing one trial the first time it runs."""
+    import json
+
+    from harness import names
+    from harness.sweeps import Executor, run_sweep
+
+    class ScriptedExecutor(Executor):
+        name = "scripted"
+        description = "records a run per job"
+
+        def __init__(self, fail: set):
+            self.fail, self.rounds = fail, []
+
+        def submit(self, jobs_file, jobs, report):
+            meta = json.loads(jobs_file.read_text())
+            assert [j["key"] for j in meta["jobs"]][jobs[0].index] == jobs[0].key  # runners find jobs by index
+            client = MlflowClient(meta["env"]["MLFLOW_TRACKING_URI"])
+            experiment = client.get_experiment_by_name(meta["experiment"]).experiment_id
+            self.rounds.append([j.settings["lr"] for j in jobs])
+            for job in jobs:
+                run = client.create_run(experiment, tags={names.SWEEP_ID: meta["name"], names.SWEEP_JOB: job.key,
+                                                          "mlflow.parentRunId": meta["parent_run_id"]})
+                failed = job.key in self.fail
+                self.fail.discard(job.key)
+                if not failed:
+                    client.log_metric(run.info.run_id, "val/overall", -abs(job.settings["lr"] - 1e-3))
+                client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+            return f"recorded {len(jobs)}"
+
+        def wait(self):
+            pass
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "single.yaml").write_text((REPO / "launch" / "single.yaml").read_text())
+    text = ("name: rounds\nvariants: [multitask]\nseeds: [0]\n"
+            f"set: {{validation_fraction: 0.1, output_dir: {tmp_path / 'out'}, tracking_uri: sqlite:///{tmp_path}/m.db}}\n"
+            "search: {trials: 5, batch: 2, space: {lr: {low: 1.0e-5, high: 1.0e-1, log: true}}}\n")
+    spec = spec_of(tmp_path, text)
+    first_two = Search(spec, expand(spec), []).next_round({})  # what the first round will ask
+    executor = ScriptedExecutor({first_two[1].key})
+    lines = []
+    run_sweep(spec, executor, out=lines.append)
+    assert executor.rounds == [[j.settings["lr"] for j in first_two]]  # the failure ends the sweep
+    assert lines[-1].startswith("sweep rounds: 1/2 jobs finished") and lines[-1].endswith("re-run the others")
+    lines.clear()
+    run_sweep(spec, executor, out=lines.append)
+    assert executor.rounds[1] == [first_two[1].settings["lr"]]  # the failed trial alone, then new ones
+    assert [len(r) for r in executor.rounds] == [2, 1, 2, 1] and len({lr for r in executor.rounds for lr in r}) == 5
+    assert lines[-1].startswith("sweep rounds: 5/5 jobs finished")
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    parent = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id],
+                                "tags.`sweep.role` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.finished_jobs"] == "5"
 
 
 @pytest.mark.slow
