@@ -136,12 +136,13 @@ def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[l
     """Each variant's best grid point per seed by the validation score (val/overall), labelled by
     the variant alone so that variants are compared each at its own best point; and which point
     each got. Runs without a validation score are refused: choosing on dev would report dev twice.
+    A NaN score (a constant predictor's correlation) counts as the worst.
 
     `over` names the grid settings chosen among (default: all of them). A grid setting it does not
     name stays in the label, so its values remain rows of their own: with over=("lr",) a sweep of
     lr x freeze_encoder gives "lora freeze_encoder=True" and "lora freeze_encoder=False", each at
     its own best learning rate."""
-    missing = [r for r in records if r.validation is None or math.isnan(r.validation)]
+    missing = [r for r in records if r.validation is None]
     if missing:
         names_ = ", ".join(f"{r.run_id} ({r.label} seed {r.seed})" for r in missing[:5])
         raise CompareError(f"--select-best-by validation: {len(missing)} run(s) have no "
@@ -156,10 +157,13 @@ def select_best(records: list[RunRecord], over: tuple[str, ...] = ()) -> tuple[l
         tokens = [token for setting, token in grid_point(record.label) if over and setting not in over]
         return " ".join([record.variant, *tokens])
 
+    def score(record: RunRecord) -> float:  # NaN (a constant predictor's r) counts as worst, as in training
+        return -math.inf if math.isnan(record.validation) else record.validation
+
     best: dict[tuple[str, int], RunRecord] = {}
     for record in sorted(records, key=lambda r: r.label):  # ties: the first label in order
         key = (kept(record), record.seed)
-        if key not in best or record.validation > best[key].validation:
+        if key not in best or score(record) > score(best[key]):
             best[key] = record
     chosen = [{"variant": v, "seed": s, "validation": r.validation,
                "point": " ".join(token for _, token in grid_point(r.label) if token not in v.split()) or "-",

@@ -71,7 +71,7 @@ def test_a_validation_fraction_in_the_grid_is_a_validation_split_too(tmp_path):
         spec_of(tmp_path, text.replace("[0.1, 0.2]", "[0.0, 0.2]"))
 
 
-@pytest.mark.parametrize("options", ["{startup: 4}", "{n_startup_trials: x}"])
+@pytest.mark.parametrize("options", ["{startup: 4}", "{n_startup_trials: x}", "{n_ei_candidates: x}"])
 def test_bad_sampler_options_are_refused_before_anything_runs(tmp_path, options):
     spec = spec_of(tmp_path, SEARCH.replace("  batch: 2\n", f"  batch: 2\n  sampler_options: {options}\n"))
     with pytest.raises(ConfigError, match="search sampler_options"):
@@ -79,8 +79,11 @@ def test_bad_sampler_options_are_refused_before_anything_runs(tmp_path, options)
 
 
 @pytest.mark.parametrize("space, message", [
-    ("batch_size: [0, 8]", "search space 'batch_size', value 0: .*batch_size: expected a positive"),
-    ("lr: {low: 0.0, high: 1.0e-3}", "search space 'lr', value 0.0: .*lr: expected a positive learning rate"),
+    ("batch_size: [0, 8]", r"search space \['batch_size'\], values batch_size=0: .*batch_size: expected a positive"),
+    ("lr: {low: 0.0, high: 1.0e-3}", r"values lr=0.0: .*lr: expected a positive learning rate"),
+    # each value valid alone, one combination not
+    ("head_input: [cls, pooler]\n    pair_encoding: [joint, separate]",
+     r"values head_input='pooler', pair_encoding='separate': .*head_input: 'pooler' reads"),
 ])
 def test_every_value_of_the_space_is_checked_as_a_job_before_anything_runs(tmp_path, space, message):
     text = SEARCH.split("  space:\n")[0] + f"  space:\n    {space}\n"
@@ -204,10 +207,17 @@ def test_the_rounds_stop_at_a_failed_trial_and_a_re_run_runs_it_again_before_ask
     assert executor.rounds[1] == [first_two[1].settings["lr"]]  # the failed trial alone, then new ones
     assert [len(r) for r in executor.rounds] == [2, 1, 2, 1] and len({lr for r in executor.rounds for lr in r}) == 5
     assert lines[-1].startswith("sweep rounds: 5/5 jobs finished")
+    # jobs.json lost (an output folder deleted): the same proposals come back, found finished in
+    # MLflow, and only the 2 trials beyond them run.
+    (tmp_path / "out" / "sweeps" / "rounds" / "jobs.json").unlink()
+    run_sweep(spec_of(tmp_path, text.replace("trials: 5", "trials: 7")), executor, out=lines.append)
+    assert [len(r) for r in executor.rounds] == [2, 1, 2, 1, 1, 1]
+    assert len({lr for r in executor.rounds for lr in r}) == 7
+    assert lines[-1].startswith("sweep rounds: 7/7 jobs finished")
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     parent = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id],
                                 "tags.`sweep.role` = 'sweep'")[0]
-    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.finished_jobs"] == "5"
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.finished_jobs"] == "7"
 
 
 @pytest.mark.slow

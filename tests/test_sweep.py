@@ -545,6 +545,11 @@ def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_r
     assert rows["pals-top"]["delta_overall"] == pytest.approx(((0.70 - 0.60) + (0.80 - 0.61)) / 2)
     with pytest.raises(CompareError, match="1 run\\(s\\) have no val/overall metric .*pals-top lr=0.001 seed 1"):
         select_best(records[:-1] + [record("pals-top", 1e-3, 1, 0.80, None)])
+    # NaN (a constant predictor's correlation) is a score, the worst: never chosen over a number.
+    with_nan = [record("pals-top", 1e-4, 1, 0.66, float("nan")) if (r.variant, r.seed, r.overall) == (
+        "pals-top", 1, 0.66) else r for r in records]
+    selected, _ = select_best(with_nan)
+    assert {(r.variant, r.seed): r.overall for r in selected}[("pals-top", 1)] == 0.80
 
 
 def test_select_over_keeps_the_other_grid_settings_as_rows_of_their_own():

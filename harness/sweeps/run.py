@@ -59,16 +59,18 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
         if search:
             if submitted and any(states.get(j.key) != "FINISHED" for j in search.current()):
                 break  # a trial of the last round did not finish: stop, as a grid sweep does
-            search.next_round(search.results(runs))
+            new = search.next_round(search.results(runs))
             jobs, recorded = search.current(), search.jobs
         todo = [j for j in jobs if states.get(j.key) != "FINISHED"]
         active = executor.active(folder)
         if active:
             todo = [j for j in todo if j.key not in active]
             out(f"{len(active)} job(s) still queued or running ({executor.name}): not submitted again")
-        if search and not todo:
+        if search and not todo and not new:
             break
         jobs_file = write_jobs_file(folder, spec, recorded, parent_id, tracking_uri, experiment, executor.name)
+        if search and not todo:
+            continue  # new trials all finished in earlier runs (jobs.json was lost): ask again
         client.log_artifact(parent_id, str(jobs_file))
         out(f"sweep {spec.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} finished or in progress, "
             f"{len(todo)} to run (parent run {parent_id}, experiment {experiment}, {tracking_uri})")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -64,6 +65,7 @@ def known_jobs(folder: Path) -> list[Job]:
 
 
 ATTEMPTS = 50  # proposals drawn for one new trial before a study counts as used up
+CHECKED = 256  # combinations of the space's values checked as jobs before anything runs
 
 
 class Search:
@@ -84,23 +86,34 @@ class Search:
         self._check(starts)
 
     def _check(self, starts: list[Job]) -> None:
-        """Before anything runs: every choice and both ends of every range make a valid job, and
-        the sampler takes its options."""
+        """Before anything runs: every combination of the space's choices and range ends makes a
+        valid job (each value alone where there are more than CHECKED combinations), and the
+        sampler takes its options, through its model stage too (past its random start)."""
         import optuna
 
+        ends = {name: bounds if isinstance(bounds, list) else [bounds["low"], bounds["high"]]
+                for name, bounds in self.space.items()}
+        combinations = [dict(zip(ends, values)) for values in itertools.product(*ends.values())]
+        if len(combinations) > CHECKED:
+            combinations = [{name: value} for name, values in ends.items() for value in values]
         for start in starts:
-            for name, bounds in self.space.items():
-                for value in bounds if isinstance(bounds, list) else (bounds["low"], bounds["high"]):
-                    try:
-                        make_job(0, self.spec.name, start.label, start.variant, start.seed,
-                                 {**start.settings, name: value}, start.options)
-                    except ConfigError as exc:
-                        raise ConfigError(f"search space {name!r}, value {value!r}: {exc}") from None
+            for values in combinations:
+                try:
+                    make_job(0, self.spec.name, start.label, start.variant, start.seed,
+                             {**start.settings, **values}, start.options)
+                except ConfigError as exc:
+                    shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                    raise ConfigError(f"search space {sorted(values)}, values {shown}: {exc}") from None
+        startup = self.search.sampler_options.get("n_startup_trials", 10)
         try:
-            optuna.create_study(sampler=self._sampler(0)).ask(self.distributions)
-        except (TypeError, ValueError) as exc:
+            study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(0))
+            first = {name: values[0] for name, values in ends.items()}
+            study.add_trials([optuna.trial.create_trial(params=first, distributions=self.distributions, value=i)
+                              for i in range(int(startup) + 2)])
+            study.ask(self.distributions)
+        except Exception as exc:  # any failure of the sampler's own code on these options
             raise ConfigError(f"sweep {self.spec.name}: search sampler_options {self.search.sampler_options}: "
-                              f"{exc}") from None
+                              f"{type(exc).__name__}: {exc}") from None
 
     @property
     def planned(self) -> int:
@@ -121,6 +134,10 @@ class Search:
         kind = IntDistribution if isinstance(bounds["low"], int) and isinstance(bounds["high"], int) else \
             FloatDistribution
         return kind(bounds["low"], bounds["high"], log=bounds["log"])
+
+    def _choices(self) -> float:
+        """How many points the space has: the product of its choices (infinite with a range)."""
+        return math.prod(len(b) if isinstance(b, list) else math.inf for b in self.space.values())
 
     def _in_space(self, settings: dict[str, Any]) -> bool:
         for name, bounds in self.space.items():
@@ -159,6 +176,9 @@ class Search:
             mine = self._trials(study_id)
             wanted = min(self.search.batch, self.search.trials - len(mine))
             if wanted <= 0 or study_id in self.used_up or any(j.key not in results for j in mine):
+                continue
+            if len(mine) >= self._choices():  # a space of choices only, every one tried
+                self.used_up.add(study_id)
                 continue
             seed = int(hashlib.sha256(f"{self.spec.name}|{study_id}|{len(mine)}".encode()).hexdigest()[:8], 16)
             study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(seed))
