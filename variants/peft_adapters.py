@@ -44,7 +44,9 @@ toward their identity value 1.
 
 Bottleneck adapters (Houlsby or Pfeiffer placement) are not in `peft`; AdapterHub's `adapters`
 library has them, but its current release (1.3.0) requires transformers ~= 4.57.6 and the
-harness runs transformers 5, so no variant offers them yet.
+harness runs transformers 5; installed beside transformers 5.24 regardless (pip --no-deps), it
+fails at import (`cannot import name 'HfFolder' from 'huggingface_hub'`). So no variant offers
+them yet.
 """
 from __future__ import annotations
 
