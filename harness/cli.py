@@ -248,7 +248,9 @@ def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="queue variants x seeds x settings, locally or on SLURM",
                        description="Expands a sweep into jobs (one `accelerate launch` of the harness each), "
                                    "records it as an MLflow parent run with a child run per job, and queues the "
-                                   "jobs that have not finished. Run it again to re-run failed or missing jobs.")
+                                   "jobs that have not finished. Run it again to re-run failed or missing jobs. "
+                                   "A sweep file's `search:` runs an Optuna search (rounds of trials, each a job) "
+                                   "instead of a grid, e.g. launch/sweeps/peft-quick-search.yaml.")
     p.add_argument("file", nargs="?", help="a sweep file (YAML), e.g. launch/sweeps/study-quick.yaml")
     p.add_argument("--name", default="", help="the sweep's id: a re-run of the same name goes on where it stopped "
                                               "(default: the file's name; required without a file)")
