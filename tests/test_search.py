@@ -57,18 +57,23 @@ def test_a_bad_search_section_is_refused_naming_the_field(tmp_path, search, mess
         spec_of(tmp_path, text)
 
 
+def search_of(tmp_path, text=SEARCH):
+    spec = spec_of(tmp_path, text)
+    return Search(spec, expand(spec), [])
+
+
 def test_a_search_on_validation_needs_a_validation_split(tmp_path):
     text = SEARCH.replace("set: {validation_fraction: 0.25}\n", "")
     with pytest.raises(ConfigError, match="metric val/overall: the jobs need a validation split"):
-        spec_of(tmp_path, text)
-    spec_of(tmp_path, text.replace("  trials: 3\n", "  trials: 3\n  metric: dev/overall\n"))  # said outright: allowed
+        search_of(tmp_path, text)
+    search_of(tmp_path, text.replace("  trials: 3\n", "  trials: 3\n  metric: dev/overall\n"))  # said outright
 
 
 def test_a_validation_fraction_in_the_grid_is_a_validation_split_too(tmp_path):
     text = SEARCH.replace("set: {validation_fraction: 0.25}\n", "grid: {validation_fraction: [0.1, 0.2]}\n")
-    assert spec_of(tmp_path, text).search.metric == "val/overall"
+    assert search_of(tmp_path, text).search.metric == "val/overall"
     with pytest.raises(ConfigError, match="the jobs need a validation split"):
-        spec_of(tmp_path, text.replace("[0.1, 0.2]", "[0.0, 0.2]"))
+        search_of(tmp_path, text.replace("[0.1, 0.2]", "[0.0, 0.2]"))
 
 
 @pytest.mark.parametrize("options", ["{startup: 4}", "{n_startup_trials: x}", "{n_ei_candidates: x}"])

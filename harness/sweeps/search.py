@@ -86,10 +86,18 @@ class Search:
         self._check(starts)
 
     def _check(self, starts: list[Job]) -> None:
-        """Before anything runs: every combination of the space's choices and range ends makes a
-        valid job (each value alone where there are more than CHECKED combinations), and the
-        sampler takes its options, through its model stage too (past its random start)."""
+        """Before anything runs: a validation metric has a validation split in every study; every
+        combination of the space's choices and range ends makes a valid job (each value alone where
+        there are more than CHECKED combinations); and the sampler takes its options, through its
+        model stage too (past its random start)."""
         import optuna
+
+        metric = self.search.metric
+        without = [start.run_name for start in starts
+                   if metric.startswith("val/") and not start.settings.get("validation_fraction")]
+        if without:
+            raise ConfigError(f"sweep {self.spec.name}: search: metric {metric}: the jobs need a validation split "
+                              f"({', '.join(without[:3])} have none); set validation_fraction (e.g. 0.1) under set:")
 
         ends = {name: bounds if isinstance(bounds, list) else [bounds["low"], bounds["high"]]
                 for name, bounds in self.space.items()}
@@ -123,8 +131,12 @@ class Search:
         """The trials of this spec's studies whose values are inside its space."""
         return [j for j in self.jobs if study_of(j, self.space) in self.starts and self._in_space(j.settings)]
 
-    def _trials(self, study_id: str) -> list[Job]:
-        return [j for j in self.current() if study_of(j, self.space) == study_id]
+    def _by_study(self) -> dict[str, list[Job]]:
+        """`current()`'s trials by study, every study of the spec (with or without trials) a key."""
+        trials = {study_id: [] for study_id in self.starts}
+        for job in self.current():
+            trials[study_of(job, self.space)].append(job)
+        return trials
 
     def _distribution(self, bounds):
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -172,8 +184,9 @@ class Search:
 
         worst = -math.inf if self.search.direction == "maximize" else math.inf
         new = []
+        by_study = self._by_study()
         for study_id, start in self.starts.items():
-            mine = self._trials(study_id)
+            mine = by_study[study_id]
             wanted = min(self.search.batch, self.search.trials - len(mine))
             if wanted <= 0 or study_id in self.used_up or any(j.key not in results for j in mine):
                 continue
@@ -223,8 +236,9 @@ class Search:
         """One line per study: its best trial and how many finished."""
         lines = []
         sign = 1 if self.search.direction == "maximize" else -1
+        by_study = self._by_study()
         for study_id, start in self.starts.items():
-            done = [j for j in self._trials(study_id) if j.key in results]
+            done = [j for j in by_study[study_id] if j.key in results]
             used_up = "; the sampler proposed only values already tried" if study_id in self.used_up else ""
             scored = [j for j in done if not math.isnan(results[j.key])]
             if not scored:

@@ -190,12 +190,6 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
                           "from the study and its number of trials (so a re-run asks for the same trials)")
     if not isinstance(search.metric, str) or not search.metric:
         raise ConfigError(f"{where}: metric: expected a metric name such as val/overall, got {search.metric!r}")
-    fractions = [data["variant_grid"].get(v, {}).get("validation_fraction")
-                 or data["grid"].get("validation_fraction") or [data["set"].get("validation_fraction", 0)]
-                 for v in data["variants"]]
-    if search.metric.startswith("val/") and not all(f for values in fractions for f in values):
-        raise ConfigError(f"{where}: metric {search.metric}: the jobs need a validation split; "
-                          "set validation_fraction (e.g. 0.1) under set:")
     if not isinstance(search.space, dict) or not search.space:
         raise ConfigError(f"{where}: space: expected a mapping of setting: {{low, high, log}} or [values], "
                           f"got {search.space!r}")
