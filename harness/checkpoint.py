@@ -35,6 +35,9 @@ class LoopState:
     batch_size: int = 0
     grad_accum: int = 0
     deepspeed: bool = False
+    # The run's settings as it was started (TrainConfig fields, before "auto" values were resolved):
+    # what a resume trains (empty: a checkpoint from before they were recorded).
+    config: dict = field(default_factory=dict)
 
 
 def upgrade_metrics(metrics: dict, primary_of) -> dict:
@@ -81,6 +84,48 @@ def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_si
     if deepspeed and world_size != state.world_size:
         raise LaunchError(f"--resume {where}: a DeepSpeed ZeRO checkpoint written by {state.world_size} processes "
                           f"(partitioned by rank) cannot be loaded by {world_size}; resume with {state.world_size}")
+
+
+# Settings a resume may change, since none of them changes what is trained: where records go and
+# what is shown, how often checkpoints are written and whether the last is kept, how long a rank
+# waits for a dead peer, where tokenised data is cached, whether the reported model is kept.
+RESUME_MAY_CHANGE = ("resume", "progress", "tracking_uri", "system_metrics_interval", "checkpoint_every",
+                     "keep_checkpoint", "dist_timeout", "cache_dir", "save_model")
+# The process layout: it may change as long as the examples per optimizer step stay the same
+# (check_resume_layout), e.g. a 2-process DDP run resumed on one process with twice the batch.
+RESUME_LAYOUT = ("batch_size", "grad_accum", "launch_config")
+
+
+def read_loop_state(checkpoint: Path) -> LoopState:
+    data = json.loads((Path(checkpoint) / "loop_state.json").read_text())
+    known = set(LoopState.__dataclass_fields__)
+    return LoopState(**{k: v for k, v in data.items() if k in known})
+
+
+def resume_changes(recorded: dict, given: dict, where: Path) -> dict[str, tuple]:
+    """Compares the settings a run was started with (`recorded`, from its checkpoint) with those
+    given for its resume. A difference in a setting that changes what is trained is refused,
+    naming each setting and both values; the harmless differences (RESUME_MAY_CHANGE) are
+    returned as {setting: (recorded, given)} for the run's records."""
+    from harness.config import ConfigError
+
+    differ = {k: (recorded[k], given[k]) for k in recorded if k in given and recorded[k] != given[k]}
+    if "variant_options" in differ and recorded.get("variant") == given.get("variant"):
+        # Compared as the variant reads them ('48' from a command line is the integer 48), each by name.
+        from variants import make_config
+
+        then, now = (asdict(make_config(s["variant"], s["variant_options"])) for s in (recorded, given))
+        del differ["variant_options"]
+        differ.update({f"variant option {k}": (then[k], now[k]) for k in then if then[k] != now[k]})
+    refused = {k: v for k, v in differ.items() if k not in RESUME_MAY_CHANGE + RESUME_LAYOUT}
+    if refused:
+        def flag(name: str) -> str:
+            return f"-o {name.split()[-1]}=..." if name.startswith("variant option") else "--" + name.replace("_", "-")
+        listed = "; ".join(f"{k}: {a!r} when started, {b!r} now ({flag(k)})" for k, (a, b) in sorted(refused.items()))
+        raise ConfigError(f"--resume {where}: a resume trains the configuration the run was started with, and "
+                          f"these settings would change it: {listed}. Resume without them (the checkpoint's "
+                          "settings are used), or start a new run")
+    return {k: v for k, v in differ.items() if k != "resume"}
 
 
 CHECKPOINT_PREFIX = "step-"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
+from pathlib import Path
 
 from harness.config import (
     PROFILES,
@@ -23,6 +25,35 @@ from harness.config import (
     setting_types,
 )
 from harness.values import parse_pair
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the closest valid choice or option, and without
+    prefix matching of long options (`--epoch 1` is a typo, not `--epochs 1`): every long option is
+    documented in full, so an abbreviation that works today could change meaning tomorrow."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # sub-commands' parsers are made of this class too
+        super().__init__(*args, **kwargs)
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(choices)}"
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}; {hint}")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def unrecognized(self, extra: list[str], note: str = ""):
+        """Unknown arguments, each unknown option with the closest one this parser has."""
+        def named(arg: str) -> str:
+            option = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(option, list(self._option_string_actions), n=1, cutoff=0.6) \
+                if option.startswith("--") else []
+            return f"{arg} (did you mean {close[0]}?)" if close else arg
+        self.error(f"unrecognized arguments: {' '.join(named(a) for a in extra)}{note}")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -102,9 +133,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                       if f.name != "variant_options" and getattr(args, f.name, None) is not None})
     overrides["variant_options"] = {**options, **_parse_options(args.option)}
+    recorded = {}
+    if overrides.get("resume"):
+        overrides, recorded = _resumed_settings(overrides)
     config = resolve_config(overrides)
+    if recorded:  # before the variant reads its options: a resume that changes the variant is named as such
+        from harness.checkpoint import resume_changes
+
+        resume_changes(recorded, dataclasses.asdict(config), Path(config.resume))
     make_config(config.variant, config.variant_settings())  # unknown variant / bad option: fail now
     return config
+
+
+def _resumed_settings(given: dict) -> dict:
+    """A resume trains the configuration its run was started with: the checkpoint's settings, with
+    those given now on top (train refuses any of them that would change what is trained)."""
+    from harness.checkpoint import find_checkpoint, read_loop_state
+
+    recorded = read_loop_state(find_checkpoint(given["resume"])).config
+    if not recorded:  # a checkpoint from before settings were recorded: the given ones (train warns)
+        return given, {}
+    options = {**recorded.get("variant_options", {}), **given.get("variant_options", {})}
+    return {**recorded, **given, "variant_options": options}, recorded
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -305,7 +355,7 @@ def _add_sweep_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtl-bench", description="Multitask BERT fine-tuning benchmark harness")
+    parser = _Parser(prog="mtl-bench", description="Multitask BERT fine-tuning benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train one variant and record it in MLflow",
                              description="Trains one variant on its tasks (or --tasks) and records the run in MLflow: "
@@ -342,13 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command != "predict":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            sub.choices[args.command].unrecognized(extra)
         literal = extra[extra.index("--") + 1:] if "--" in extra else []
         before = extra[:extra.index("--")] if "--" in extra else extra
         options = [e for e in before if e.startswith("-")]
         if options:
-            sub.choices["predict"].error(f"unrecognized arguments: {' '.join(options)} (a text that begins with "
-                                         "'-' goes after '--')")
+            sub.choices["predict"].unrecognized(options, " (a text that begins with '-' goes after '--')")
         args.texts = [*args.texts, *before, *literal]
     try:
         return args.func(args)

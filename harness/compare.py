@@ -517,12 +517,10 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
 def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
             baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print,
             select_best_by: str = "", select_over: tuple[str, ...] = ()) -> list[dict]:
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import open_client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = open_client(tracking_uri)
     records, parent_id = collect(client, sweep, experiment, out)
     chosen = []
     if select_best_by:

@@ -123,7 +123,8 @@ class TrainConfig:
     checkpoint_every: int = setting(0, "optimizer steps between checkpoints; 0: only at the end of each epoch")
     keep_checkpoint: bool = setting(False, "keep the last checkpoint after the run finishes")
     resume: str = setting("", "continue from a checkpoint folder, or from a run's output folder (its latest "
-                          "checkpoint), in the same MLflow run")
+                          "checkpoint), in the same MLflow run and with the settings it was started with (taken "
+                          "from the checkpoint; a flag that would change what is trained is refused)")
     save_model: bool = setting(False, "log the reported epoch's model as the MLflow artifact model/, for "
                                "`mtl-bench evaluate` and `predict`")
     dist_timeout: int = setting(600, "seconds a process waits in a collective before giving up (a dead peer)")

@@ -86,6 +86,25 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
             raise TrackingError(f"tracking store {tracking_uri}: {folder} is not writable")
 
 
+def fail_fast_over_http(tracking_uri: str) -> None:
+    """MLflow's own HTTP retries back off for minutes by default: one try and a 10 s timeout
+    instead (the callers queue and retry, or report the store as unreachable)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def open_client(tracking_uri: str = ""):
+    """An MlflowClient of the store a command reads (evaluate, predict, compare, replay), checked
+    first as `train` and `sweep` check it: an unreachable server is an error in seconds, not a hang."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    fail_fast_over_http(uri)
+    return MlflowClient(uri)
+
+
 def device_tags() -> dict[str, Any]:
     """What the run ran on: the GPU (or CPU) model and count, and the torch, CUDA and NCCL versions."""
     import platform
@@ -132,10 +151,7 @@ class RunTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str = "", tags: dict[str, Any] | None = None,
                  run_id: str | None = None):
-        if tracking_uri.startswith(("http://", "https://")):
-            # MLflow's own retries back off for minutes by default; the queue retries instead.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        fail_fast_over_http(tracking_uri)  # the queue retries instead
         from mlflow.tracking import MlflowClient
 
         if tracking_uri.startswith("sqlite:///"):
@@ -151,8 +167,10 @@ class RunTracker:
         self._warned = False
         self._monitor = None
         self._resumed = bool(run_id)
+        self._resumed_tags: dict[str, str] = {}
         if run_id:
-            self.run_id = retry(lambda: self.client.get_run(run_id).info.run_id)
+            run = retry(lambda: self.client.get_run(run_id))
+            self.run_id, self._resumed_tags = run.info.run_id, dict(run.data.tags)
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             # A run killed after sending its metrics but before its checkpoint was complete
             # repeats those steps on resume, with the same values: record them once.
@@ -187,6 +205,20 @@ class RunTracker:
         except Exception as exc:  # telemetry must not stop a training
             warnings.warn(f"MLflow system metrics not recorded ({type(exc).__name__}: {exc})", stacklevel=2)
             self._monitor = None
+
+    def resumed(self, step: int, changes: dict[str, tuple], tags: dict[str, Any]) -> None:
+        """Records a resume at optimizer step `step`: the settings it changed ({name: (before, now)},
+        only those that cannot change the result) in the run's history, and the tags of the stop or
+        failure it continues from removed (they stay in the history), so a run that finishes does not
+        look stopped."""
+        changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
+        self.set_tags({**tags, "resumed_from_step": step,
+                       f"history/step-{step:08d}/resumed": f"settings changed: {changed}" if changed
+                       else "no setting changed"})
+        stale = [k for k in self._resumed_tags if k.startswith(("stopped/", "failure/"))]
+        if stale:
+            self._queue.append({"op": "delete_tags", "items": stale})
+            self.flush()
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._queue.append({"op": "params", "items": {k: str(v) for k, v in params.items()}})
@@ -264,6 +296,15 @@ def send(client, run_id: str, record: dict) -> None:
         while items:  # sent in slices; a slice that went is removed, so a retry never repeats it
             client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in items[:_METRICS_PER_BATCH]])
             del items[:_METRICS_PER_BATCH]
+    elif op == "delete_tags":
+        items = record["items"]
+        while items:  # one by one; a retry after an outage does not delete a tag twice
+            try:
+                client.delete_tag(run_id, items[0])
+            except Exception as exc:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")) + str(exc):
+                    raise
+            del items[0]
     elif op == "artifact":
         client.log_artifact(run_id, record["path"], record["artifact_path"])
     elif op == "terminate":
@@ -274,10 +315,8 @@ def send(client, run_id: str, record: dict) -> None:
 
 def replay(fallback_file: str | os.PathLike, tracking_uri: str = "") -> int:
     """Sends a fallback file's records to MLflow, in order. Returns how many were sent."""
-    from mlflow.tracking import MlflowClient
-
     data = json.loads(Path(fallback_file).read_text())
-    client = MlflowClient(tracking_uri or data["tracking_uri"])
+    client = open_client(tracking_uri or data["tracking_uri"])
     for record in data["records"]:
         send(client, data["run_id"], record)
     return len(data["records"])

@@ -26,6 +26,8 @@ from harness.checkpoint import (
     check_resume_layout,
     check_resume_tasks,
     find_checkpoint,
+    read_loop_state,
+    resume_changes,
     save_checkpoint,
     upgrade_metrics,
 )
@@ -86,7 +88,26 @@ class NonFiniteLoss(RuntimeError):
 class TrainingStopped(RuntimeError):
     def __init__(self, signum: int, step: int, checkpoint: Path | None = None):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.how_to_resume = ""  # set once the checkpoint is written: the run, its folder and the command
         super().__init__(f"stopped by {signal.Signals(signum).name} at optimizer step {step}")
+
+    def __str__(self) -> str:
+        return " ".join(filter(None, (super().__str__(), self.how_to_resume)))
+
+
+def resume_command(run: "Run") -> str:
+    """The command that continues `run` from its latest checkpoint, launched as it was."""
+    import shlex
+
+    resume = ["train", "--resume", str(run.out_dir)]
+    if run.accelerator.num_processes == 1 and not run.config.launch_config:
+        return shlex.join(["mtl-bench", *resume])
+    launch = ["accelerate", "launch"]
+    if run.config.launch_config:
+        launch += ["--config_file", run.config.launch_config]
+    else:
+        launch += ["--num_processes", str(run.accelerator.num_processes)]
+    return shlex.join([*launch, "-m", "harness.cli", *resume])
 
 
 class StopSignals:
@@ -165,24 +186,37 @@ def sweep_tags(config: TrainConfig) -> dict[str, str]:
 
 
 def preflight(config: TrainConfig):
-    """Every check that needs no model and no process group: fails in seconds, naming the field."""
+    """Every check that needs no model and no process group: fails in seconds, naming the field.
+    Returns the variant's config, the checkpoint to resume from, and the settings a resume changes
+    ({setting: (when started, now)}, only those that cannot change what is trained)."""
     from variants import make_config
 
     variant_config = make_config(config.variant, config.variant_settings())
+    resume_from, changes = None, {}
+    if config.resume:
+        resume_from = find_checkpoint(config.resume)
+        recorded = read_loop_state(resume_from).config
+        if recorded:
+            changes = resume_changes(recorded, asdict(config), resume_from)
+        else:
+            print(f"warning: --resume {resume_from}: the checkpoint does not record the settings its run was started "
+                  "with (written by an earlier version); the settings given now are used")
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
     resolve_precision(config.mixed_precision, preflight_launch(config))  # fails here, not after loading
     if int(os.environ.get("RANK", "0")) == 0:
         check_reachable(resolve_tracking_uri(config.tracking_uri))
-    resume_from = find_checkpoint(config.resume) if config.resume else None
-    return variant_config, resume_from
+    return variant_config, resume_from, changes
 
 
-def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
+def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes: dict | None = None) -> Run:
     from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
     tasks = list(variant_config.tasks)
-    state = LoopState(**json.loads((resume_from / "loop_state.json").read_text())) if resume_from else LoopState()
+    state = read_loop_state(resume_from) if resume_from else LoopState()
+    # What every checkpoint of the run records as its configuration: the settings it was started
+    # with, as given (before "auto" values are resolved below), never a resume's.
+    state.config = state.config or {**asdict(config), "resume": ""}
     state.metrics = upgrade_metrics(state.metrics, lambda t: get_task(t).primary_metric)
     launch = preflight_launch(config)
     # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
@@ -225,7 +259,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
                                    "mixed_precision.source": precision_source,
                                    **sweep_tags(config)})
         if resume_from:
-            tracker.set_tags({**sweep_tags(config), "resumed_from_step": state.step})
+            tracker.resumed(state.step, changes or {}, sweep_tags(config))
         else:
             tracker.log_params({**config.flat(),
                                 **{names.variant_param(k): (",".join(v) if isinstance(v, tuple) else v)
@@ -239,6 +273,12 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None) -> Run:
             skipped = {names.skipped_rows_key(name): len(rows) for t in tasks
                        for name, rows in data[t].skipped.items() if rows}
             tracker.log_metrics({**counts.as_metrics(), **skipped}, step=0)
+            # Written once, when the run starts: a resume trains this configuration (and may change
+            # only settings that cannot change the result, recorded as tags by tracker.resumed).
+            resolved = Path(config.output_dir) / tracker.run_id / "config.json"
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(variant_config)}, indent=2))
+            tracker.log_artifact(resolved)
         tracker.set_tags(device_tags())  # what it ran on (a resumed run: its latest segment)
     state.run_id = broadcast_object_list([tracker.run_id if tracker else None])[0]
     run = Run(config, accelerator, model, optimizer, data, tasks,
@@ -311,10 +351,13 @@ def train_loop(run: Run, stop: StopSignals, step_seconds: list[float]) -> None:
             started = time.perf_counter()
             # The same task(s) on every rank, drawn by the shared-seed sampler.
             draws = 1 if config.task_per == "window" else config.grad_accum
+            before_draw = sampler.state_dict()
             drawn = [sampler.sample(epoch) for _ in range(draws)]
             window = drawn * config.grad_accum if draws == 1 else drawn
             code = sum(run.tasks.index(t) * len(run.tasks) ** i for i, t in enumerate(drawn))
             if agree_on_step(run.accelerator, code, bool(stop.signum), state.step, run.tasks):
+                # The step is not trained: its draw is undone, so the checkpoint's resume draws it again.
+                sampler.load_state_dict(before_draw)
                 raise TrainingStopped(stop.signum or signal.SIGTERM, state.step)
             losses = train_step(run, window)
             state.step += 1
@@ -403,9 +446,6 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
         tracker.log_metrics({**dev_metric_names(run.state.metrics), names.REPORTED_EPOCH: run.state.metrics_epoch,
                              **(dev_metric_names(run.state.validation_metrics, names.VALIDATION)
                                 if run.state.validation_metrics else {})}, step=run.state.step)
-        resolved = out_dir / "config.json"
-        resolved.write_text(json.dumps({"train": asdict(config), "variant": asdict(run.variant_config)}, indent=2))
-        tracker.log_artifact(resolved)
         skipped_rows = [(name, line, problem) for t in run.tasks for name, rows_ in run.data[t].skipped.items()
                         for line, problem in rows_]
         if skipped_rows:
@@ -426,8 +466,8 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs one training as configured; returns the final dev metrics (on every rank)."""
     started = time.perf_counter()
-    variant_config, resume_from = preflight(config)
-    run = setup(config, variant_config, resume_from)
+    variant_config, resume_from, changes = preflight(config)
+    run = setup(config, variant_config, resume_from, changes)
     run.started, run.seconds_before = started, run.state.train_seconds
     step_seconds: list[float] = []
     if run.tracker:  # stopped by tracker.finish, on every way out below
@@ -440,12 +480,18 @@ def train(config: TrainConfig) -> dict[str, float]:
             # the failed step's (its window was drawn), which resuming would retry differently.
             exc.checkpoint = run.checkpoint()
             _end_run(run, "FAILED", {"failure/reason": "non-finite loss", "failure/task": exc.task,
-                                     "failure/step": exc.step, "failure/checkpoint": exc.checkpoint})
+                                     "failure/step": exc.step, "failure/checkpoint": exc.checkpoint,
+                                     f"history/step-{exc.step:08d}/failed": f"non-finite loss on {exc.task}, "
+                                                                           f"checkpoint {exc.checkpoint}"})
             raise
         except TrainingStopped as exc:
             exc.checkpoint = run.checkpoint()
-            _end_run(run, "KILLED", {"stopped/signal": signal.Signals(exc.signum).name, "stopped/step": exc.step,
-                                     "stopped/checkpoint": exc.checkpoint})
+            exc.how_to_resume = (f"(checkpoint {exc.checkpoint}). MLflow run {run.state.run_id}, output folder "
+                                 f"{run.out_dir}. Resume it with: {resume_command(run)}")
+            signame = signal.Signals(exc.signum).name
+            _end_run(run, "KILLED", {"stopped/signal": signame, "stopped/step": exc.step,
+                                     "stopped/checkpoint": exc.checkpoint,
+                                     f"history/step-{exc.step:08d}/stopped": f"{signame}, checkpoint {exc.checkpoint}"})
             raise
         except BaseException as exc:
             _end_run(run, "FAILED", {"failure/reason": f"{type(exc).__name__}: {exc}"[:5000],

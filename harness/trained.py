@@ -114,15 +114,14 @@ class Trained:
 
 def _client(tracking_uri: str):
     import datasets
-    from mlflow.tracking import MlflowClient
 
     # Output for a person reading predictions: no download or tokenising progress bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     datasets.disable_progress_bars()
 
-    from harness.tracking import resolve_tracking_uri
+    from harness.tracking import open_client
 
-    return MlflowClient(resolve_tracking_uri(tracking_uri))
+    return open_client(tracking_uri)
 
 
 def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
@@ -259,7 +258,8 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
         chosen = list(tasks or trained_tasks)
         not_trained = [t for t in chosen if t not in trained_tasks]
         if not_trained:
-            raise TrainedModelError(f"run {run_id} did not train task(s) {not_trained}; it trained {trained_tasks}")
+            raise TrainedModelError(f"run {run_id} did not train task(s) {', '.join(not_trained)}; it trained "
+                                    f"{', '.join(trained_tasks)} (--tasks)")
         for task in chosen:
             registered(task)
         data_dir = data_dir or meta["train"]["data_dir"]
@@ -331,10 +331,12 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
     from harness.data import TaskRows, pad_id_of, tokenize_rows
     from harness.evaluation import predict_dataset
 
-    examples = read_inputs(task, texts, file)
     with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
+        # First what the run trained: a task it did not train is refused whether or not it is registered here.
         if task not in meta["tasks"]:
-            raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained {list(meta['tasks'])}")
+            raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained "
+                                    f"{', '.join(meta['tasks'])} (--task)")
+        examples = read_inputs(task, texts, file)
         trained = load_model(model_folder)
     spec, config = trained.model.specs[task], trained.config
     rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))

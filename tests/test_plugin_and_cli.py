@@ -25,10 +25,11 @@ def test_variants_lists_every_variant_with_a_description(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    # Closed sets are argparse choices (listed by --help): argparse names the flag and the valid values.
-    (["--variant", "palz"], "argument --variant: invalid choice: 'palz' (choose from 'combined', 'embert',"),
-    (["--profile", "fast"], "argument --profile: invalid choice: 'fast' (choose from 'paper', 'quick')"),
-    (["--sampling", "random"], "argument --sampling: invalid choice: 'random' (choose from 'annealed',"),
+    # Closed sets are argparse choices (listed by --help): the flag, and the closest valid value or all of them.
+    (["--variant", "palz"], "argument --variant: invalid choice: 'palz'; did you mean 'pals-top'?"),
+    (["--variant", "zzzz"], "argument --variant: invalid choice: 'zzzz'; choose from combined, embert,"),
+    (["--profile", "fast"], "argument --profile: invalid choice: 'fast'; choose from paper, quick"),
+    (["--sampling", "random"], "argument --sampling: invalid choice: 'random'; choose from annealed,"),
     (["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     (["--lr", "0"], "lr: expected a positive learning rate, got 0.0"),
     (["--batch-size", "-2"], "batch_size: expected a positive integer, got -2"),
@@ -52,6 +53,26 @@ def test_bad_settings_fail_fast_naming_the_field(args, message, capsys):
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--variant", "pals-tpo"], "mtl-bench train: error: argument --variant: invalid choice: 'pals-tpo'; "
+                                         "did you mean 'pals-top'? (see `mtl-bench train --help`)"),
+    (["train", "--profile", "quik"], "argument --profile: invalid choice: 'quik'; did you mean 'quick'?"),
+    # No prefix matching: an abbreviation is a typo, named with the option it resembles.
+    (["train", "--epoch", "1"], "mtl-bench train: error: unrecognized arguments: --epoch (did you mean --epochs?) 1"),
+    (["train", "--batch", "4"], "unrecognized arguments: --batch (did you mean --batch-size?) 4"),
+    (["trian"], "mtl-bench: error: argument command: invalid choice: 'trian'; did you mean 'train'?"),
+    (["compare", "--sweep", "s", "--test", "seed"], "argument --test: invalid choice: 'seed'; did you mean 'seeds'?"),
+    (["sweep", "--name", "s", "--executor", "slrum"], "invalid choice: 'slrum'; did you mean 'slurm'?"),
+])
+def test_a_mistyped_choice_or_option_is_one_line_naming_the_closest_valid_one(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err  # no usage dump
 
 
 def test_every_train_setting_has_help_saying_what_it_does_its_valid_values_and_its_default():

@@ -79,31 +79,83 @@ def test_a_non_finite_loss_stops_the_run_with_a_checkpoint_and_a_failed_mlflow_r
     assert recorded_steps(client, run.info.run_id) == list(range(1, step))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_marks_the_run_killed_and_resume_finishes_it(sig, tmp_path, tiny_bert, small_data,
-                                                                          tracking_uri):
-    args = train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--epochs", "2", "--batches-per-epoch", "40",
-                      "--checkpoint-every", "10")
+def losses_by_step(client, run_id) -> dict[int, float]:
+    return {m.step: m.value for task in ("sst", "cfimdb", "quora", "sts")
+            for m in client.get_metric_history(run_id, f"train/loss/{task}")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert, small_data):
+    """The run the interrupted ones must equal: same settings, never stopped."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    result = cli(*train_args(tiny_bert, small_data, folder, uri, *SIGNAL_RUN))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = the_run(uri)
+    return run, losses_by_step(client, run.info.run_id)
+
+
+SIGNAL_RUN = ("--epochs", "2", "--batches-per-epoch", "40", "--checkpoint-every", "10", "--lr", "3e-4",
+              "--system-metrics-interval", "0")
+
+
+@pytest.mark.parametrize("sig, resume_flags", [
+    (signal.SIGINT, ()),  # the printed command as it is: every setting from the checkpoint
+    (signal.SIGTERM, ("--checkpoint-every", "7", "--keep-checkpoint")),  # settings that cannot change the result
+])
+def test_a_signal_checkpoints_marks_the_run_killed_and_its_resume_trains_what_the_run_started_with(
+        sig, resume_flags, tmp_path, tiny_bert, small_data, tracking_uri, uninterrupted):
+    args = train_args(tiny_bert, small_data, tmp_path, tracking_uri, *SIGNAL_RUN)
     process = start_cli(*args)
     wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
     process.send_signal(sig)
     output, _ = process.communicate(timeout=120)  # stops at the next step boundary; the timeout guards a hang
     assert process.returncode == 128 + sig, output[-3000:]
-    assert f"stopped by {sig.name}" in output
     client, run = the_run(tracking_uri)
     assert run.info.status == "KILLED"
     stopped = int(run.data.tags["stopped/step"])
     assert stopped < 80
     assert recorded_steps(client, run.info.run_id) == list(range(1, stopped + 1))
-    if sig == signal.SIGINT:
-        return
+    # The user is told the run, its folder and the exact command that continues it.
     (run_dir,) = glob.glob(str(tmp_path / "out" / "*"))
-    resumed = cli(*args, "--resume", run_dir)
+    assert f"stopped by {sig.name} at optimizer step {stopped}" in output
+    assert f"MLflow run {run.info.run_id}, output folder {run_dir}." in output
+    command = output.split("Resume it with: ")[1].splitlines()[0]
+    assert command == f"mtl-bench train --resume {run_dir}"
+
+    # A flag that would change what is trained is refused, and the run is left as it was.
+    refused = cli("train", "--resume", run_dir, "--max-length", "64", "--epochs", "3")
+    assert refused.returncode == 2
+    assert "max_length: 32 when started, 64 now (--max-length)" in refused.stderr
+    assert "epochs: 2 when started, 3 now (--epochs)" in refused.stderr
+    assert the_run(tracking_uri)[1].info.status == "KILLED"
+
+    resumed = cli(*command.split()[1:], *resume_flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client, run = the_run(tracking_uri)  # the same, single run
     assert run.info.status == "FINISHED"
     assert recorded_steps(client, run.info.run_id) == list(range(1, 81))
-    assert "dev/overall" in run.data.metrics
+    # What the uninterrupted run trained, step for step.
+    whole, whole_losses = uninterrupted
+    assert losses_by_step(client, run.info.run_id) == pytest.approx(whole_losses, abs=1e-6)
+    for name, value in whole.data.metrics.items():
+        if name.startswith("dev/"):
+            assert run.data.metrics[name] == pytest.approx(value, abs=1e-6), name
+    assert run.data.params["epochs"] == "2" and run.data.params["max_length"] == "32"
+    # The artifact config.json is the configuration the run started with.
+    (artifact,) = [a for a in client.list_artifacts(run.info.run_id) if a.path == "config.json"]
+    saved = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
+    assert saved["train"]["epochs"] == 2 and saved["train"]["checkpoint_every"] == 10
+    # The stop is in the run's history; the finished run does not look stopped.
+    tags = run.data.tags
+    assert not [k for k in tags if k.startswith("stopped/")]
+    assert tags[f"history/step-{stopped:08d}/stopped"].startswith(sig.name)
+    changed = tags[f"history/step-{stopped:08d}/resumed"]
+    if resume_flags:
+        assert changed == "settings changed: checkpoint_every: 10 -> 7; keep_checkpoint: False -> True"
+        assert glob.glob(str(Path(run_dir) / "checkpoints" / "step-*"))  # --keep-checkpoint took effect
+    else:
+        assert changed == "no setting changed"
 
 
 @pytest.mark.distributed

@@ -261,7 +261,11 @@ def test_a_plugin_task_trains_beside_a_handout_task_and_the_run_is_evaluated_pre
 
     # What cannot be answered: exit 2, one line saying why.
     untrained = cli("predict", run_id, "--task", "sts", "a", "b", "--tracking-uri", uri, env=env)
-    assert untrained.returncode == 2 and "did not train task 'sts'; it trained ['sst', 'nli']" in untrained.stderr
+    assert untrained.returncode == 2 and "did not train task 'sts'; it trained sst, nli" in untrained.stderr
+    # A task registered nowhere that the run did not train: said so, not "install the package that registers it".
+    unknown = cli("predict", run_id, "--task", "qnli", "a", "b", "--tracking-uri", uri, env=env)
+    assert unknown.returncode == 2 and "did not train task 'qnli'; it trained sst, nli" in unknown.stderr
+    assert "install" not in unknown.stderr
     without = cli("train", "--variant", "multitask", "--tasks", "sst", *common, env=env)
     assert without.returncode == 0, without.stderr[-2000:]
     (plain,) = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run_id]

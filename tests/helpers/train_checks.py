@@ -68,7 +68,7 @@ def inactive_check(flags: list[str], result: str) -> None:
     config = parse(flags)
     from harness.train import preflight
 
-    variant_config, _ = preflight(config)
+    variant_config, *_ = preflight(config)
     run = setup(config, variant_config, None)
     after_own_step, report = None, []
     for step, task in enumerate(SCHEDULE):
