@@ -1,6 +1,6 @@
 """The layers of docs/architecture.md, checked: a module imports only from its own layer or the
-layers below it (imports inside functions count too), and no two modules import each other at
-module level."""
+layers below it (imports inside functions count too, relative ones resolved), and no two modules
+import each other at module level."""
 import ast
 import itertools
 from pathlib import Path
@@ -32,14 +32,29 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module} has no layer in tests/test_architecture.py LAYERS")
 
 
-def imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported project module, at module level) for every import in the file."""
-    tree = ast.parse(path.read_text())
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a `from ... import` reads from, relative ones (`from ..train import x`) resolved
+    against the importing module (a package's __init__ is its own package)."""
+    if not node.level:
+        return node.module
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level - 1 >= len(package):
+        raise AssertionError(f"{module}: relative import beyond the top-level package (level {node.level})")
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(path: Path, source: str | None = None) -> list[tuple[str, bool]]:
+    """(imported project module, at module level) for every import in the file (or in `source`,
+    read as that file's text): absolute or relative, at module level or inside a function."""
+    tree = ast.parse(path.read_text() if source is None else source)
+    module = module_name(path)
     top = {id(node) for node in tree.body}
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        if isinstance(node, ast.ImportFrom):
+            base = absolute(node, module, path.name == "__init__.py")
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
@@ -67,6 +82,19 @@ def test_a_module_imports_only_from_its_own_layer_or_below(path):
 def test_sweeps_reach_training_only_through_a_launched_process():
     for path in REPO.glob("harness/sweeps/**/*.py"):
         assert not [n for n, _ in imports(path) if n.startswith(("harness.train", "harness.model"))], path
+
+
+def test_the_import_check_resolves_relative_imports_and_sees_imports_inside_functions():
+    """What the two rules above read: a relative import is the module it names, wherever it stands."""
+    source = ("from .spec import Job\nfrom . import search\n"
+              "def run():\n    from ..train import train\n    from .. import model\n    import harness.compare\n")
+    found = imports(REPO / "harness" / "sweeps" / "run.py", source)
+    assert set(found) >= {("harness.sweeps.spec", True), ("harness.sweeps.search", True), ("harness.train", False),
+                          ("harness.model", False), ("harness.compare", False)}
+    package = imports(REPO / "harness" / "sweeps" / "__init__.py",
+                      "from .run import run_sweep\nfrom ..cli import main\n")
+    assert {"harness.sweeps.run", "harness.cli"} <= {name for name, _ in package}
+    assert layer_of("harness.cli") > layer_of("harness.sweeps")  # the layer rule would refuse that one
 
 
 def test_no_two_modules_import_each_other_at_module_level():

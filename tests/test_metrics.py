@@ -43,6 +43,18 @@ def test_macro_f1_and_mcc_by_hand():
     assert mcc([0, 1, 0, 1], [1, 0, 1, 0]) == pytest.approx(-1.0)
 
 
+def test_macro_f1_weighs_every_class_alike_whatever_its_support():
+    """Unbalanced classes, where macro and support-weighted F1 differ."""
+    labels = [0, 0, 0, 0, 1]
+    preds = [0, 0, 0, 1, 1]
+    # class 0: (tp, fp, fn) = (3, 0, 1), F1 6/7; class 1: (1, 1, 0), F1 2/3
+    assert macro_f1(preds, labels) == pytest.approx((6 / 7 + 2 / 3) / 2)
+    assert (4 * 6 / 7 + 1 * 2 / 3) / 5 != pytest.approx((6 / 7 + 2 / 3) / 2)  # weighted by support: another value
+    # A class only predicted, never a label, counts as one class with F1 0 (the classes present in either).
+    # class 0: (2, 0, 0), F1 1; class 1: (1, 0, 1), F1 2/3; class 2: (0, 1, 0), F1 0
+    assert macro_f1([0, 0, 1, 2], [0, 0, 1, 1]) == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
 def test_task_metrics_follow_the_spec_and_errors_name_the_metric():
     assert task_metrics(get_task("sts"), [0.0, 1.0, 2.0], [0.0, 2.0, 4.0]) == {"pearson": pytest.approx(1.0)}
     assert task_metrics(get_task("sst"), [1, 2], [1, 3]) == {"accuracy": 0.5}

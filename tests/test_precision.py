@@ -93,6 +93,48 @@ def test_run_settings_that_differ_from_the_launch_are_refused_naming_both(tmp_pa
     assert resolve_precision("auto", launch) == ("bf16", f"{cfg} mixed_precision")
 
 
+def test_the_preflight_refuses_a_launch_that_drifted_from_its_config_or_from_the_run(tmp_path, monkeypatch):
+    """`preflight_launch`, as `train` calls it before any process group starts (here without one,
+    the launcher's environment set as `accelerate launch` sets it): the environment against
+    --launch-config, then what either fixes against the run config."""
+    import re
+
+    from harness.distributed import preflight_launch
+
+    for var in list(os.environ):
+        if var.startswith("ACCELERATE_") or var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(var)
+    ddp = write(tmp_path / "ddp.yaml", "distributed_type: MULTI_CPU\nnum_processes: 2\n")
+    # `accelerate launch --cpu --num_processes 2` starts one process, without WORLD_SIZE.
+    with pytest.raises(LaunchError, match=re.escape(f"world_size: {ddp} num_processes asks for 2, the launcher's "
+                                                    "environment (WORLD_SIZE) gave 1")):
+        preflight_launch(resolve_config({"launch_config": ddp}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert preflight_launch(resolve_config({"launch_config": ddp}))["world_size"] == (2, f"{ddp} num_processes")
+
+    zero = write(tmp_path / "zero.yaml", "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n"
+                                         "  zero_stage: 2\n  gradient_accumulation_steps: 2\n")
+    for var, value in {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                       "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}.items():
+        monkeypatch.setenv(var, value)
+    # The launch is the file's, but the run forms windows of 1 micro-step where DeepSpeed forms 2.
+    with pytest.raises(LaunchError, match=re.escape(f"grad_accum: the run config has 1 (--grad-accum), {zero} "
+                                                    "deepspeed_config.gradient_accumulation_steps has 2")):
+        preflight_launch(resolve_config({"launch_config": zero, "grad_accum": 1}))
+    agreed = preflight_launch(resolve_config({"launch_config": zero, "grad_accum": 2}))
+    assert agreed["grad_accum"] == (2, f"{zero} deepspeed_config.gradient_accumulation_steps")
+    assert agreed["zero_stage"] == (2, f"{zero} deepspeed_config.zero_stage")
+    # Without --launch-config the environment alone is what the launch fixes, checked against the run the same way.
+    with pytest.raises(LaunchError, match=re.escape("grad_accum: the run config has 1 (--grad-accum), the launcher's "
+                                                    "environment (ACCELERATE_GRADIENT_ACCUMULATION_STEPS) has 2")):
+        preflight_launch(resolve_config({"grad_accum": 1}))
+    # Launched with another ZeRO stage than the file says (flags given to accelerate launch).
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(LaunchError, match=re.escape(f"zero_stage: {zero} deepspeed_config.zero_stage asks for 2, the "
+                                                    "launcher's environment (ACCELERATE_DEEPSPEED_ZERO_STAGE) gave 3")):
+        preflight_launch(resolve_config({"launch_config": zero, "grad_accum": 2}))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal and defaults")
 def test_fp16_is_refused_without_a_gpu_and_auto_means_fp32():
     with pytest.raises(LaunchError, match="fp16 needs a CUDA GPU"):

@@ -145,6 +145,52 @@ def test_a_study_with_an_unfinished_trial_asks_for_no_more_until_it_has_run_agai
     assert [study_of(j, spec.search.space) for j in third] == [study_of(failed, spec.search.space)]
 
 
+ONE_STUDY = ("name: nan\nvariants: [multitask]\nseeds: [0]\nset: {validation_fraction: 0.1}\n"
+             "search: {trials: 4, batch: 2, direction: DIRECTION,\n"
+             "         space: {lr: {low: 1.0e-5, high: 1.0e-2, log: true}}}\n")
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_nan_score_is_told_to_the_sampler_as_the_worst_value_in_either_direction(tmp_path, monkeypatch, direction):
+    """The study a round rebuilds holds a NaN trial as worse than every scored one, so the sampler
+    never takes its values for the best."""
+    import optuna
+
+    spec = spec_of(tmp_path, ONE_STUDY.replace("DIRECTION", direction))
+    search = Search(spec, expand(spec), [])
+    nan_trial, scored = search.next_round({})
+    studies = []
+    create_study = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda *a, **k: studies.append(create_study(*a, **k)) or studies[-1])
+    assert len(search.next_round({nan_trial.key: float("nan"), scored.key: 0.5})) == 2
+    (study,) = studies
+    told = {t.params["lr"]: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert told[scored.settings["lr"]] == 0.5
+    worse = told[nan_trial.settings["lr"]] < 0.5 if direction == "maximize" else told[nan_trial.settings["lr"]] > 0.5
+    assert worse, f"{direction}: the NaN trial was told as {told[nan_trial.settings['lr']]}"
+    assert study.best_trial.params["lr"] == scored.settings["lr"]
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_summary_names_each_studys_best_scored_trial_never_a_nan_one(tmp_path, direction):
+    """A NaN (a constant predictor's correlation) is the worst score: not the best, even as the
+    study's first trial, and a study with only NaN scores has no best."""
+    text = ONE_STUDY.replace("DIRECTION", direction).replace("seeds: [0]", "seeds: [0, 1]").replace(
+        "trials: 4, batch: 2", "trials: 3, batch: 3")
+    spec = spec_of(tmp_path, text)
+    search = Search(spec, expand(spec), [])
+    trials = search.next_round({})
+    by_seed = {seed: [j for j in trials if j.seed == seed] for seed in (0, 1)}
+    assert [len(jobs) for jobs in by_seed.values()] == [3, 3]
+    scores = dict(zip((j.key for j in by_seed[0]), (float("nan"), 0.3, 0.7)))  # NaN first
+    scores.update({j.key: float("nan") for j in by_seed[1]})
+    best = by_seed[0][2] if direction == "maximize" else by_seed[0][1]
+    summary = search.summary(scores)
+    assert summary == [f"multitask_s0: best val/overall {scores[best.key]:.4f} at lr={best.settings['lr']} "
+                       "(3 of 3 trials finished)",
+                       "multitask_s1: no finished trial with a score (3 finished)"]
+
+
 def test_a_study_of_a_small_choice_tries_every_value_then_says_it_is_used_up(tmp_path):
     text = SEARCH.replace("    lr: {low: 1.0e-5, high: 1.0e-2, log: true}\n", "").replace("trials: 3", "trials: 6")
     spec = spec_of(tmp_path, text + "  sampler: random\n")

@@ -520,6 +520,50 @@ def test_a_variant_can_have_its_own_grid(tmp_path):
             load_spec(path)
 
 
+def test_a_variant_grid_replaces_only_the_settings_it_names_and_keeps_the_rest_of_the_grid(tmp_path):
+    """The shared grid and the variant's own name different settings: the variant gets both (its
+    own values for what it names, the shared values for the rest), so its labels still carry the
+    shared settings and pair with the other variants' at the same values."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("variants: [multitask, lora]\nseeds: [0]\ngrid: {lr: [1e-5, 3e-5], batch_size: [8, 16]}\n"
+                    "variant_grid: {lora: {lr: [1e-4], freeze_encoder: [true, false]}}\n")
+    jobs = expand(load_spec(path))
+    lora = {(j.settings.get("lr"), j.settings.get("batch_size"), j.settings.get("freeze_encoder")) for j in jobs
+            if j.variant == "lora"}
+    assert lora == {(1e-4, b, f) for b in (8, 16) for f in (True, False)}  # its lr, the grid's batch_size
+    assert {(j.settings["lr"], j.settings["batch_size"]) for j in jobs if j.variant == "multitask"} == {
+        (lr, b) for lr in (1e-5, 3e-5) for b in (8, 16)}
+    assert all("freeze_encoder" not in j.label for j in jobs if j.variant == "multitask")
+    assert "lora batch_size=16 freeze_encoder=True lr=0.0001" in {j.label for j in jobs}
+
+    # The shipped confirmation sweep: lora's grid adds freeze_encoder to the shared lr, which every
+    # job (lora's too) trains at and carries in its label, as the baseline's does.
+    confirm = expand(load_spec(REPO / "launch" / "sweeps" / "peft-quick-confirm.yaml"))
+    assert {j.settings.get("lr") for j in confirm} == {1e-4}
+    labels = {j.variant: j.label for j in confirm}
+    assert labels["multitask"] == "multitask lr=0.0001"
+    assert labels["lora"] == "lora freeze_encoder=False lr=0.0001"
+    assert all(j.settings.get("freeze_encoder") is False for j in confirm if j.variant == "lora")
+
+
+def test_select_best_breaks_a_tie_on_validation_by_the_first_label_in_order():
+    """The documented tie rule (harness/compare.py select_best): of grid points with the same
+    validation score, the first label in sorted order wins, whatever the order the runs come in."""
+    from harness.compare import RunRecord, select_best
+
+    def record(label, seed, dev, validation):
+        return RunRecord(f"{label}-{seed}", label, label.split()[0], seed, {}, dev, 0, 1.0, 60.0,
+                         validation=validation)
+
+    tied = [record("multitask lr=1e-05", 0, 0.61, 0.70), record("multitask lr=0.001", 0, 0.55, 0.70),
+            record("multitask lr=0.0001", 0, 0.80, 0.60)]
+    assert sorted(r.label for r in tied)[0] == "multitask lr=0.0001"  # the first label overall, but not tied
+    for runs in (tied, tied[::-1], [tied[1], tied[0], tied[2]]):
+        selected, chosen = select_best(runs)
+        assert [(r.label, r.overall) for r in selected] == [("multitask", 0.55)]  # lr=0.001 < lr=1e-05
+        assert [c["point"] for c in chosen] == ["lr=0.001"]
+
+
 def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_reports_its_dev():
     from harness.compare import CompareError, RunRecord, select_best, summarise
 

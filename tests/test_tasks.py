@@ -111,6 +111,23 @@ def test_overall_score_of_a_set_with_a_task_of_ones_own_is_the_mean_of_primary_m
     assert overall_formula(["sst", "quora", "sts"]).name == "cs224n"
 
 
+def test_a_tasks_primary_metric_other_than_its_first_is_the_one_the_overall_score_and_compare_use():
+    """`primary` names the metric that scores the task, wherever it stands in `metrics`."""
+    from harness.names import primary_key
+
+    listed_first = register_task(spec(name="toy-first", metrics=("accuracy", "mcc")))
+    named = register_task(spec(name="toy-primary", metrics=("accuracy", "mcc"), primary="mcc"))
+    assert (listed_first.primary_metric, named.primary_metric) == ("accuracy", "mcc")
+    assert primary_key("toy-primary") == "dev/toy-primary/mcc"
+    formula = overall_formula(["sst", "toy-primary"])
+    assert formula.describe() == "mean: mean(sst/accuracy, (toy-primary/mcc + 1) / 2)"
+    metrics = {"sst": {"accuracy": 0.4}, "toy-primary": {"accuracy": 0.9, "mcc": 0.2}}
+    assert formula.score(metrics) == pytest.approx((0.4 + (0.2 + 1) / 2) / 2)
+    # The same values under the task that leaves it to the first metric: accuracy counts instead.
+    assert overall_formula(["sst", "toy-first"]).score(
+        {"sst": {"accuracy": 0.4}, "toy-first": {"accuracy": 0.9, "mcc": 0.2}}) == pytest.approx((0.4 + 0.9) / 2)
+
+
 def test_a_task_with_its_own_reader_and_the_header_check_of_the_default_one(tmp_path, tiny_bert):
     """A task reading JSON lines; and a handout-format task whose file lacks a column."""
     from harness.data import TaskRows

@@ -381,6 +381,35 @@ def test_a_peft_variant_runs_each_task_through_its_own_adapter_without_touching_
     assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable
 
 
+@pytest.mark.parametrize("name", ["lora", "ia3"])
+def test_every_adapted_layer_of_a_peft_variant_switches_to_the_task_of_the_pass(encoder, name):
+    """Each task's adapter moved in one adapted layer at a time: that task's output changes and no
+    other's, in every layer, the last one included (a layer left on the adapter of another task
+    would change the other task's output, or not its own)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = build_model(copy.deepcopy(encoder), name, make_config(name), "joint").eval()
+    layers = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert len(layers) == L * len(make_config(name).sites)
+    owned = {(n, owner): p for n, p, _, owner in grouped_parameters(model) if owner}
+    batch = batch_for("sst")
+    with torch.no_grad():
+        before = {t: forward(model, t, batch) for t in model.tasks}
+        for layer in layers:
+            for task in model.tasks:
+                moved = [p for (n, owner), p in owned.items() if owner == task and n.startswith(layer + ".")]
+                assert moved, f"{layer}: no adapter of {task}"
+                saved = [p.clone() for p in moved]
+                for p in moved:
+                    p.add_(torch.randn_like(p))
+                after = {t: forward(model, t, batch) for t in model.tasks}
+                for p, value in zip(moved, saved):
+                    p.copy_(value)
+                assert not torch.allclose(after[task], before[task]), f"{layer}: {task}'s pass ignored its adapter"
+                others = [t for t in model.tasks if t != task and not torch.equal(after[t], before[t])]
+                assert not others, f"{layer}: the pass of {others} used {task}'s adapter"
+
+
 def test_peft_sites_are_options_and_ia3_scales_what_the_paper_scales(encoder):
     lora = build(encoder, "lora", sites="query,key,ffn-in", rank=4)
     per_layer = 2 * 4 * H + 2 * 4 * H + (4 * H + 64 * 4)  # ffn-in: A is 4 x H, B is 64 x 4
