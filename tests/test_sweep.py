@@ -308,6 +308,68 @@ def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slu
     assert f"--config {tmp_path / 'jobs' / 'abc' / 'config.json'}" in text and f"--resume {tmp_path / 'run'}" in text
 
 
+def test_each_job_of_several_processes_gets_a_rendezvous_port_of_its_own(tmp_path):
+    """Jobs run side by side on one machine (--parallel) must not meet on accelerate's default port
+    29500: a multi-process job gets 29501 + its index (Placement.port's default), unless its executor
+    gives one; a one-process job needs none. --resume only where the job has a checkpoint."""
+    from harness.sweeps import job as job_runner
+    from harness.sweeps.executors import Placement
+    from harness.sweeps.spec import Job
+
+    def command(launch, index, place=Placement(), resume=None):
+        job = Job(index, f"key{index}", "multitask", "multitask", 0, {}, {})
+        return job_runner.job_command(tmp_path / "jobs.json", job, {"launch_config": str(REPO / launch)}, resume,
+                                      place)
+
+    def port(launch, index, place=Placement()):
+        line = command(launch, index, place)
+        return line[line.index("--main_process_port") + 1] if "--main_process_port" in line else None
+
+    assert [port("launch/cpu-ddp.yaml", i) for i in (0, 1, 2)] == ["29501", "29502", "29503"]
+    assert port("launch/cpu-ddp.yaml", 1, Placement(port=23456)) == "23456"
+    assert port("launch/single.yaml", 0) is None  # one process: no rendezvous
+    assert "--resume" not in command("launch/single.yaml", 0)
+    assert command("launch/single.yaml", 0, resume=tmp_path / "run")[-2:] == ["--resume", str(tmp_path / "run")]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_local_jobs_share_the_cpus_among_all_their_training_processes(tmp_path, monkeypatch, parallel):
+    """--parallel N on a machine of which this process may use 16 CPUs (of a host's 64): each job
+    gets 16 / N of them, split among its training processes (OMP_NUM_THREADS), so that N jobs of
+    2 processes each do not run 2 x 16 threads; a user's own OMP_NUM_THREADS is kept."""
+    from harness.sweeps import job as job_runner
+    from harness.sweeps.executors import local
+    from harness.sweeps.spec import Job
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    envs = []
+
+    def run(command, **kwargs):  # the job runner's process, as the executor starts it
+        envs.append(dict(kwargs.get("env") or os.environ))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(local.subprocess, "run", run)
+    jobs_file = tmp_path / "jobs.json"
+    jobs = [Job(i, f"key{i}", "multitask", "multitask", 0, {}, {}) for i in range(2)]
+    executor = local.LocalExecutor(parallel)
+    executor.submit(jobs_file, jobs, lambda *_: None)
+    executor.wait()
+    assert len(envs) == 2
+    for env in envs:
+        for launch, processes in (("launch/single.yaml", 1), ("launch/cpu-ddp.yaml", 2)):
+            with monkeypatch.context() as inside:  # in the job runner's process
+                for name, value in env.items():
+                    inside.setenv(name, value)
+                place = local.LocalExecutor.placement()
+                threads = job_runner.job_environment({"launch_config": str(REPO / launch)}, place, env)
+            assert threads["OMP_NUM_THREADS"] == str(16 // parallel // processes), (parallel, launch)
+            kept = job_runner.job_environment({"launch_config": str(REPO / launch)}, place,
+                                              {**env, "OMP_NUM_THREADS": "3"})
+            assert kept["OMP_NUM_THREADS"] == "3"
+
+
 def test_a_job_runs_from_its_config_file_which_holds_its_settings_options_and_place_in_the_sweep(tmp_path):
     """The job's resolved config travels as JSON, read back by `train --config` into the same config."""
     import argparse

@@ -41,6 +41,21 @@ def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None, plac
     return launch + train
 
 
+def job_environment(meta: dict, place: Placement, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the job's `accelerate launch` runs in: this process's (`environ`), the
+    sweep's (its tracking URI), the placement's tags for the run, and OMP_NUM_THREADS."""
+    env = {**(os.environ if environ is None else environ), **meta.get("env", {}),
+           names.RUN_TAGS_ENV: json.dumps(place.tags)}
+    if "OMP_NUM_THREADS" not in env:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 when it is unset: on CPUs that halves a 2-core
+        # machine's speed. Give each training process of this machine its share of the job's CPUs
+        # (the placement's, else all this process may use) instead.
+        local = processes_per_node(read_launch_config(meta["launch_config"]))
+        cpus = place.cpus or len(os.sched_getaffinity(0))
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // local))
+    return env
+
+
 def latest_checkpoint(job_dir: Path) -> Path | None:
     """The run folder under a job's folder holding the newest complete checkpoint, if any."""
     from harness.checkpoint import CHECKPOINT_PREFIX
@@ -70,14 +85,7 @@ def run_job(jobs_file: str | os.PathLike, index: int) -> int:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    env = {**os.environ, **meta.get("env", {}), names.RUN_TAGS_ENV: json.dumps(place.tags)}
-    if "OMP_NUM_THREADS" not in env:
-        # `accelerate launch` sets OMP_NUM_THREADS=1 when it is unset: on CPUs that halves a 2-core
-        # machine's speed. Give each process of this machine its share of the machine's CPUs instead.
-        local = processes_per_node(read_launch_config(meta["launch_config"]))
-        cpus = place.cpus or len(os.sched_getaffinity(0))
-        env["OMP_NUM_THREADS"] = str(max(1, cpus // local))
-    child = subprocess.Popen(command, cwd=meta["cwd"], env=env)
+    child = subprocess.Popen(command, cwd=meta["cwd"], env=job_environment(meta, place))
 
     def forward(signum, frame):  # SLURM signals every process of the step; Ctrl-C reaches the group
         try:

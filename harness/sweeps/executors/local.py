@@ -10,8 +10,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.sweeps.executors import Executor, Report, register_executor
+from harness.sweeps.executors import Executor, Placement, Report, register_executor
 from harness.sweeps.spec import Job
+
+# The CPUs of this machine one job may use (its --parallel share), for the job runner's placement.
+JOB_CPUS_ENV = "MTL_BENCH_LOCAL_JOB_CPUS"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or a scheduler's cpuset), not the host's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @register_executor
@@ -38,12 +46,13 @@ class LocalExecutor(Executor):
     def submit(self, jobs_file: Path, jobs: list[Job], report: Report) -> str:
         logs = jobs_file.parent / "logs"
         logs.mkdir(exist_ok=True)
-        threads = max(1, (os.cpu_count() or 1) // self.parallel)
+        # Each job's share of the CPUs; the job runner splits it among the job's training processes
+        # (OMP_NUM_THREADS, harness/sweeps/job.py), so a job of several processes does not oversubscribe.
+        env = {**os.environ, JOB_CPUS_ENV: str(max(1, usable_cpus() // self.parallel))}
 
         def one(index: int) -> tuple[int, int, float]:
             started = time.time()
             log = logs / f"job-{index:03d}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if self.parallel > 1 else None
             with open(log, "w") as fp:
                 code = subprocess.run([sys.executable, "-m", "harness.sweeps.job", str(jobs_file), str(index)],
                                       stdout=fp, stderr=subprocess.STDOUT, env=env).returncode
@@ -53,6 +62,11 @@ class LocalExecutor(Executor):
         self._pool = ThreadPoolExecutor(max_workers=self.parallel)
         self._futures = [self._pool.submit(one, job.index) for job in jobs]
         return f"running {len(jobs)} job(s) here, {self.parallel} at a time; logs in {logs}"
+
+    @classmethod
+    def placement(cls) -> Placement:
+        """This machine, with the job's share of its CPUs (set by `submit`; without it, all of them)."""
+        return Placement(cpus=int(os.environ.get(JOB_CPUS_ENV) or 0))
 
     def wait(self) -> None:
         try:
