@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.launch_config import LaunchError, is_deepspeed, read_launch_config, world_size
+from harness.launch_config import LaunchError, is_deepspeed, launcher_overrides, read_launch_config, world_size
 
 
 def deepspeed_requested() -> bool:
@@ -245,6 +245,8 @@ def preflight_launch(config) -> dict[str, tuple[Any, str]]:
     """Before any process group starts: the launcher's environment must match --launch-config,
     and neither may fix a value the run config sets differently. Returns what the launch fixes.
 
+    Values given as flags to `accelerate launch` override the file's, as Accelerate documents
+    (their source says so: "accelerate launch --num_processes"), and are checked the same way.
     Catches `accelerate launch --cpu --num_processes 2` (one process, no WORLD_SIZE), a
     DeepSpeed file launched without DeepSpeed, and a launch config's accumulation, clipping,
     micro-batch or precision that differs from the run's, in well under a second.
@@ -252,7 +254,9 @@ def preflight_launch(config) -> dict[str, tuple[Any, str]]:
     env = launch_values("")
     launch = env
     if config.launch_config:
-        launch = launch_values(config.launch_config)
+        # Accelerate's rule: a flag given to `accelerate launch` (--num_processes 4) wins over the
+        # file's value, so the launch asked for is the file with the launcher's flags on top.
+        launch = {**launch_values(config.launch_config), **launcher_overrides()}
         problems = [f"{key}: {launch[key][1]} asks for {launch[key][0]}, {env[key][1]} gave {env[key][0]}"
                     for key in ("world_size", "deepspeed", "zero_stage")
                     if key in launch and key in env and launch[key][0] != env[key][0]]

@@ -112,6 +112,8 @@ def device_tags() -> dict[str, Any]:
     import torch
 
     tags: dict[str, Any] = {"torch.version": torch.__version__}
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPUs this process was given (e.g. by a sweep)
+        tags["cuda.visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if torch.version.cuda:
         tags["cuda.version"] = torch.version.cuda  # the CUDA this torch was built with
     if torch.cuda.is_available():

@@ -102,9 +102,15 @@ def resume_command(run: "Run") -> str:
     resume = ["train", "--resume", str(run.out_dir)]
     if run.accelerator.num_processes == 1 and not run.config.launch_config:
         return shlex.join(["mtl-bench", *resume])
+    from harness.launch_config import LAUNCHER_OVERRIDES, launcher_overrides
+
     launch = ["accelerate", "launch"]
     if run.config.launch_config:
         launch += ["--config_file", run.config.launch_config]
+        given = launcher_overrides()  # the flags it was launched with over the file's values, again
+        for option, key in LAUNCHER_OVERRIDES.items():
+            if key in given:
+                launch += [f"--{option}", str(given[key][0])]
     else:
         launch += ["--num_processes", str(run.accelerator.num_processes)]
     return shlex.join([*launch, "-m", "harness.cli", *resume])
@@ -218,7 +224,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
     # with, as given (before "auto" values are resolved below), never a resume's.
     state.config = state.config or {**asdict(config), "resume": ""}
     state.metrics = upgrade_metrics(state.metrics, lambda t: get_task(t).primary_metric)
-    launch = preflight_launch(config)
+    launch = launch_asked = preflight_launch(config)
     # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
     config.mixed_precision, precision_source = resolve_precision(config.mixed_precision, launch)
     accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm,
@@ -247,6 +253,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
 
+    overrides = "; ".join(f"{key} {value} ({where})" for key, (value, where) in launch_asked.items()
+                          if where.startswith("accelerate launch --"))
     tracker = None
     if accelerator.is_main_process:
         tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment,
@@ -257,6 +265,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
                                    "zero_stage": launch["zero_stage"], "torch_threads": torch.get_num_threads(),
                                    "mixed_precision": config.mixed_precision,
                                    "mixed_precision.source": precision_source,
+                                   # Flags given to `accelerate launch` over the launch config's values.
+                                   **({"launch.overrides": overrides} if overrides else {}),
                                    **sweep_tags(config)})
         if resume_from:
             tracker.resumed(state.step, changes or {}, sweep_tags(config))

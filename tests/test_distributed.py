@@ -286,7 +286,45 @@ def test_a_launch_that_gives_fewer_processes_than_its_config_is_refused(tmp_path
                *common_args(tiny_bert_no_dropout, small_data, tmp_path, "multitask")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
-    assert "world_size: launch/cpu-ddp.yaml num_processes asks for 2, the launcher's environment (WORLD_SIZE) gave 1" in result.stdout + result.stderr
+    assert "world_size: accelerate launch --num_processes asks for 2, the launcher's environment (WORLD_SIZE) gave 1" \
+        in result.stdout + result.stderr
+
+
+def launch_over(config: str, launcher_flags: list[str], args: list[str]):
+    """`accelerate launch --config_file CONFIG <launcher_flags>` of the harness, with --launch-config CONFIG."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *launcher_flags,
+               "--main_process_port", str(free_port()), "-m", "harness.cli", "train", "--launch-config", config, *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_process_count_given_to_accelerate_launch_overrides_the_file_and_is_recorded(tmp_path, tiny_bert_no_dropout,
+                                                                                       small_data):
+    """Accelerate's rule: `accelerate launch --num_processes N` wins over the file's num_processes.
+    The run accepts the 2 processes it got from a file that says 4, and records both."""
+    four = tmp_path / "cpu-ddp-4.yaml"
+    four.write_text((REPO / BACKENDS["ddp"]).read_text().replace("num_processes: 2", "num_processes: 4"))
+    result = launch_over(str(four), ["--num_processes", "2"],
+                         common_args(tiny_bert_no_dropout, small_data, tmp_path, "multitask") + STEPS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, run = only_run(tmp_path)
+    assert run.data.tags["world_size"] == "2"
+    assert run.data.tags["launch.overrides"] == "world_size 2 (accelerate launch --num_processes)"
+
+
+@pytest.mark.parametrize("launcher_flags, message", [
+    (["--mixed_precision", "bf16"],
+     "mixed_precision: the run config has no (--mixed-precision), accelerate launch --mixed_precision has bf16"),
+    (["--num_processes", "2", "--gradient_accumulation_steps", "2"],
+     "grad_accum: the run config has 1 (--grad-accum), accelerate launch --gradient_accumulation_steps has 2"),
+])
+def test_a_launcher_flag_that_disagrees_with_the_run_is_refused_naming_both(launcher_flags, message, tmp_path,
+                                                                            tiny_bert_no_dropout, small_data):
+    result = launch_over(BACKENDS["ddp"], launcher_flags, common_args(tiny_bert_no_dropout, small_data, tmp_path,
+                                                                      "multitask") + ["--mixed-precision", "no"])
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()  # refused before training
 
 
 @pytest.mark.parametrize("backend", ["ddp", "zero2"])
@@ -322,15 +360,18 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_an_uninterrupted_one(backend
     assert json.loads(Path(marker).read_text())["world_size"] == 2
     args = common_args(tiny_bert_no_dropout, small_data, broken, "pals-parallel") + RESUME_STEPS + ["--resume", run_dir]
     # On one process with fewer examples per step: the data order would change, so it is refused.
-    refused = single(args + ["--batch-size", "4"])
+    # (A resume takes every setting from the checkpoint, the launch config and accumulation 2 too: a new
+    # layout is given in full, here one plain process.)
+    one = ["--launch-config", "", "--grad-accum", "1"]
+    refused = single(args + ["--batch-size", "4", *one])
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "written with 2 process(es) x batch 2 x accumulation 2 = 8 examples per optimizer step; this run has " \
            "1 x 4 x 1 = 4" in refused.stderr
     if backend == "ddp":
         # The same 8 examples per step on one process: a DDP checkpoint continues there.
-        result = single(args + ["--batch-size", "8"])
+        result = single(args + ["--batch-size", "8", *one])
     else:
-        refused = single(args + ["--batch-size", "8"])
+        refused = single(args + ["--batch-size", "8", *one])
         assert refused.returncode == 2 and "written with DeepSpeed, this run is without it" in refused.stderr
         result = launch(BACKENDS[backend], args + ["--batch-size", "2", "--grad-accum", "2"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
