@@ -275,7 +275,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweeps import get_executor, load_spec, run_sweep
 
     spec = load_spec(args.file, args.name, args.variants, args.seeds, args.set, args.grid, args.option,
-                     args.launch_config)
+                     args.launch_config, args.setup)
     executor = get_executor(args.executor).from_args(args)
     states = run_sweep(spec, executor, wait=args.wait, dry_run=args.dry_run)
     if args.dry_run or (executor.detaches and not args.wait):
@@ -320,7 +320,11 @@ def _add_sweep_parser(sub) -> None:
                         "(repeatable)")
     p.add_argument("--launch-config", default="", help="the Accelerate config of each job (default: "
                                                        "launch/single.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    p.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before each job where it runs, after the file's setup: lines, e.g. "
+                        "--setup 'module load cuda/12.4' (repeatable); the job then runs the `python` on PATH")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs (and, for a scheduler, the batch script "
+                                                          "it would submit) and exit")
     executors = list_executors()
     queuing = ", ".join(e.name for e in executors if e.detaches)
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=False,

@@ -71,7 +71,9 @@ def test_jobs_running_at_once_train_on_disjoint_gpu_sets_given_through_cuda_visi
         tmp_path, tiny_bert, small_data, tracking_uri):
     result = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, "--name", "gpus", "--variants", "multitask",
                        "--seeds", "0,1,2,3", "--gpus", "0,1,2", "--parallel", "5",
-                       "--set", "batches_per_epoch=60")  # long enough for the runs to overlap
+                       "--set", "batches_per_epoch=60",  # long enough for the runs to overlap
+                       "--setup", "export OMP_NUM_THREADS=2")  # before each job: its training records it (a
+                       # third of the 2 cores, 1 thread, otherwise)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "--parallel 5 capped at 3: 3 GPU(s) (0,1,2) make 3 disjoint set(s) of 1" in result.stdout
     _, runs = child_runs(tracking_uri, "gpus")
@@ -80,6 +82,7 @@ def test_jobs_running_at_once_train_on_disjoint_gpu_sets_given_through_cuda_visi
         # The set the executor gave is the one the training process saw.
         assert run.data.tags["local.gpus"] in {"0", "1", "2"}
         assert run.data.tags["cuda.visible_devices"] == run.data.tags["local.gpus"]
+        assert run.data.tags["torch_threads"] == "2"
     overlapping = 0
     for a, b in itertools.combinations(runs, 2):
         if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time:  # ran at the same time

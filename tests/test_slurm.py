@@ -51,8 +51,9 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = previous
 
 
-def spec(tmp_path, tiny_bert, small_data, tracking_uri, name, variants, seeds, steps=3, checkpoint_every=0):
-    return load_spec(None, name, variants, seeds, settings=[
+def spec(tmp_path, tiny_bert, small_data, tracking_uri, name, variants, seeds, steps=3, checkpoint_every=0,
+         setup=()):
+    return load_spec(None, name, variants, seeds, setup=list(setup), settings=[
         f"model={tiny_bert}", f"data_dir={small_data}", f"tracking_uri={tracking_uri}",
         f"output_dir={tmp_path / 'outputs'}", "epochs=2", f"batches_per_epoch={steps}", "batch_size=4",
         "max_length=32", f"checkpoint_every={checkpoint_every}"],
@@ -94,7 +95,10 @@ def running_task(tmp_path, name):
 
 def test_a_sweep_on_slurm_finishes_every_job_as_a_child_run_with_metrics(slurm_cluster, tmp_path, tiny_bert,
                                                                           small_data, tracking_uri):
-    sweep = spec(tmp_path, tiny_bert, small_data, tracking_uri, "slurm-sweep", ["multitask", "pals-top"], [0, 1])
+    # A setup line, run before each job in its batch script: the training records what it exported
+    # (its torch_threads tag; otherwise the job gives it the CPUs SLURM allotted, 1 here).
+    sweep = spec(tmp_path, tiny_bert, small_data, tracking_uri, "slurm-sweep", ["multitask", "pals-top"], [0, 1],
+                 setup=["export OMP_NUM_THREADS=2"])
     states = run_sweep(sweep, SlurmExecutor(SlurmOptions(time="00:20:00", max_running=2)), wait=True,
                        out=lambda *_: None)
     assert list(states.values()) == ["FINISHED"] * 4
@@ -109,6 +113,7 @@ def test_a_sweep_on_slurm_finishes_every_job_as_a_child_run_with_metrics(slurm_c
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert {"dev/overall", "dev/sts/pearson", "time/train_seconds", "params/total"} <= set(run.data.metrics)
         array_ids.add(run.data.tags["slurm.job_id"].split("_")[0])  # ran as a SLURM array task
+        assert run.data.tags["torch_threads"] == "2"
     assert len(array_ids) == 1
     assert set(sacct_states(array_ids.pop()).values()) == {"COMPLETED"}
     script = next((tmp_path / "outputs" / "sweeps" / "slurm-sweep").glob("sbatch-*.sh")).read_text()

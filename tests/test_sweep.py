@@ -270,6 +270,51 @@ def test_the_sbatch_script_carries_every_slurm_option(tmp_path):
             '"$SLURM_ARRAY_TASK_ID"') in script
 
 
+@pytest.mark.parametrize("request_as, line", [("gres", "#SBATCH --gres=gpu:2"),
+                                               ("gpus-per-node", "#SBATCH --gpus-per-node=2")])
+def test_gpus_per_job_are_asked_per_node_with_the_constraint_and_the_setup_lines_run_before_the_job(
+        tmp_path, request_as, line):
+    import yaml
+
+    from harness.sweeps.executors.slurm import SlurmOptions, sbatch_script, slurm_launch_config
+
+    options = SlurmOptions(nodes=2, gpus_per_job=4, gpu_request=request_as, constraint="a100|h100")
+    script = sbatch_script(tmp_path / "jobs.json", [0], options, python="/venv/bin/python", name="study",
+                           setup=["module load cuda/12.4", "source ~/envs/mtl/bin/activate"]).splitlines()
+    assert line in script and "#SBATCH --constraint=a100|h100" in script
+    srun = next(i for i, text in enumerate(script) if text.startswith("srun "))
+    assert script.index("module load cuda/12.4") < script.index("source ~/envs/mtl/bin/activate") < srun
+    assert script.index("set -e") < script.index("module load cuda/12.4")
+    # After the setup lines, the python they put on PATH runs the job, not the submitting one.
+    assert script[srun].startswith("srun --kill-on-bad-exit=1 python -m harness.sweeps.job ")
+    launch = yaml.safe_load(slurm_launch_config(REPO / "launch/ddp.yaml", options, tmp_path / "l.yaml").read_text())
+    assert (launch["num_processes"], launch["num_machines"]) == (4, 2)  # one process per GPU
+    for bad, message in ((SlurmOptions(gpus_per_job=4, gpus_per_node=2), "give one"),
+                         (SlurmOptions(nodes=2, gpus_per_job=3), "not a whole number per node")):
+        with pytest.raises(ConfigError, match=message):
+            slurm_launch_config(REPO / "launch/ddp.yaml", bad)
+
+
+def test_a_dry_run_prints_the_batch_script_it_would_submit(tmp_path):
+    sweep = tmp_path / "gpu.yaml"
+    sweep.write_text("name: gpu-study\nvariants: [multitask, pals-top]\nseeds: [0, 1]\n"
+                     "setup: ['module load cuda/12.4']\nlaunch_config: " + str(REPO / "launch/ddp.yaml") + "\n")
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(sweep), "--executor", "slurm",
+                             "--gpus-per-job", "4", "--partition", "gpu", "--constraint", "a100",
+                             "--setup", "export NCCL_DEBUG=WARN", "--dry-run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.splitlines()
+    start = next(i for i, text in enumerate(out) if text.startswith("--- ") and text.endswith("(sbatch --parsable)"))
+    script = out[start + 1:out.index("---", start)]
+    assert script[0] == "#!/bin/bash"
+    for line in ("#SBATCH --job-name=mtl-gpu-study", "#SBATCH --array=0,1,2,3", "#SBATCH --partition=gpu",
+                 "#SBATCH --gres=gpu:4", "#SBATCH --constraint=a100", "module load cuda/12.4",
+                 "export NCCL_DEBUG=WARN"):
+        assert line in script
+    assert not (tmp_path / "outputs").exists()  # nothing written, nothing submitted
+
+
 def test_a_multi_node_job_launches_nodes_x_gpus_processes_with_its_rank_from_slurm(tmp_path, monkeypatch):
     import yaml
 
@@ -352,6 +397,7 @@ def test_parallel_local_jobs_share_the_cpus_among_all_their_training_processes(t
 
     monkeypatch.setattr(local.subprocess, "run", run)
     jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(json.dumps({"spec": {}}))
     jobs = [Job(i, f"key{i}", "multitask", "multitask", 0, {}, {}) for i in range(2)]
     executor = local.LocalExecutor(parallel)
     executor.submit(jobs_file, jobs, lambda *_: None)

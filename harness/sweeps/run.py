@@ -42,6 +42,9 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
             what = (f"{len(jobs)} studies of up to {spec.search.trials} trials, {spec.search.batch} at a time, "
                     f"over {sorted(spec.search.space)}; {len(search.current())} trials asked so far")
         out(f"{what}; files in {folder}; tracking {tracking_uri}, experiment {experiment}")
+        shown = executor.dry_run(folder, spec, jobs)
+        if shown:
+            out(shown)
         return {}
     check_reachable(tracking_uri)
     with store_lock(tracking_uri):

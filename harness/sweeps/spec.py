@@ -34,6 +34,9 @@ class SweepSpec:
     options: dict[str, Any] = field(default_factory=dict)  # variant options, for the variants that have them
     launch_config: str = "launch/single.yaml"
     search: SearchSpec | None = None  # an Optuna search instead of (within each point of) the grid
+    # Shell lines run before each job where it runs (`module load cuda/12.4`, activating an
+    # environment); with them, the job runs the `python` they leave on PATH.
+    setup: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,7 +81,7 @@ def _setting(name: str, value: Any) -> Any:
 
 def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str] | None = None,
               seeds: list[int] | None = None, settings: list[str] = (), grid: list[str] = (),
-              options: list[str] = (), launch_config: str = "") -> SweepSpec:
+              options: list[str] = (), launch_config: str = "", setup: list[str] = ()) -> SweepSpec:
     """A sweep file's spec, with command-line values replacing or adding to it."""
     data: dict[str, Any] = {}
     if path:
@@ -106,6 +109,11 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
         data["seeds"] = seeds
     if launch_config:
         data["launch_config"] = launch_config
+    if setup:
+        data["setup"] = [*(data.get("setup") or []), *setup]
+    if not isinstance(data.get("setup") or [], list) or not all(isinstance(x, str) for x in data.get("setup") or []):
+        raise ConfigError(f"{where}: 'setup' must be a list of shell lines, e.g. ['module load cuda/12.4', "
+                          f"'source ~/venv/bin/activate'], got {data['setup']!r}")
     for key in ("set", "grid", "variant_grid", "options"):
         if not isinstance(data.get(key) or {}, dict):
             raise ConfigError(f"{where}: {key!r} must be a mapping of NAME: VALUE, got {data[key]!r}")

@@ -3,7 +3,8 @@
 An executor is found by its `name` once its module is imported, and every module in this
 folder is imported by `list_executors`: a new executor (Kubernetes, Ray, ...) is one new file
 here, with its own command-line options (`add_arguments`, `from_args`) and no change elsewhere.
-Every executor runs a job the same way: `python -m harness.sweeps.job JOBS_FILE INDEX`.
+Every executor runs a job the same way: `python -m harness.sweeps.job JOBS_FILE INDEX`, after
+the sweep's `setup:` lines (`job_shell_command`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ class Executor:
         """Keys of this sweep's jobs still queued or running from earlier submissions."""
         return set()
 
+    def dry_run(self, folder: Path, spec: SweepSpec, jobs: list[Job]) -> str:
+        """What `submit` would hand to the scheduler for `jobs` (`mtl-bench sweep --dry-run` prints it)."""
+        return ""
+
     def submit(self, jobs_file: Path, jobs: list[Job], report: Report) -> str:
         """Starts (or queues) the jobs; returns a line saying where they went."""
         raise NotImplementedError
@@ -72,6 +77,17 @@ class Executor:
     def placement(cls) -> Placement:
         """Called by the job runner on the machine that runs a job: one machine unless said otherwise."""
         return Placement()
+
+
+def job_shell_command(jobs_file: Path | str, index: str, setup: list[str], python: str) -> list[str]:
+    """The command of one job: the job runner, after the sweep's setup lines in one shell when it
+    has any (the `python` they leave on PATH then runs it, e.g. an environment they activate)."""
+    runner = [python, "-m", "harness.sweeps.job", str(jobs_file), index]
+    if not setup:
+        return runner
+    import shlex
+
+    return ["bash", "-c", "set -e\n" + "\n".join(setup) + "\nexec " + shlex.join(["python", *runner[1:]])]
 
 
 _EXECUTORS: dict[str, type[Executor]] = {}

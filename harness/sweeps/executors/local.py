@@ -8,6 +8,7 @@ many jobs run at once as disjoint sets exist. Without GPUs the jobs share the CP
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from harness.config import ConfigError
 from harness.launch_config import processes_per_node, read_launch_config
-from harness.sweeps.executors import Executor, Placement, Report, SweepError, register_executor
+from harness.sweeps.executors import Executor, Placement, Report, SweepError, job_shell_command, register_executor
 from harness.sweeps.spec import Job, SweepSpec
 
 # The CPUs of this machine one job may use (its --parallel share), for the job runner's placement.
@@ -128,6 +129,7 @@ class LocalExecutor(Executor):
         # (OMP_NUM_THREADS, harness/sweeps/job.py), so a job of several processes does not oversubscribe.
         env = {**os.environ, JOB_CPUS_ENV: str(max(1, usable_cpus() // self.parallel))}
         gpus = GpuPool(self.gpus) if self.gpus_per_job else None
+        setup = json.loads(jobs_file.read_text())["spec"].get("setup") or []
 
         def one(index: int) -> tuple[int, int, float]:
             taken = gpus.take(self.gpus_per_job) if gpus else []
@@ -137,7 +139,7 @@ class LocalExecutor(Executor):
                 started = time.time()
                 log = logs / f"job-{index:03d}-{time.strftime('%Y%m%d-%H%M%S')}.log"
                 with open(log, "w") as fp:
-                    code = subprocess.run([sys.executable, "-m", "harness.sweeps.job", str(jobs_file), str(index)],
+                    code = subprocess.run(job_shell_command(jobs_file, str(index), setup, sys.executable),
                                           stdout=fp, stderr=subprocess.STDOUT, env=job_env).returncode
                 return index, code, time.time() - started
             finally:  # also when the job failed or the sweep was interrupted

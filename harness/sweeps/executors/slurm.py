@@ -27,16 +27,40 @@ class SlurmOptions:
     partition: str = ""
     account: str = ""
     nodes: int = 1
-    gpus_per_node: int = 0
+    gpus_per_node: int = 0  # requested as --gpus-per-node=N
+    gpus_per_job: int = 0  # over all the job's nodes, requested per node as gpu_request says
+    gpu_request: str = "gres"  # how --gpus-per-job is asked for: gres (--gres=gpu:N) or gpus-per-node
+    constraint: str = ""  # node features, e.g. a100|h100
     cpus_per_task: int = 0
     mem: str = ""
     time: str = "04:00:00"
     max_running: int = 0  # at most this many array tasks at once (the %N of --array); 0: no limit
     sbatch_args: list[str] = field(default_factory=list)  # anything else, passed to sbatch as is
 
+    @property
+    def node_gpus(self) -> int:
+        """GPUs (and training processes) per node; 0: as the launch config says."""
+        if self.gpus_per_job and self.gpus_per_node:
+            raise ConfigError(f"--gpus-per-job {self.gpus_per_job} and --gpus-per-node {self.gpus_per_node}: give one")
+        if self.gpus_per_job % max(1, self.nodes):
+            raise ConfigError(f"--gpus-per-job {self.gpus_per_job} is not a whole number per node over --nodes "
+                              f"{self.nodes}")
+        if self.gpu_request not in GPU_REQUESTS:
+            raise ConfigError(f"--gpu-request: expected one of {list(GPU_REQUESTS)}, got {self.gpu_request!r}")
+        return self.gpus_per_node or self.gpus_per_job // max(1, self.nodes)
 
-def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, python: str = sys.executable) -> str:
-    name = json.loads(jobs_file.read_text())["name"]
+
+# How a job's GPUs are asked of SLURM: a generic resource (every SLURM with GPUs in gres.conf) or,
+# on clusters that schedule GPUs as a trackable resource (SLURM 19.05+), --gpus-per-node.
+GPU_REQUESTS = {"gres": "--gres=gpu:{}", "gpus-per-node": "--gpus-per-node={}"}
+
+
+def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, python: str = sys.executable,
+                  name: str = "", setup: list[str] = ()) -> str:
+    """The batch script of one array job; `name` and `setup` default to those of the jobs file."""
+    if not name:
+        meta = json.loads(jobs_file.read_text())
+        name, setup = meta["name"], setup or meta.get("spec", {}).get("setup") or []
     array = ",".join(map(str, indices)) + (f"%{options.max_running}" if options.max_running else "")
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name(name)}", f"#SBATCH --array={array}",
              f"#SBATCH --nodes={options.nodes}", "#SBATCH --ntasks-per-node=1",
@@ -51,6 +75,10 @@ def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, py
         lines.append(f"#SBATCH --account={options.account}")
     if options.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
+    elif options.gpus_per_job:
+        lines.append("#SBATCH " + GPU_REQUESTS[options.gpu_request].format(options.node_gpus))
+    if options.constraint:
+        lines.append(f"#SBATCH --constraint={options.constraint}")
     if options.cpus_per_task:
         lines.append(f"#SBATCH --cpus-per-task={options.cpus_per_task}")
     if options.mem:
@@ -58,11 +86,20 @@ def sbatch_script(jobs_file: Path, indices: list[int], options: SlurmOptions, py
     lines += [f"#SBATCH {arg}" for arg in options.sbatch_args]
     # srun does not inherit --cpus-per-task from sbatch in SLURM 22.05-23.02: pass it on.
     cpus = f" --cpus-per-task={options.cpus_per_task}" if options.cpus_per_task else ""
+    if setup:  # srun's tasks inherit what they set up (modules, an activated environment, exports)
+        lines += ["", "# The sweep's setup lines; the job then runs the `python` they leave on PATH.", "set -e",
+                  *setup]
+        python = "python"
     lines += ["", "# One array task per sweep job; srun runs it once per node (accelerate launch rendezvous",
               "# across nodes from SLURM's environment).",
               f"srun --kill-on-bad-exit=1{cpus} {shlex.quote(python)} -m harness.sweeps.job "
               f"{shlex.quote(str(jobs_file))} \"$SLURM_ARRAY_TASK_ID\"", ""]
     return "\n".join(lines)
+
+
+def _stamp() -> str:
+    """Names a submission's files (script, jobs copy, launch config): its time, to the nanosecond."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
 
 
 def _main_host() -> str:
@@ -92,11 +129,11 @@ def slurm_launch_config(source: Path, options: SlurmOptions, target: Path | None
     processes on M machines. A single-process config cannot use more than one GPU or node."""
     import yaml
 
-    if options.nodes < 1 or options.gpus_per_node < 0:
-        raise ConfigError(f"--nodes must be >= 1 and --gpus-per-node >= 0, got {options.nodes} and "
-                          f"{options.gpus_per_node}")
+    if options.nodes < 1 or options.gpus_per_node < 0 or options.gpus_per_job < 0:
+        raise ConfigError(f"--nodes must be >= 1 and --gpus-per-node, --gpus-per-job >= 0, got {options.nodes}, "
+                          f"{options.gpus_per_node} and {options.gpus_per_job}")
     config = read_launch_config(source)
-    per_node = options.gpus_per_node or processes_per_node(config)
+    per_node = options.node_gpus or processes_per_node(config)
     total = per_node * options.nodes
     if total > 1 and not is_distributed(config):
         raise ConfigError(f"launch config {source} runs one process (distributed_type NO), but --nodes "
@@ -129,8 +166,17 @@ class SlurmExecutor(Executor):
         group.add_argument("--account", default="", help="the account to charge (default: yours)")
         group.add_argument("--nodes", type=int, default=1, help="nodes per job, for a multi-node accelerate "
                                                                 "launch (default: 1)")
+        group.add_argument("--gpus-per-job", type=int, default=0,
+                           help="GPUs per job (over its --nodes), one training process each, asked for as "
+                                "--gpu-request says (default: 0, the launch config's process count)")
+        group.add_argument("--gpu-request", default="gres", choices=tuple(GPU_REQUESTS),
+                           help="how --gpus-per-job is asked for: gres (--gres=gpu:N per node, any SLURM with GPUs "
+                                "in gres.conf) or gpus-per-node (--gpus-per-node=N) (default: gres)")
         group.add_argument("--gpus-per-node", type=int, default=0,
-                           help="GPUs per node, one process each (default: 0, the launch config's process count)")
+                           help="GPUs per node, one process each, asked for as --gpus-per-node=N (default: 0, the "
+                                "launch config's process count)")
+        group.add_argument("--constraint", default="", help="node features the jobs need, e.g. a100 (sbatch "
+                                                            "--constraint)")
         group.add_argument("--cpus-per-task", type=int, default=0, help="CPUs per node and job (default: the "
                                                                         "cluster's)")
         group.add_argument("--mem", default="", help="memory per node, e.g. 64G (default: the cluster's)")
@@ -143,8 +189,9 @@ class SlurmExecutor(Executor):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SlurmExecutor:
-        return cls(SlurmOptions(args.partition, args.account, args.nodes, args.gpus_per_node, args.cpus_per_task,
-                                args.mem, args.time, args.max_running, args.sbatch_arg))
+        return cls(SlurmOptions(args.partition, args.account, args.nodes, args.gpus_per_node, args.gpus_per_job,
+                                args.gpu_request, args.constraint, args.cpus_per_task, args.mem, args.time,
+                                args.max_running, args.sbatch_arg))
 
     def check(self, spec: SweepSpec) -> None:
         slurm_launch_config(Path(spec.launch_config), self.options)  # fails now, not when the jobs start
@@ -163,12 +210,19 @@ class SlurmExecutor(Executor):
                 active.add(submissions[array_id]["keys"][index])
         return active
 
+    def dry_run(self, folder: Path, spec: SweepSpec, jobs: list[Job]) -> str:
+        """The batch script `submit` would write and submit for these jobs now."""
+        stamp = _stamp()
+        script = sbatch_script(folder / f"jobs-{stamp}.json", [j.index for j in jobs], self.options, name=spec.name,
+                               setup=spec.setup)
+        return f"--- {folder / f'sbatch-{stamp}.sh'} (sbatch --parsable)\n{script}---"
+
     def submit(self, jobs_file: Path, jobs: list[Job], report: Report) -> str:
         """One array job for `jobs`. It reads its own copy of jobs.json: a later re-run of the sweep
         rewrites jobs.json, and tasks still pending must keep the indices they were submitted with."""
         folder = jobs_file.parent
         (folder / "logs").mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+        stamp = _stamp()
         meta = json.loads(jobs_file.read_text())
         meta["launch_config"] = str(slurm_launch_config(Path(meta["launch_config"]), self.options,
                                                         folder / f"launch-{stamp}.yaml"))
