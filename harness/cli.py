@@ -288,7 +288,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
             baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by,
-            select_over=tuple(x.strip() for x in args.select_over.split(",") if x.strip()))
+            select_over=tuple(x.strip() for x in args.select_over.split(",") if x.strip()), detect=args.detect,
+            cost=args.cost)
     return 0
 
 
@@ -355,6 +356,14 @@ def _add_sweep_parser(sub) -> None:
     c.add_argument("--select-over", default="", metavar="SETTING[,SETTING]",
                    help="with --select-best-by: the grid settings to choose among, e.g. lr; the others stay rows "
                         "of their own (default: all grid settings)")
+    from harness.names import COSTS
+
+    c.add_argument("--cost", default="trainable", choices=tuple(COSTS),
+                   help="the cost axis of the frontier and the score-against-parameters plot: "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in COSTS.items()) + " (default: %(default)s)")
+    c.add_argument("--detect", type=float, default=None, metavar="D",
+                   help="also report the seeds a paired t-test needs to detect a difference D of the overall "
+                        "score at 80%% power, from each comparison's spread of per-seed differences")
     c.set_defaults(func=cmd_compare)
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from harness import names
 from harness.handout_tasks import HANDOUT_TASKS
 from harness.metrics import METRICS
-from harness.names import primary_key
+from harness.names import COSTS, primary_key
+from harness.power import detectable_difference, seeds_needed
 from harness.tasks import TaskError, get_task, overall_formula
 
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
@@ -51,6 +52,21 @@ class RunRecord:
     formula: str = ""  # how `overall` was computed from the run's task set (harness.tasks.overall_formula)
     validation: float | None = None  # val/overall: the validation split's score (--validation-fraction), if any
     predictions: dict[str, dict] = field(default_factory=dict)  # task -> {"ids", "pred", "label"}, loaded lazily
+    trainable: int = 0  # parameters the optimizer trained (params/trainable)
+    encoder_params: int = 0  # the pretrained encoder's (params/encoder)
+    # What serving one more task stores: its task-specific parts and head (mean over the tasks), and,
+    # when the encoder was fine-tuned, a whole encoder copy of its own (the single-task cost).
+    stored_per_task: int = 0
+
+
+
+
+def stored_per_task(metrics: dict[str, float], tasks: list[str], encoder_trained: bool) -> int:
+    """Parameters that one more task adds to what is stored and served (see RunRecord)."""
+    own = [metrics.get(names.params_key(f"task_specific/{t}"), 0) + metrics.get(names.params_key(f"head/{t}"), 0)
+           for t in tasks]
+    encoder = metrics.get(names.params_key("encoder"), 0) if encoder_trained else 0
+    return int(round(np.mean(own) + encoder)) if own else int(encoder)
 
 
 def collect(client, sweep: str | None = None, experiment: str | None = None,
@@ -118,11 +134,15 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
             raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no {names.TASK_SPECIFIC_TOTAL} metric")
         formula = overall_formula(tasks)
         overall = formula.score(_as_metrics(scores))
+        encoder_trained = run.data.params.get("freeze_encoder", "False") != "True"
         records.append(RunRecord(run.info.run_id, label, run.data.tags[names.VARIANT], seed, scores, overall,
                                  int(m[names.TASK_SPECIFIC_TOTAL]),
                                  float(m.get(names.RATIO_TO_ENCODER, math.nan)),
                                  float(m.get(names.TRAIN_SECONDS, math.nan)),
-                                 formula.describe(), validation=m.get(names.overall_key(names.VALIDATION))))
+                                 formula.describe(), validation=m.get(names.overall_key(names.VALIDATION)),
+                                 trainable=int(m.get(names.params_key("trainable"), 0)),
+                                 encoder_params=int(m.get(names.params_key("encoder"), 0)),
+                                 stored_per_task=stored_per_task(m, tasks, encoder_trained)))
     return records, parent_id
 
 
@@ -273,10 +293,48 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
+def chance_levels(records: list[RunRecord], client, folder: Path) -> dict[str, float]:
+    """Each task's chance level (harness.power.chance_level) from one run's dev labels, and the
+    overall score's at those levels for each overall formula of these runs ("overall <formula>")."""
+    from harness.power import chance_level
+
+    levels: dict[str, float] = {}
+    for record in records:
+        missing = [t for t in record.scores if t not in levels]
+        if missing:
+            predictions = load_predictions(client, record, folder)
+            for task in missing:
+                levels[task] = chance_level(get_task(task).primary_metric, predictions[task]["label"])
+    for record in records:
+        if all(t in levels for t in record.scores):
+            formula = overall_formula(list(record.scores))
+            levels[f"overall {record.formula}"] = formula.score(_as_metrics({t: levels[t] for t in record.scores}))
+    return levels
+
+
+def frontier(rows: list[dict], cost: str = "trainable") -> None:
+    """Marks (`frontier`) the rows on the Pareto frontier of score against cost: no other row scores
+    at least as well for at most the cost, and better in one of the two. Only rows whose overall
+    score is comparable (the most common formula) take part."""
+    column = COSTS[cost][0]
+    formulas = [r["overall_formula"] for r in rows if not math.isnan(r["overall_mean"])]
+    common = max(set(formulas), key=formulas.count) if formulas else None
+    candidates = [r for r in rows if r["overall_formula"] == common and not math.isnan(r["overall_mean"])]
+    for row in rows:
+        row["frontier"] = row in candidates and not any(
+            o[column] <= row[column] and o["overall_mean"] >= row["overall_mean"]
+            and (o[column] < row[column] or o["overall_mean"] > row["overall_mean"]) for o in candidates)
+
+
 def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int, client=None,
-              folder: Path | None = None, order: list[str] | None = None) -> list[dict]:
+              folder: Path | None = None, order: list[str] | None = None, detect: float | None = None,
+              cost: str = "trainable") -> list[dict]:
     """One row per label: means, stds, n, parameters, time, and the difference from the baseline.
     The t-test p-values are Holm-adjusted across every label compared here (`p_seeds_holm`).
+    Costs (trainable parameters, stored per added task, each also as a fraction of the encoder) and
+    the frontier by `cost`; the difference the seeds could detect at 80% power (`detectable`), and
+    with `detect` the seeds needed for that difference (`seeds_for_detect`); with a client, each
+    task's chance level and the rows not above it (`at_chance`).
 
     Rows follow `order` (variant names; a sweep's own order) where given; otherwise, and for
     variants it does not name, the baseline first, then by task-specific parameters, then by label."""
@@ -301,15 +359,27 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
             row[f"{task}_mean"], row[f"{task}_std"] = _mean_std([v for v in values if v is not None])
         row["task_specific_params"] = int(np.median([r.task_specific for r in group]))
         row["ratio_to_encoder"] = float(np.median([r.ratio for r in group]))
+        encoder = float(np.median([r.encoder_params for r in group])) or math.nan
+        row["trainable_params"] = int(np.median([r.trainable for r in group]))
+        row["stored_per_task"] = int(np.median([r.stored_per_task for r in group]))
+        row["trainable_fraction"] = row["trainable_params"] / encoder
+        row["stored_fraction"] = row["stored_per_task"] / encoder
         row["train_minutes_mean"] = float(np.mean([r.train_seconds for r in group])) / 60
         # Overall scores are compared only between runs of the same formula (the same task set's).
         paired = [(r, base[r.seed]) for r in group if r.seed in base and r.overall is not None
                   and base[r.seed].overall is not None and r.formula == base[r.seed].formula]
         row.update({"delta_overall": math.nan, "p_seeds": math.nan, "p_seeds_holm": math.nan, "ci_low": math.nan,
-                    "ci_high": math.nan, "paired_seeds": len(paired), "verdict": ""})
+                    "ci_high": math.nan, "paired_seeds": len(paired), "verdict": "", "detectable": math.nan,
+                    "seeds_for_observed": math.nan, "seeds_for_detect": math.nan})
         if label != base_label and paired:
             deltas = [r.overall - b.overall for r, b in paired]
             row["delta_overall"] = float(np.mean(deltas))
+            # What these seeds can tell: the difference they would detect at 80% power, and the seeds
+            # that the observed difference (and --detect's) would need.
+            row["detectable"] = detectable_difference(deltas)
+            row["seeds_for_observed"] = seeds_needed(row["delta_overall"], deltas)
+            if detect:
+                row["seeds_for_detect"] = seeds_needed(detect, deltas)
             if test in ("seeds", "both") and len(paired) >= 2:
                 row["p_seeds"] = float(stats.ttest_rel([r.overall for r, _ in paired],
                                                        [b.overall for _, b in paired]).pvalue)
@@ -337,6 +407,16 @@ def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int
         row["p_seeds_holm"] = adjusted
     for row in compared:
         row["verdict"] = _verdict(row, test)
+    levels = chance_levels(records, client, folder) if client is not None and folder is not None else {}
+    for row in rows:
+        group = by_label[row["variant"]]
+        # A task (or the overall score) whose mean is not above what ignoring the input scores.
+        row["at_chance"] = ",".join(t for t in [*tasks, "overall"]
+                                    if (f"overall {group[0].formula}" if t == "overall" else t) in levels
+                                    and not row[f"{t}_mean"] > levels[f"overall {group[0].formula}"
+                                                                      if t == "overall" else t])
+        row["chance_overall"] = levels.get(f"overall {group[0].formula}", math.nan)
+    frontier(rows, cost)
     position = {variant: i for i, variant in enumerate(order or [])}
     rows.sort(key=lambda r: (position.get(r["variant"].split()[0], len(position)),
                              r["variant"].split()[0] != baseline, r["task_specific_params"], r["variant"]))
@@ -370,12 +450,31 @@ def _tasks_of(rows: list[dict]) -> list[str]:
     return [t for t in names if t != "overall" and f"{t}_std" in rows[0]]
 
 
-def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
+def _count(n: int, fraction: float) -> str:
+    return f"{n:,}" + ("" if math.isnan(fraction) else f" ({fraction:.3g}x)")
+
+
+def caveats(row: dict) -> str:
+    """What keeps a row's verdict from being a finding: scores not above chance, or a t-test on
+    fewer seeds than the observed difference needs for 80% power."""
+    said = []
+    if row.get("at_chance"):
+        said.append(f"not above chance: {row['at_chance'].replace(',', ', ')}")
+    needed, have = row.get("seeds_for_observed", math.nan), row.get("paired_seeds", 0)
+    if not math.isnan(row["p_seeds"]) and not math.isnan(needed) and needed > have:
+        said.append(f"t-test on {have} seeds; the observed Δ needs {'>10000' if needed > 10_000 else int(needed)}")
+    return "; ".join(said)
+
+
+def markdown_table(rows: list[dict], baseline: str, test: str, detect: float | None = None) -> str:
     tasks = _tasks_of(rows)
+    extra = f" | seeds to detect {detect:g}" if detect else ""
     lines = [(f"| variant | n | {' | '.join(task_title(t) for t in tasks)} | overall | Δ overall vs {baseline} | "
               "p (paired t, seeds) | p Holm-adjusted | 95% CI (bootstrap, dev examples) | verdict | "
-              "task-specific params | ratio to encoder | train min |"),
-             "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|---|---|"]
+              f"detectable Δ (80% power){extra} | caveats | trainable params (x encoder) | stored per added task "
+              "(x encoder) | frontier | task-specific params | ratio to encoder | train min |"),
+             "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             + ("---|" if detect else "")]
     base_formula = next((r["overall_formula"] for r in rows if r["variant"].split()[0] == baseline), None)
     other = {r["overall_formula"] for r in rows if base_formula and r["overall_formula"] != base_formula}
     for r in rows:
@@ -387,11 +486,19 @@ def markdown_table(rows: list[dict], baseline: str, test: str) -> str:
         lines.append(f"| {r['variant']} | {r['n']} | " + " | ".join(_fmt(r[f'{t}_mean'], r[f'{t}_std'])
                                                              for t in tasks)
                      + f" | {_fmt(r['overall_mean'], r['overall_std'])}{mark}"
-                     + f" | {delta} | {p} | {p_holm} | {ci} | {r['verdict'] or '-'} | {r['task_specific_params']:,} | "
-                       f"{r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
+                     + f" | {delta} | {p} | {p_holm} | {ci} | {r['verdict'] or '-'} | "
+                       + ("-" if math.isnan(r["detectable"]) else f"{r['detectable']:.3f}")
+                       + (f" | {_needed(r['seeds_for_detect'])}" if detect else "")
+                       + f" | {caveats(r) or '-'} | {_count(r['trainable_params'], r['trainable_fraction'])} | "
+                       f"{_count(r['stored_per_task'], r['stored_fraction'])} | {'**yes**' if r['frontier'] else ''} | "
+                       f"{r['task_specific_params']:,} | {r['ratio_to_encoder']:.4f} | {r['train_minutes_mean']:.1f} |")
     notes = [f"\n† the overall score of another task set ({f}), not compared with {baseline}'s ({base_formula})."
              for f in sorted(other)]
     return "\n".join(lines) + "\n" + "".join(n + "\n" for n in notes)
+
+
+def _needed(n: float) -> str:
+    return "-" if math.isnan(n) else (">10000" if n > 10_000 else str(int(n)))
 
 
 def caption(rows: list[dict], baseline: str, test: str) -> str:
@@ -414,7 +521,14 @@ def caption(rows: list[dict], baseline: str, test: str) -> str:
         rule = (f"the Holm-adjusted p < {ALPHA} and the {level} bootstrap interval excludes 0 (with under 2 "
                 "common seeds there is no t-test, and the interval alone decides)")
         note = holm_text + plain
-    return f"Verdict `better`/`worse` only where {rule}; otherwise `within noise`. {note}"
+    chance = [r for r in rows if not math.isnan(r.get("chance_overall", math.nan))]
+    chance_text = (f" Chance: each task's score for a predictor that ignores its input (majority class; r = 0), "
+                   f"overall {chance[0]['chance_overall']:.3f}; a row not above it is named under caveats."
+                   if chance else "")
+    return (f"Verdict `better`/`worse` only where {rule}; otherwise `within noise`. {note} Detectable Δ: the "
+            "smallest true difference of the overall score that a two-sided paired t-test over these seeds detects "
+            f"with 80% power (alpha {ALPHA}), from the spread of the per-seed differences.{chance_text} Frontier: "
+            "no other row scores as well or better at the same or lower cost (the plot's x-axis).")
 
 
 def task_difference_table(rows: list[dict], baseline: str) -> str:
@@ -448,11 +562,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def _floor(ax, lows: list[float]) -> None:
-    """Bars start a little below the lowest value (not at 0), so that small differences show."""
+    """Bars start at 0 (a bar's length is its value), or below it for a negative value."""
     if lows:
-        low = min(lows) - 0.05
-        top = max(ax.get_ylim()[1], low + 0.1)
-        ax.set_ylim(low if low < 0 else max(0.0, low), top)
+        ax.set_ylim(min(0.0, min(lows) - 0.05), ax.get_ylim()[1])
 
 
 def _save(fig, path: Path) -> Path:
@@ -464,7 +576,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Path]:
+def plots(rows: list[dict], folder: Path, baseline: str, title: str, cost: str = "trainable") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,15 +601,22 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
     ax.set_title(f"{title}: overall score per variant (* beyond noise vs {baseline})")
     paths.append(_save(fig, folder / "overall.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    column, what = COSTS[cost]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for r in with_overall:
-        ax.errorbar(r["task_specific_params"], r["overall_mean"], yerr=err([r["overall_std"]]), fmt="o", capsize=3)
-        ax.annotate(r["variant"], (r["task_specific_params"], r["overall_mean"]), textcoords="offset points",
+        ax.errorbar(max(r[column], 1), r["overall_mean"], yerr=err([r["overall_std"]]), fmt="o", capsize=3,
+                    color="#c44e52" if r.get("frontier") else "#4c72b0")
+        ax.annotate(r["variant"], (max(r[column], 1), r["overall_mean"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=8)
-    ax.set_xscale("symlog", linthresh=1e4)
-    ax.set_xlabel("task-specific encoder parameters, all tasks (heads excluded)")
+    best = sorted((r for r in with_overall if r.get("frontier")), key=lambda r: r[column])
+    if best:  # the frontier as a step: the best score at or below each cost
+        ax.step([max(r[column], 1) for r in best], [r["overall_mean"] for r in best], where="post",
+                color="#c44e52", linewidth=1, label="Pareto frontier")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(what + " (log)")
     ax.set_ylabel("dev overall (mean ± std over seeds)")
-    ax.set_title(f"{title}: score against task-specific parameters")
+    ax.set_title(f"{title}: score against {what}")
     paths.append(_save(fig, folder / "score_vs_params.png"))
 
     tasks = _tasks_of(rows)
@@ -516,9 +635,14 @@ def plots(rows: list[dict], folder: Path, baseline: str, title: str) -> list[Pat
 
 def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
             baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print,
-            select_best_by: str = "", select_over: tuple[str, ...] = ()) -> list[dict]:
+            select_best_by: str = "", select_over: tuple[str, ...] = (), detect: float | None = None,
+            cost: str = "trainable") -> list[dict]:
     from harness.tracking import open_client
 
+    if cost not in COSTS:
+        raise CompareError(f"--cost: expected one of {list(COSTS)}, got {cost!r}")
+    if detect is not None and not detect > 0:
+        raise CompareError(f"--detect: expected a difference of the overall score > 0, got {detect!r}")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = open_client(tracking_uri)
     records, parent_id = collect(client, sweep, experiment, out)
@@ -537,8 +661,8 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
     if baseline not in {r.variant for r in records}:
         out(f"note: baseline {baseline!r} has no finished runs here: no differences or tests")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = summarise(records, baseline, test, resamples, client, Path(tmp), order)
-    table = markdown_table(rows, baseline, test)
+        rows = summarise(records, baseline, test, resamples, client, Path(tmp), order, detect, cost)
+    table = markdown_table(rows, baseline, test, detect)
     if any(r["variant"].split()[0] == baseline for r in rows):
         table += (f"\nPer task, the difference from {baseline} (mean over common seeds) and its 95% paired "
                   "bootstrap interval over dev examples; * where the interval excludes 0:\n\n"
@@ -552,7 +676,7 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
         f"# {title}\n\nFinished runs: {len(records)}. Mean ± std over seeds (n). Δ: mean paired difference "
         f"of the overall score from {baseline} over common seeds. {caption(rows, baseline, test)}\n\n" + table)
     write_csv(rows, folder / "compare.csv")
-    paths = [folder / "compare.md", folder / "compare.csv", *plots(rows, folder, baseline, title)]
+    paths = [folder / "compare.md", folder / "compare.csv", *plots(rows, folder, baseline, title, cost)]
     if parent_id:
         for path in paths:
             client.log_artifact(parent_id, str(path), "compare")

@@ -93,3 +93,10 @@ def train_loss_key(task: str) -> str:
 def skipped_rows_key(file: str) -> str:
     """Rows of a data file skipped by --lenient-data (logged only when there are any)."""
     return f"data/skipped_rows/{file}"
+
+
+# The cost axes of `mtl-bench compare`'s frontier and score-against-parameters plot: the row's column
+# and what it counts.
+COSTS = {"trainable": ("trainable_params", "trainable parameters"),
+         "stored": ("stored_per_task", "parameters stored per added task"),
+         "task-specific": ("task_specific_params", "task-specific encoder parameters, all tasks (heads excluded)")}
