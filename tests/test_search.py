@@ -314,3 +314,75 @@ def test_a_search_sweep_runs_rounds_of_trials_as_child_runs_and_goes_on_where_it
     best = max(children, key=lambda r: r.data.metrics["val/overall"])
     assert [r["variant"] for r in rows] == ["multitask"]
     assert rows[0]["overall_mean"] == pytest.approx(best.data.metrics["dev/overall"])
+
+
+OPTIONS = """name: options
+variants: [lora]
+seeds: [0]
+set: {validation_fraction: 0.1}
+search:
+  trials: 4
+  batch: 2
+  sampler: random
+  space:
+    lr: {low: 1.0e-5, high: 1.0e-2, log: true}
+    variant.rank: {low: 2, high: 32, log: true}
+    variant.dropout: [0.0, 0.1]
+"""
+
+
+def test_a_search_over_variant_options_proposes_typed_values_into_the_jobs_options_and_labels(tmp_path):
+    """`variant.rank: {low: 2, high: 32}` draws integers (LoRAConfig's rank is one), a choice is one
+    of its values; both go into the job's options, and its label names them as a grid's does."""
+    spec = spec_of(tmp_path, OPTIONS)
+    assert spec.search.space["variant.rank"] == {"low": 2, "high": 32, "log": True}
+    (start,) = expand(spec)
+    search = Search(spec, [start], [])
+    jobs = search.next_round({})
+    jobs += search.next_round({j.key: 0.5 + i / 10 for i, j in enumerate(jobs)})  # told from the options
+    assert len(jobs) == 4 and len({j.key for j in jobs}) == 4 and search.current() == jobs
+    for job in jobs:
+        rank, dropout = job.options["rank"], job.options["dropout"]
+        assert type(rank) is int and 2 <= rank <= 32 and dropout in (0.0, 0.1)
+        assert set(job.settings) == {"validation_fraction", "lr"}
+        assert job.label == f"lora lr={job.settings['lr']} variant.rank={rank} variant.dropout={dropout}"
+        assert study_of(job, spec.search.space) == study_of(start, spec.search.space)
+    best = jobs[-1]
+    assert f"variant.rank={best.options['rank']}, variant.dropout={best.options['dropout']} (4 of 4" in search.summary(
+        {j.key: 0.9 if j is best else 0.5 for j in jobs})[0]
+    # A search over a pals option with a choice of strings: the choice is typed by the variant.
+    text = OPTIONS.replace("[lora]", "[pals-top]").replace(
+        "    variant.rank: {low: 2, high: 32, log: true}\n    variant.dropout: [0.0, 0.1]\n",
+        "    variant.top_mode: [bert-layer, pals-code]\n")
+    search = search_of(tmp_path, text)
+    assert {j.options["top_mode"] for j in search.next_round({})} <= {"bert-layer", "pals-code"}
+
+
+@pytest.mark.parametrize("variants, space, message", [
+    ("[multitask, lora]", "variant.rank: [4, 8]",
+     "space 'variant.rank': the variant(s) ['multitask'] have no option 'rank'"),
+    ("[lora]", "variant.rnak: [4, 8]", "space 'variant.rnak': variant 'lora' has no option 'rnak'; its options: "
+                                        "tasks, rank, alpha, dropout, sites"),
+    ("[lora]", "variant.rank: {low: 2.5, high: 8}",
+     "space 'variant.rank': variant 'lora' option 'rank': expected an integer, got 2.5"),
+    ("[lora]", "variant.rank: [4, four]", "variant 'lora' option 'rank': expected an integer, got 'four'"),
+    ("[lora]", "variant.sites: [[query], [value]]", "space 'variant.sites': option 'sites' is a list"),
+    ("[lora]", "rank: [4, 8]", "space 'rank': not a training setting but an option of ['lora']: vary it as "
+                               "variant.rank"),
+    ("[lora]", "variant.dropout: {low: 0.0, high: 0.2}\n  options: {dropout: 0.1}",
+     "space 'variant.dropout' is also set or in the grid"),
+])
+def test_a_search_over_a_variant_option_it_cannot_take_is_refused(tmp_path, variants, space, message):
+    text = f"name: s\nvariants: {variants}\nseeds: [0]\nset: {{validation_fraction: 0.1}}\nsearch:\n  trials: 2\n" \
+           f"  space:\n    {space}\n"
+    if "options:" in space:
+        text = text.replace("  options: {dropout: 0.1}\n", "") + "options: {dropout: 0.1}\n"
+    with pytest.raises(ConfigError) as error:
+        spec_of(tmp_path, text)
+    assert "search.yaml: search: " in str(error.value) and message in str(error.value)
+
+
+def test_every_value_of_a_variant_options_space_is_checked_as_a_job_before_anything_runs(tmp_path):
+    spec = spec_of(tmp_path, OPTIONS.replace("{low: 2, high: 32, log: true}", "[0, 8]"))
+    with pytest.raises(ConfigError, match=r"values .*variant.rank=0.*: .*variant 'lora': rank: expected a positive"):
+        Search(spec, expand(spec), [])

@@ -764,3 +764,148 @@ def test_a_grid_sweep_with_a_validation_split_is_compared_at_each_variants_best_
         point = best.data.tags["sweep.label"].split()[1]
         assert f"| {row['variant']} | 0 | {point} | {best.data.metrics['val/overall']:.4f} | 2 |" in (
             out / "compare.md").read_text()
+
+
+def test_a_variant_option_in_the_grid_varies_the_jobs_of_the_variants_that_have_it(tmp_path):
+    """`--grid variant.rank=4,8,16`: lora's jobs vary its rank (typed as LoRAConfig types it, in the
+    job's options and its label); multitask has no rank, so its jobs do not vary it."""
+    spec = load_spec(None, "s", ["multitask", "lora"], [0, 1], grid=["variant.rank=4,8,16", "lr=1e-4"])
+    assert spec.grid["variant.rank"] == [4, 8, 16]
+    jobs = expand(spec)
+    assert len(jobs) == (1 + 3) * 2 and len({j.key for j in jobs}) == len(jobs)
+    assert {j.label for j in jobs} == {"multitask lr=0.0001", "lora lr=0.0001 variant.rank=4",
+                                       "lora lr=0.0001 variant.rank=8", "lora lr=0.0001 variant.rank=16"}
+    for job in jobs:
+        assert job.settings == {"lr": 1e-4}  # an option is not a training setting
+        if job.variant == "lora":
+            assert type(job.options["rank"]) is int and f"variant.rank={job.options['rank']}" in job.label
+        else:
+            assert job.options == {}
+    # Typed: rank 8 from a file (an int) and from the command line (a string) is the same job.
+    path = tmp_path / "rank.yaml"
+    path.write_text("name: s\nvariants: [lora]\nseeds: [0, 1]\ngrid: {lr: [1e-4], variant.rank: [8]}\n")
+    assert {j.key for j in jobs if j.label.endswith("rank=8")} == {j.key for j in expand(load_spec(path))}
+
+
+def test_a_variant_grid_varies_its_variants_options_next_to_the_shared_grid(tmp_path):
+    path = tmp_path / "options.yaml"
+    path.write_text("variants: [multitask, pals-top, lora]\nseeds: [0]\noptions: {pal_size: 12, pal_heads: 2}\n"
+                    "grid: {lr: [1e-4, 1e-3]}\nvariant_grid:\n"
+                    "  pals-top: {variant.top_mode: [bert-layer, pals-code], variant.top_heads: [2]}\n"
+                    "  lora: {variant.sites: [[query, value], [query, key, value]]}\n")
+    jobs = expand(load_spec(path))
+    pals = [j for j in jobs if j.variant == "pals-top"]
+    assert {j.label for j in pals} == {f"pals-top lr={lr} variant.top_heads=2 variant.top_mode={mode}"
+                                       for lr in (0.0001, 0.001) for mode in ("bert-layer", "pals-code")}
+    assert all(j.options == {"pal_size": 12, "pal_heads": 2, "top_heads": 2,
+                             "top_mode": j.label.split("top_mode=")[1]} for j in pals)
+    lora = [j for j in jobs if j.variant == "lora"]  # a list option: one label token, its items joined
+    assert {j.label for j in lora} == {f"lora lr={lr} variant.sites={sites}" for lr in (0.0001, 0.001)
+                                       for sites in ("query,value", "query,key,value")}
+    assert {j.options["sites"] for j in lora} == {("query", "value"), ("query", "key", "value")}
+    assert {j.label for j in jobs if j.variant == "multitask"} == {"multitask lr=0.0001", "multitask lr=0.001"}
+    assert len({j.key for j in jobs}) == len(jobs) == 2 + 4 + 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("variants: [lora]\nvariant_grid: {lora: {variant.rnak: [4]}}",
+     "variant_grid 'lora' 'variant.rnak': variant 'lora' has no option 'rnak'; its options: tasks, rank, alpha, "
+     "dropout, sites"),
+    ("variants: [multitask, lora]\nvariant_grid: {multitask: {variant.rank: [4]}}",
+     "variant_grid 'multitask' 'variant.rank': variant 'multitask' has no option 'rank'; its options: tasks"),
+    ("variants: [multitask, lora]\ngrid: {variant.pal_size: [12]}",
+     "grid 'variant.pal_size': none of the variants ['multitask', 'lora'] has an option 'pal_size'; their "
+     "options: multitask: tasks; lora: tasks, rank, alpha, dropout, sites"),
+    ("variants: [multitask, lora]\ngrid: {variant.rank: [4, x]}",
+     "grid 'variant.rank': variant 'lora' option 'rank': expected an integer, got 'x'"),
+    ("variants: [lora]\nvariant_grid: {lora: {variant.rank: [4.5]}}",
+     "variant_grid 'lora' 'variant.rank': variant 'lora' option 'rank': expected an integer, got 4.5"),
+    ("variants: [pals-top, combined]\ngrid: {variant.top: [true, maybe]}",
+     "grid 'variant.top': variants ['pals-top', 'combined'] option 'top': expected true or false, got 'maybe'"),
+    ("variants: [lora]\ngrid: {variant.rank: [8, '8']}", "grid 'variant.rank' lists a value twice: [8, 8]"),
+    ("variants: [lora]\noptions: {rank: 8}\ngrid: {variant.rank: [4, 16]}",
+     "['variant.rank'] both set for every job and varied in the grid"),
+    ("variants: [multitask, lora]\ngrid: {rank: [4, 16]}",
+     "grid 'rank': not a training setting but an option of ['lora']: vary it as variant.rank"),
+])
+def test_a_variant_option_a_sweep_cannot_vary_is_refused_naming_the_variant_option_and_what_was_expected(
+        tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"seeds: [0]\n{text}\n")
+    with pytest.raises(ConfigError) as error:
+        load_spec(path)
+    assert message in str(error.value)
+    assert f"sweep file {path}: " in str(error.value)
+
+
+def test_a_variant_options_value_its_variant_refuses_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError) as error:
+        expand(load_spec(None, "s", ["pals-top"], [0], grid=["variant.top_mode=bert-layer,pals-cod"]))
+    assert ("job pals-top variant.top_mode=pals-cod seed 0: variant 'pals-top': top_mode: 'pals-cod' is not one of "
+            "['bert-layer', 'pals-code',") in str(error.value)
+
+
+def test_select_over_a_variant_option_chooses_among_the_labels_a_sweep_gives_its_jobs():
+    """compare reads a job's option from its label as it reads a setting: `--select-over variant.rank`
+    gives a lora row per lr, each at its best rank, paired with multitask at the same lr."""
+    from harness.compare import RunRecord, select_best, summarise
+
+    jobs = expand(load_spec(None, "s", ["multitask", "lora"], [0, 1], grid=["variant.rank=4,8,16", "lr=1e-4,1e-3"]))
+    rank = {4: 0.50, 8: 0.70, 16: 0.60}  # rank 8 best on validation; rank 16 best on dev (never chosen)
+    records = [RunRecord(j.key, j.label, j.variant, j.seed, {}, 0.9 if j.options.get("rank") == 16 else 0.6,
+                         10, 1.0, 60.0, validation=rank.get(j.options.get("rank"), 0.5)) for j in jobs]
+    selected, chosen = select_best(records, ("variant.rank",))
+    assert sorted({r.label for r in selected}) == ["lora lr=0.0001", "lora lr=0.001", "multitask lr=0.0001",
+                                                   "multitask lr=0.001"]
+    assert {c["point"] for c in chosen if c["variant"].startswith("lora")} == {"variant.rank=8"}
+    assert all(c["candidates"] == 3 for c in chosen if c["variant"].startswith("lora"))
+    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
+    assert rows["lora lr=0.001"]["paired_seeds"] == 2 and rows["lora lr=0.001"]["delta_overall"] == pytest.approx(0)
+    # Without --select-over, lr and rank are chosen among together.
+    assert {c["point"].split()[-1] for c in select_best(records)[1] if c["variant"] == "lora"} == {"variant.rank=8"}
+
+
+def test_the_sweeps_parent_run_records_its_grid_of_variant_options(tmp_path, tracking_uri):
+    from harness.sweeps.records import parent_run
+
+    path = tmp_path / "options.yaml"
+    path.write_text("variants: [lora, pals-top]\nseeds: [0]\ngrid: {variant.rank: [4, 8]}\n"
+                    "variant_grid: {pals-top: {variant.top_mode: [bert-layer, pals-code]}}\n")
+    spec = load_spec(path)
+    client = MlflowClient(tracking_uri)
+    run_id = parent_run(client, client.create_experiment("options"), spec, len(expand(spec)), "local")
+    params = client.get_run(run_id).data.params
+    assert params["grid.variant.rank"] == "4,8"
+    assert params["grid.pals-top.variant.top_mode"] == "bert-layer,pals-code"
+
+
+def test_every_shipped_sweep_file_expands_and_lora_rank_varies_the_rank():
+    from harness.sweeps.search import Search
+
+    files = sorted((REPO / "launch" / "sweeps").glob("*.yaml"))
+    assert REPO / "launch" / "sweeps" / "lora-rank.yaml" in files
+    for path in files:
+        spec = load_spec(path)
+        jobs = expand(spec)
+        assert jobs, path
+        if spec.search:
+            Search(spec, jobs, [])  # its space checked as jobs
+    jobs = expand(load_spec(REPO / "launch" / "sweeps" / "lora-rank.yaml"))
+    assert [(j.label, j.options, j.settings["freeze_encoder"], j.settings["validation_fraction"]) for j in jobs] == [
+        (f"lora variant.rank={r}", {"rank": r}, True, 0.1) for r in (4, 8, 16)]
+
+
+def test_an_option_the_variants_type_differently_or_a_mapping_option_is_refused_in_the_shared_grid(monkeypatch):
+    """No in-tree variants disagree on an option's type, so the types are stood in for here."""
+    from harness.sweeps import spec as spec_module
+
+    types = {"multitask": {"tasks": tuple[str, ...], "size": int, "extra": dict},
+             "lora": {"tasks": tuple[str, ...], "size": str}}
+    monkeypatch.setattr(spec_module, "_option_types", lambda variants: {v: types[v] for v in variants})
+    with pytest.raises(ConfigError, match=r"grid 'variant.size': the variants give option 'size' different "
+                                          r"types \(multitask: <class 'int'>, lora: <class 'str'>\); vary it in "
+                                          "variant_grid"):
+        load_spec(None, "s", ["multitask", "lora"], [0], grid=["variant.size=1,2"])
+    assert load_spec(None, "s", ["lora"], [0], grid=["variant.size=1,2"]).grid["variant.size"] == ["1", "2"]
+    with pytest.raises(ConfigError, match="grid 'variant.extra': option 'extra' is a mapping, not a value a sweep"):
+        load_spec(None, "s", ["multitask"], [0], grid=["variant.extra=1"])

@@ -29,7 +29,11 @@ sweep no longer has) stay in jobs.json, not in the search, and come back if the 
 
 A trial's values are in its job's label ("lora freeze_encoder=True lr=0.00412"), so
 `mtl-bench compare --select-best-by validation --select-over lr` chooses among trials exactly as
-among grid points. Float values are rounded to 3 significant digits: the label is the value.
+among grid points. A space entry `variant.NAME` searches a variant option, typed as the
+variant's config types it (`variant.rank: {low: 4, high: 64, log: true}` draws integers,
+`variant.top_mode: [bert-layer, pals-code]` chooses), and goes into the job's options and its
+label ("lora lr=0.001 variant.rank=12"); every variant of the sweep must have it. Float values
+are rounded to 3 significant digits: the label is the value.
 Samplers: `tpe` (default; its first 10 trials are random unless `sampler_options:
 {n_startup_trials: 4}`; with `batch` > 1 it uses Optuna's `constant_liar`, so the trials of one
 round avoid each other), `random`, `gp`. With few trials per study, a grid covers the space
@@ -46,14 +50,28 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError
-from harness.sweeps.spec import SAMPLERS, Job, SweepSpec, make_job
+from harness.sweeps.spec import OPTION, SAMPLERS, Job, SweepSpec, label_value, make_job, option_name, split_values
+
+
+def searched(job: Job, name: str) -> Any:
+    """A job's value of the space entry `name`: a setting, or a variant option (`variant.rank`)."""
+    option = option_name(name)
+    return job.options.get(option) if option is not None else job.settings.get(name)
 
 
 def study_of(job: Job, space: dict[str, Any]) -> str:
     """The study a job belongs to: its variant, seed, options and settings other than the searched ones."""
     rest = {k: v for k, v in job.settings.items() if k not in space}
-    return json.dumps({"variant": job.variant, "seed": job.seed, "settings": rest, "options": job.options},
+    options = {k: v for k, v in job.options.items() if OPTION + k not in space}
+    return json.dumps({"variant": job.variant, "seed": job.seed, "settings": rest, "options": options},
                       sort_keys=True, default=str)
+
+
+def trial_job(index: int, sweep: str, label: str, start: Job, values: dict[str, Any]) -> Job:
+    """A study's starting job with a trial's values: its settings and variant options."""
+    settings, options = split_values(values)
+    return make_job(index, sweep, label, start.variant, start.seed, {**start.settings, **settings},
+                    {**start.options, **options})
 
 
 def known_jobs(folder: Path) -> list[Job]:
@@ -107,8 +125,7 @@ class Search:
         for start in starts:
             for values in combinations:
                 try:
-                    make_job(0, self.spec.name, start.label, start.variant, start.seed,
-                             {**start.settings, **values}, start.options)
+                    trial_job(0, self.spec.name, start.label, start, values)
                 except ConfigError as exc:
                     shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
                     raise ConfigError(f"search space {sorted(values)}, values {shown}: {exc}") from None
@@ -129,7 +146,7 @@ class Search:
 
     def current(self) -> list[Job]:
         """The trials of this spec's studies whose values are inside its space."""
-        return [j for j in self.jobs if study_of(j, self.space) in self.starts and self._in_space(j.settings)]
+        return [j for j in self.jobs if study_of(j, self.space) in self.starts and self._in_space(j)]
 
     def _by_study(self) -> dict[str, list[Job]]:
         """`current()`'s trials by study, every study of the spec (with or without trials) a key."""
@@ -151,9 +168,9 @@ class Search:
         """How many points the space has: the product of its choices (infinite with a range)."""
         return math.prod(len(b) if isinstance(b, list) else math.inf for b in self.space.values())
 
-    def _in_space(self, settings: dict[str, Any]) -> bool:
+    def _in_space(self, job: Job) -> bool:
         for name, bounds in self.space.items():
-            value = settings.get(name)
+            value = searched(job, name)
             if isinstance(bounds, list):
                 if value not in bounds:
                     return False
@@ -196,16 +213,15 @@ class Search:
             seed = int(hashlib.sha256(f"{self.spec.name}|{study_id}|{len(mine)}".encode()).hexdigest()[:8], 16)
             study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(seed))
             study.add_trials([optuna.trial.create_trial(
-                params={k: j.settings[k] for k in self.space}, distributions=self.distributions,
+                params={k: searched(j, k) for k in self.space}, distributions=self.distributions,
                 value=worst if math.isnan(results[j.key]) else results[j.key]) for j in mine])
             keys = {j.key for j in self.jobs}
             added = 0
             for _ in range(wanted * ATTEMPTS):
                 trial = study.ask(self.distributions)
                 values = {name: self._value(name, trial.params[name]) for name in self.space}
-                label = " ".join([start.label] + [f"{k}={v}" for k, v in values.items()])
-                job = make_job(len(self.jobs), self.spec.name, label, start.variant, start.seed,
-                               {**start.settings, **values}, start.options)
+                label = " ".join([start.label] + [f"{k}={label_value(v)}" for k, v in values.items()])
+                job = trial_job(len(self.jobs), self.spec.name, label, start, values)
                 if job.key in keys:  # tried already (or asked this round): draw again
                     continue
                 keys.add(job.key)
@@ -245,7 +261,7 @@ class Search:
                 lines.append(f"{start.run_name}: no finished trial with a score ({len(done)} finished{used_up})")
                 continue
             best = max(scored, key=lambda j: sign * results[j.key])
-            values = ", ".join(f"{k}={best.settings[k]}" for k in self.space)
+            values = ", ".join(f"{k}={searched(best, k)}" for k in self.space)
             lines.append(f"{start.run_name}: best {self.search.metric} {results[best.key]:.4f} at {values} "
                          f"({len(done)} of {self.search.trials} trials finished{used_up})")
         return lines

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ class SweepSpec:
     variants: list[str]
     seeds: list[int]
     set: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every job
-    grid: dict[str, list] = field(default_factory=dict)  # TrainConfig fields to vary: every combination
+    # TrainConfig fields to vary: every combination. A key `variant.NAME` (`variant.rank`) varies a
+    # variant option instead, for the variants that have it (the others' jobs do not vary it).
+    grid: dict[str, list] = field(default_factory=dict)
     # A variant's own grid, replacing `grid`'s values for the settings it names (e.g. a higher
-    # learning-rate range for a method with few added parameters): {variant: {setting: [values]}}.
+    # learning-rate range for a method with few added parameters): {variant: {setting: [values]}};
+    # `variant.NAME` keys are that variant's options.
     variant_grid: dict[str, dict[str, list]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # variant options, for the variants that have them
     launch_config: str = "launch/single.yaml"
@@ -46,7 +50,9 @@ class SearchSpec:
     One study per variant, grid point and seed; each trial is one job, its values in the job's label."""
 
     trials: int  # per study
-    space: dict[str, Any]  # setting: {low, high, log} (a range) or [values] (a choice)
+    # setting: {low, high, log} (a range) or [values] (a choice); `variant.NAME`: a variant option,
+    # which every variant of the sweep must have
+    space: dict[str, Any]
     batch: int = 1  # trials run at a time per study (one round of jobs)
     metric: str = "val/overall"  # a metric every job logs; choose on validation, report dev
     direction: str = "maximize"
@@ -72,11 +78,81 @@ class Job:
         return f"{self.label} s{self.seed}".replace(" ", "_")
 
 
+OPTION = "variant."  # a grid, variant_grid or search space key `variant.NAME` is the variant option NAME
+
+
+def option_name(key: str) -> str | None:
+    """The variant option a grid or search space key names (`variant.rank`: rank), else None."""
+    return key[len(OPTION):] if key.startswith(OPTION) else None
+
+
+def split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Grid or search values as (training settings, variant options)."""
+    settings = {k: v for k, v in values.items() if option_name(k) is None}
+    return settings, {option_name(k): v for k, v in values.items() if option_name(k) is not None}
+
+
+def label_value(value: Any) -> str:
+    """A value as a job's label shows it: one token (a list option's items joined by commas)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _option_types(variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Each variant's options and their types."""
+    from variants import get_variant
+
+    return {v: typing.get_type_hints(get_variant(v).config_class) for v in variants}
+
+
+def _option_hint(key: str, variants: list[str], where: str, everyone: bool = False) -> tuple[Any, list[str]]:
+    """The type of the variant option `key` (`variant.NAME`) and the variants of `variants` that have
+    it: at least one, all of them with `everyone`, and the same type in each."""
+    name = option_name(key)
+    types = _option_types(variants)
+    takers = [v for v in variants if name in types[v]]
+    if not name or not takers:
+        if len(variants) == 1:
+            raise ConfigError(f"{where} {key!r}: variant {variants[0]!r} has no option {name!r}; its options: "
+                              f"{', '.join(types[variants[0]])}")
+        known = "; ".join(f"{v}: {', '.join(types[v])}" for v in variants)
+        raise ConfigError(f"{where} {key!r}: none of the variants {variants} has an option {name!r}; their "
+                          f"options: {known}")
+    lacking = [v for v in variants if v not in takers]
+    if everyone and lacking:
+        raise ConfigError(f"{where} {key!r}: the variant(s) {lacking} have no option {name!r}, and every study of a "
+                          f"search takes the space's values; search {key} in a sweep of {takers} alone")
+    hints = {v: types[v][name] for v in takers}
+    if len(set(map(str, hints.values()))) > 1:
+        raise ConfigError(f"{where} {key!r}: the variants give option {name!r} different types "
+                          f"({', '.join(f'{v}: {h}' for v, h in hints.items())}); vary it in variant_grid")
+    hint = hints[takers[0]]
+    if hint is dict or typing.get_origin(hint) is dict:
+        raise ConfigError(f"{where} {key!r}: option {name!r} is a mapping, not a value a sweep can vary")
+    return hint, takers
+
+
+def _option(key: str, value: Any, hint: Any, takers: list[str], where: str) -> Any:
+    """A variant option's value converted to its type, as `-o NAME=VALUE` is."""
+    who = f"variant {takers[0]!r}" if len(takers) == 1 else f"variants {takers}"
+    return convert(hint, value, f"{where} {key!r}: {who} option {option_name(key)!r}", ConfigError)
+
+
 def _setting(name: str, value: Any) -> Any:
     if name in NOT_SETTINGS or name not in TrainConfig.__dataclass_fields__:
         allowed = sorted(set(TrainConfig.__dataclass_fields__) - NOT_SETTINGS)
         raise ConfigError(f"sweep setting {name!r}: not a setting a sweep can vary; known: {allowed}")
     return convert_setting(name, value, "sweep setting")
+
+
+def _not_an_option(name: str, variants: list[str], where: str) -> None:
+    """Refuses a varied name that is no training setting but an option of one of `variants`
+    (`grid: {rank: ...}`), saying how to vary it."""
+    if name in TrainConfig.__dataclass_fields__:
+        return
+    takers = [v for v, types in _option_types(variants).items() if name in types]
+    if takers:
+        raise ConfigError(f"{where} {name!r}: not a training setting but an option of {takers}: vary it as "
+                          f"{OPTION}{name}")
 
 
 def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str] | None = None,
@@ -144,16 +220,24 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
                               f"{data['variants']}")
         if not isinstance(grid, dict):
             raise ConfigError(f"{where}: variant_grid {variant!r} must be a mapping of setting: [values], got {grid!r}")
-    both = sorted(set(data["set"]) & (set(data["grid"]).union(*map(set, data["variant_grid"].values()))))
+    given = set(data["set"]) | {OPTION + k for k in data["options"]}
+    both = sorted(given & (set(data["grid"]).union(*map(set, data["variant_grid"].values()))))
     if both:
         raise ConfigError(f"{where}: {both} both set for every job and varied in the grid; give each in one place")
     data["set"] = {k: _setting(k, v) for k, v in data["set"].items()}
-    grids = [("grid", data["grid"])] + [(f"variant_grid {v!r}", g) for v, g in data["variant_grid"].items()]
-    for what, grid in grids:
+    grids = [("grid", data["grid"], data["variants"])] + [
+        (f"variant_grid {v!r}", g, [v]) for v, g in data["variant_grid"].items()]
+    for what, grid, owners in grids:
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: {what} {key!r} must be a non-empty list of values, got {values!r}")
-            grid[key] = [_setting(key, v) for v in values]
+            if option_name(key) is not None:  # a variant option: typed as that variant's config types it
+                hint, takers = _option_hint(key, owners, f"{where}: {what}")
+                grid[key] = [_option(key, v, hint, takers, f"{where}: {what}") for v in values]
+            else:
+                _not_an_option(key, owners, f"{where}: {what}")
+                grid[key] = [_setting(key, v) for v in values]
+    grids = [(what, grid) for what, grid, _ in grids]
     # Typed values decide what is the same: `lr: [1e-4, 0.0001]` would be one job twice.
     for what, values in [("'variants'", data["variants"]), ("'seeds'", data["seeds"]),
                          *((f"{name} {k!r}", v) for name, grid in grids for k, v in grid.items())]:
@@ -165,7 +249,14 @@ def load_spec(path: str | os.PathLike | None, name: str = "", variants: list[str
     return SweepSpec(**data)
 
 
-def _space_value(name: str, value: Any, where: str) -> Any:
+def _space_value(name: str, value: Any, where: str, variants: list[str]) -> Any:
+    if option_name(name) is not None:
+        hint, takers = _option_hint(name, variants, f"{where}: space", everyone=True)
+        if typing.get_origin(hint) is tuple:
+            raise ConfigError(f"{where}: space {name!r}: option {option_name(name)!r} is a list; a search chooses "
+                              "among single values (vary it in grid or variant_grid)")
+        return _option(name, value, hint, takers, f"{where}: space")
+    _not_an_option(name, variants, f"{where}: space")
     try:
         return _setting(name, value)
     except ConfigError as exc:
@@ -201,13 +292,14 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
     if not isinstance(search.space, dict) or not search.space:
         raise ConfigError(f"{where}: space: expected a mapping of setting: {{low, high, log}} or [values], "
                           f"got {search.space!r}")
-    varied = set(data["set"]).union(data["grid"], *map(set, data["variant_grid"].values()))
+    varied = set(data["set"]).union(data["grid"], *map(set, data["variant_grid"].values()),
+                                    (OPTION + k for k in data["options"]))
     space = {}
     for name, bounds in search.space.items():
         if name in varied:
             raise ConfigError(f"{where}: space {name!r} is also set or in the grid; give it in one place")
         if isinstance(bounds, list):
-            values = [_space_value(name, v, where) for v in bounds]
+            values = [_space_value(name, v, where, data["variants"]) for v in bounds]
             if not values or len(set(values)) != len(values):  # typed: [true, "true"] is one value twice
                 raise ConfigError(f"{where}: space {name!r}: expected a list of distinct values, got {bounds!r}")
             space[name] = values
@@ -215,7 +307,7 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
         if not isinstance(bounds, dict) or not {"low", "high"} <= set(bounds) <= {"low", "high", "log"}:
             raise ConfigError(f"{where}: space {name!r}: expected {{low: , high: }} (and log: true for a "
                               f"log scale) or a list of values, got {bounds!r}")
-        low, high = _space_value(name, bounds["low"], where), _space_value(name, bounds["high"], where)
+        low, high = (_space_value(name, bounds[end], where, data["variants"]) for end in ("low", "high"))
         log = bounds.get("log", False)
         if not isinstance(low, (int, float)) or isinstance(low, bool) or not low < high:
             raise ConfigError(f"{where}: space {name!r}: expected numbers low < high, got {low!r}, {high!r}")
@@ -242,14 +334,18 @@ def expand(spec: SweepSpec) -> list[Job]:
                               "(see `mtl-bench variants --options`)")
     jobs = []
     for variant in spec.variants:
+        fields = {f.name for f in dataclasses.fields(get_variant(variant).config_class)}
         grid = {**spec.grid, **spec.variant_grid.get(variant, {})}
-        grid_keys = sorted(grid)
+        # A shared grid's option varies the jobs of the variants that have it (load_spec checked
+        # that one does); a variant's own grid's options are all its own.
+        grid_keys = sorted(k for k in grid if option_name(k) is None or option_name(k) in fields)
         for point in itertools.product(*(grid[k] for k in grid_keys)):
             grid_values = dict(zip(grid_keys, point))
-            label = " ".join([variant] + [f"{k}={v}" for k, v in grid_values.items()])
+            label = " ".join([variant] + [f"{k}={label_value(v)}" for k, v in grid_values.items()])
+            settings, options = split_values(grid_values)
             for seed in spec.seeds:
-                jobs.append(make_job(len(jobs), spec.name, label, variant, seed, {**spec.set, **grid_values},
-                                     option_takers[variant]))
+                jobs.append(make_job(len(jobs), spec.name, label, variant, seed, {**spec.set, **settings},
+                                     {**option_takers[variant], **options}))
     return jobs
 
 
