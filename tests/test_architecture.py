@@ -14,7 +14,7 @@ LAYERS = {
                    "harness.sampler", "harness.tasks", "harness.handout_tasks", "harness.config"],
     "variants": ["variants"],
     "parts": ["harness.model", "harness.data", "harness.params", "harness.optim", "harness.distributed",
-              "harness.checkpoint", "harness.tracking", "harness.evaluation"],
+              "harness.checkpoint", "harness.tracking", "harness.evaluation", "harness.power"],
     "runs": ["harness.train", "harness.trained", "harness.compare", "harness.quora_split", "harness.sweeps"],
     "cli": ["harness.cli"],
 }
