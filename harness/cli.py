@@ -315,7 +315,8 @@ def _add_sweep_parser(sub) -> None:
                         "launch_config, progress, sweep_*); e.g. --set profile=paper (repeatable)")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                    help="a training setting to vary: every value with every variant and seed (repeatable: "
-                        "every combination)")
+                        "every combination); or a variant option as variant.NAME, e.g. variant.rank=4,8,16, varied "
+                        "for the variants that have it")
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
                    help="a variant option, given to the variants that have it, `mtl-bench variants --options` "
                         "(repeatable)")
