@@ -70,9 +70,45 @@ def _parse_label(spec: TaskSpec, raw: str) -> float:
 
 
 def read_rows(path: str | os.PathLike, spec: TaskSpec, lenient: bool = False, labelled: bool = True) -> TaskRows:
-    """Reads one file of a task with its reader: the task's own, or the handout format's."""
+    """Reads one file of a task with its reader: the task's own, or the handout format's; what a
+    reader returns is checked here, where it enters the harness (`check_rows`)."""
     reader = spec.reader or read_task_file
-    return reader(Path(path), spec, lenient, labelled)
+    return check_rows(reader(Path(path), spec, lenient, labelled), spec, Path(path), labelled,
+                      getattr(reader, "__qualname__", repr(reader)))
+
+
+def check_rows(rows: Any, spec: TaskSpec, path: Path, labelled: bool, reader: str = "the reader") -> TaskRows:
+    """What TaskSpec.reader promises (see its docstring): a TaskRows of one id (a string), one text
+    tuple of the task's width and, for a labelled split, one label in the task's range per row. An
+    unlabelled split's labels may be left empty: they become 0.0, the placeholder the handout's
+    reader gives. Raises DataError naming the task, the file and what is wrong."""
+    def fail(problem: str) -> None:
+        raise DataError(f"task {spec.name}, {path}: {reader} returned {problem}")
+
+    if not isinstance(rows, TaskRows):
+        fail(f"a {type(rows).__name__}, not a harness.data.TaskRows")
+    n = len(rows.ids)
+    if len(rows.texts) != n:
+        fail(f"{n} ids but {len(rows.texts)} texts (one text tuple per id)")
+    if not labelled and not rows.labels:
+        rows.labels = [0.0] * n
+    if len(rows.labels) != n:
+        fail(f"{n} ids but {len(rows.labels)} labels (one per id" + ("" if labelled else
+                                                                    ", or none for an unlabelled split") + ")")
+    width = len(spec.text_columns)
+    for i, (example_id, texts) in enumerate(zip(rows.ids, rows.texts)):
+        if not isinstance(example_id, str):
+            fail(f"id {example_id!r} (row {i}) of type {type(example_id).__name__}; ids are strings")
+        if not isinstance(texts, tuple) or len(texts) != width or not all(isinstance(t, str) for t in texts):
+            fail(f"texts {texts!r} for id {example_id} (row {i}); expected a tuple of {width} string(s) "
+                 f"({', '.join(spec.text_columns)})")
+    if labelled:
+        for i, label in enumerate(rows.labels):
+            try:
+                rows.labels[i] = _parse_label(spec, str(float(label)))
+            except (TypeError, ValueError) as exc:
+                fail(f"label {label!r} for id {rows.ids[i]} (row {i}): {exc}")
+    return rows
 
 
 def header_columns(spec: TaskSpec, labelled: bool = True) -> list[str]:

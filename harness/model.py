@@ -180,7 +180,21 @@ class MultitaskModel(nn.Module):
         self.variant.set_context(task, attention_mask)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
-        hidden = self.variant.top(hidden)
+        expected = (*input_ids.shape, self.encoder.config.hidden_size)
+        if tuple(hidden.shape) != expected:  # a hook of the variant's (attach) changed what a layer returns
+            from variants import VariantError
+
+            raise VariantError(f"variant {type(self.variant).__name__}: the encoder's output has shape "
+                               f"{tuple(hidden.shape)} with its hooks (attach), expected {expected} (batch, tokens, "
+                               "hidden): a hook must return its layer's output in the layer's shape")
+        topped = self.variant.top(hidden)
+        if not isinstance(topped, torch.Tensor) or topped.shape != hidden.shape:
+            from variants import VariantError
+
+            got = tuple(topped.shape) if isinstance(topped, torch.Tensor) else type(topped).__name__
+            raise VariantError(f"variant {type(self.variant).__name__}: top() returned {got}, expected a tensor of "
+                               f"the encoder's hidden states' shape {tuple(hidden.shape)} (batch, tokens, hidden)")
+        hidden = topped
         if pool == "mean":
             return mean_pool(hidden, attention_mask)
         return self.encoder.pooler(hidden) if self.head_input == "pooler" else hidden[:, 0]

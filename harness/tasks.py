@@ -43,7 +43,10 @@ class TaskSpec:
     reader: None reads the handout's format (tab-separated with a header, CSV quoting; see
     harness.data.read_task_file). A task with files of another format gives a function
     `reader(path, spec, lenient, labelled) -> harness.data.TaskRows` that raises
-    harness.data.DataError naming the file and line of a bad row.
+    harness.data.DataError naming the file and line of a bad row. It returns one string id, one
+    tuple of len(text_columns) strings and one label per row; for an unlabelled split (labelled
+    False: a test file) the labels may be left empty (the harness fills the placeholder 0.0) or
+    be 0.0. What it returns is checked where it enters the harness (harness.data.check_rows).
     binary_logit: a 2-class task predicted by one logit and a sigmoid (the CS224N starter's
     paraphrase head) instead of two logits and a softmax.
     output_column: the prediction column's name in the test-prediction file (`output_file`).
