@@ -4,7 +4,7 @@ few minutes. Prints markdown tables, writes everything as JSON (--out), exits 1 
     python benchmarks/gpu.py --out gpu-check.json       # BERT-base-sized random model on the GPU(s)
     python benchmarks/gpu.py --size tiny --out x.json   # the tiny version (the default without a GPU)
 
-Parts (--parts, default all):
+Parts (--parts; default all of them, without a GPU all but compile):
 - launches: `mtl-bench train` as one process with the whole batch, then under `accelerate
   launch` per backend (DDP, ZeRO-1/2/3: launch/*.yaml with 2 processes when there are 2 GPUs or
   more, else 1; without a GPU launch/cpu-*.yaml, 2 gloo processes) with the batch split between
@@ -20,6 +20,10 @@ Parts (--parts, default all):
   `pals-parallel`, bf16 and fp32 (true fp32: PyTorch's default, no TF32), through
   harness.train.train_step.
 - overhead: benchmarks/overhead.py (the harness's step against the minimal loop) on the device.
+- compile: benchmarks/compile.py (--compile against the uncompiled model, the harness's step
+  time side by side, and the compile time) for `multitask` in bf16 on the GPU. In the default
+  parts only with a GPU (`--parts compile` runs it anywhere): inductor's compile of the tiny
+  model takes minutes on a small CPU.
 
 The model is a random BERT written with the packaged MiniLM's tokenizer: BERT-base-sized
 (hidden 768, 12 layers, 12 heads, FFN 3072) for --size base, hidden 32 and 2 layers for tiny.
@@ -52,6 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from compile import measure as compile_measure  # noqa: E402  (benchmarks/compile.py)
+from compile import report as compile_report  # noqa: E402
 from distributed import free_port, small_data  # noqa: E402  (benchmarks/distributed.py)
 from overhead import measure, recorded_batches  # noqa: E402
 from overhead import report as overhead_report  # noqa: E402
@@ -74,7 +80,8 @@ BACKENDS = {"DDP": (0, "launch/ddp.yaml", "launch/cpu-ddp.yaml"),
             "ZeRO-1": (1, "launch/zero1.yaml", "launch/cpu-zero1.yaml"),
             "ZeRO-2": (2, "launch/zero2.yaml", "launch/cpu-zero2.yaml"),
             "ZeRO-3": (3, "launch/zero3.yaml", "launch/cpu-zero3.yaml")}
-PARTS = ("launches", "precision", "throughput", "overhead")
+PARTS = ("launches", "precision", "throughput", "overhead", "compile")
+GPU_ONLY_PARTS = ("compile",)  # left out of the default parts without a GPU
 
 
 def write_bert(folder: Path, size: dict, dropout: float) -> Path:
@@ -388,6 +395,9 @@ def tables(results: dict) -> str:
     part = results.get("overhead")
     if part and "error" not in part:
         lines += ["", "### Harness overhead (benchmarks/overhead.py)", overhead_report(part)]
+    part = results.get("compile")
+    if part and "error" not in part:
+        lines += ["", "### --compile against uncompiled (benchmarks/compile.py)", compile_report(part)]
     for name in PARTS:
         if name in results and "error" in results[name]:
             lines += ["", f"### {name}: FAILED", "```", results[name]["error"][-3000:], "```"]
@@ -398,18 +408,21 @@ def tables(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["auto", *SIZES], default="auto", help="auto: base with a GPU, else tiny")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--parts", default="", help=f"comma-separated, of {', '.join(PARTS)} (default: all; "
+                        f"without a GPU all but {', '.join(GPU_ONLY_PARTS)})")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s")
     parser.add_argument("--atol", type=float, default=5e-5, help="parameter tolerance, backends against 1 process")
     parser.add_argument("--rtol", type=float, default=0.1, help="window mean loss tolerance, bf16 against fp32")
     parser.add_argument("--out", default=None, help="write the results here as JSON")
     args = parser.parse_args()
-    parts = [p for p in args.parts.split(",") if p]
+
+    import torch
+
+    parts = [p for p in args.parts.split(",") if p] or [p for p in PARTS if torch.cuda.is_available()
+                                                        or p not in GPU_ONLY_PARTS]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"--parts: unknown {unknown}; known: {', '.join(PARTS)}")
-
-    import torch
 
     from harness.tracking import git_commit
 
@@ -440,6 +453,10 @@ def main() -> None:
             "throughput": lambda: {"rows": [throughput(v, bf16, size, model, work, device["peak_bf16_tflops"])
                                             for v in ("multitask", "pals-parallel") for bf16 in (True, False)]},
             "overhead": overhead,
+            "compile": lambda: (fresh_accelerate(), compile_measure(
+                str(model), "multitask", size["throughput_steps"], size["warmup"], size["batch_size"],
+                size["max_length"], torch.get_num_threads(), device["kind"], "bf16", str(work / "data"),
+                str(work / "cache")))[1],
         }
         for name in parts:
             print(f"{name}: running", file=sys.stderr, flush=True)

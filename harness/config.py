@@ -87,6 +87,11 @@ class TrainConfig:
                               "pretrained pooler's output ('pooler')", HEAD_INPUTS)
     gradient_checkpointing: bool = setting(False, "recompute the encoder's layers in the backward pass: less "
                                            "memory, more time")
+    compile: bool = setting(False, "torch.compile the model (the encoder and the variant's parts, in place: its "
+                            "parameter and state-dict names stay as they are) before training, with dynamic shapes; "
+                            "off by default: on a 2-core CPU a step is no faster (compiled / uncompiled 1.00) and "
+                            "compiling the four tasks takes about 2.5 minutes (docs/benchmarks.md, Compiled "
+                            "training). Not with DeepSpeed or --gradient-checkpointing")
     scheduler: str = setting("linear", "learning-rate schedule after the warm-up: 'constant', or 'linear' decay "
                              "to 0", SCHEDULERS)
     warmup_fraction: float = setting(0.1, "fraction of all steps spent warming up linearly from 0, in [0, 1)")
@@ -167,6 +172,11 @@ class TrainConfig:
             choices = f.metadata["choices"]
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name}: {getattr(self, f.name)!r} is not one of {list(choices)}")
+        if self.compile and self.gradient_checkpointing:
+            raise ConfigError("compile: torch.compile cannot trace the encoder's activation checkpointing (its "
+                              "context_fn gives a recomputed layer the variant's hook state; torch 2.13's dynamo: "
+                              "'checkpoint not implemented for ... context_fn'); use --compile or "
+                              "--gradient-checkpointing, not both")
         if self.head_input == "pooler" and self.pair_encoding == "separate":
             raise ConfigError("head_input: 'pooler' reads the [CLS] state of a joint encoding; with "
                               "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")

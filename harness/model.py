@@ -280,3 +280,24 @@ def build_model(encoder, variant_name: str, variant_config, pair_encoding: str, 
         enable({"use_reentrant": False, "context_fn": adapter.checkpoint_context})
         encoder.config.use_cache = False  # an encoder caches nothing; spares transformers' warning that it cannot
     return MultitaskModel(encoder, adapter, variant_config.tasks, pair_encoding, head_input)
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile `model` in place (`nn.Module.compile`): its forward, the variant's hooks and
+    parts included, runs compiled, while the module stays the same object with the same parameter
+    and state-dict names (no `_orig_mod.` wrapper), so the optimizer's per-task groups, the
+    parameter counts, checkpoints and saved models are those of the uncompiled model.
+
+    `dynamic=True`: batches are padded to their longest example, so the sequence length (and an
+    evaluation's last batch size) varies from step to step; compiled for symbolic sizes from the
+    first call, one graph serves every length instead of a recompile per length. The task name
+    (a string argument) is specialised: one graph per task, and one more per task for evaluation
+    (eval mode, no gradients)."""
+    import torch._dynamo
+
+    # Each (task, train/eval) pair is a graph of its own; the default cap of 8 per code object
+    # would fall back to eager for a fifth task's evaluation.
+    tasks = len(getattr(model, "tasks", ())) or 1
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * tasks)
+    model.compile(dynamic=True, backend=backend)
+    return model

@@ -43,7 +43,7 @@ from harness.distributed import (
     resolve_precision,
 )
 from harness.evaluation import dev_metric_names, evaluate, make_batch, pad_multiple, selection_score, write_predictions
-from harness.model import build_model, check_model, load_encoder, task_loss
+from harness.model import build_model, check_model, compile_model, load_encoder, task_loss
 from harness.optim import TaskSteps, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
@@ -209,7 +209,15 @@ def preflight(config: TrainConfig):
                   "with (written by an earlier version); the settings given now are used")
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
-    resolve_precision(config.mixed_precision, preflight_launch(config))  # fails here, not after loading
+    launch = preflight_launch(config)
+    resolve_precision(config.mixed_precision, launch)  # fails here, not after loading
+    if config.compile and launch["deepspeed"][0]:
+        from harness.launch_config import LaunchError
+
+        raise LaunchError(f"compile: --compile is not supported with DeepSpeed ({launch['deepspeed'][1]}): the "
+                          "harness compiles the model before Accelerate wraps it, and DeepSpeed's engine (ZeRO-3's "
+                          "parameter gathering hooks) is not traced or tested compiled here. Train without "
+                          "--compile, or launch without DeepSpeed (one process, or DDP: launch/cpu-ddp.yaml)")
     if int(os.environ.get("RANK", "0")) == 0:
         check_reachable(resolve_tracking_uri(config.tracking_uri))
     return variant_config, resume_from, changes
@@ -250,6 +258,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
     # dropout until the first evaluation (with the quick profile, for the whole run).
     model.train()
     optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay)
+    if config.compile:
+        compile_model(model)  # in place, before DDP wraps it: names and parameter groups unchanged
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
 

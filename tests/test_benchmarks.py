@@ -44,6 +44,36 @@ def test_overhead_benchmark_prints_both_loops_and_their_ratio(tiny_bert, small_d
     assert "harness / minimal step time:" in out
 
 
+def test_compile_benchmark_prints_both_models_their_ratio_and_the_compile_time(tiny_bert, small_data):
+    """One task (one graph): inductor's compile of even the tiny BERT takes about 45 s on 2 cores."""
+    out = run_benchmark("benchmarks/compile.py", "--model", str(tiny_bert), "--data-dir", str(small_data),
+                        "--tasks", "sst", "--steps", "3", "--warmup", "1", "--batch-size", "4", "--max-length", "32")
+    rows = {r[0]: r for r in table_rows(out)[1:]}
+    assert set(rows) == {"uncompiled", "compiled (--compile)"} and all(float(r[1]) > 0 for r in rows.values())
+    assert "compiled / uncompiled step time:" in out
+    compile_line = next(line for line in out.splitlines() if line.startswith("compile time:"))
+    assert float(compile_line.split()[2]) > 0 and "1 graph(s) compiled, 0 during the timed steps" in compile_line
+
+
+def test_gpu_check_reports_the_compile_part(monkeypatch):
+    """benchmarks/gpu.py's compile part is benchmarks/compile.py's measure, in its tables (run on a
+    GPU: left out of its default parts without one, as its tiny version's test runs them)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu
+
+    result = {"model": "m", "variant": "multitask", "device": "cuda", "dtype": "bf16", "threads": 1, "batch_size": 32,
+              "max_length": 128, "tasks": ["sst"], "steps": 30, "warmup": 5, "mean_padded_length": 100.0,
+              "uncompiled_ms": 20.0, "compiled_ms": 15.0, "ratio": 0.75, "median_step_ratio": 0.76,
+              "compile_seconds": 40.0, "graphs": 1, "graphs_during_timed_steps": 0, "inductor_cache": "empty",
+              "torch": "2.13.0"}
+    text = gpu.tables({"device": {"name": "GPU", "count": 1, "kind": "cuda", "peak_bf16_tflops": None,
+                                  "peak_source": "unknown", "torch": "2.13.0"}, "size": "base", "commit": "c",
+                       "model": {"non_embedding_parameters": 1}, "compile": result, "checks": {"compile": True}})
+    assert "### --compile against uncompiled (benchmarks/compile.py)" in text
+    assert "compiled / uncompiled step time: 0.750 (compiled 25.0% faster)" in text
+    assert "compile" in gpu.PARTS and gpu.GPU_ONLY_PARTS == ("compile",)
+
+
 def test_padding_benchmark_shows_length_grouping_cuts_padding(tiny_bert):
     out = run_benchmark("benchmarks/padding.py", "--model", str(tiny_bert))
     rows = {r[0]: r for r in table_rows(out)[1:]}
