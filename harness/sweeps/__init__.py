@@ -8,7 +8,8 @@ Read in this order:
 - `job.py`: what runs one job wherever an executor puts it (`python -m harness.sweeps.job FILE
   INDEX`): `accelerate launch` of the harness with the job's config file, resumed from the job's
   latest checkpoint if it has one.
-- `executors/`: where jobs run, one module per executor (`local`, `slurm`) behind `Executor`.
+- `executors/`: where jobs run, one module per executor (`local`, `slurm`, `ray`) behind
+  `Executor`.
 - `search.py`: a search sweep (the file's `search:`): Optuna studies whose trials are jobs.
 - `run.py`: `run_sweep`, which ties them together.
 

@@ -1,7 +1,7 @@
 """Where a sweep's jobs run: one module per executor, each a subclass of `Executor`.
 
 An executor is found by its `name` once its module is imported, and every module in this
-folder is imported by `list_executors`: a new executor (Kubernetes, Ray, ...) is one new file
+folder is imported by `list_executors`: a new executor (Kubernetes, ...) is one new file
 here, with its own command-line options (`add_arguments`, `from_args`) and no change elsewhere.
 Every executor runs a job the same way: `python -m harness.sweeps.job JOBS_FILE INDEX`, after
 the sweep's `setup:` lines (`job_shell_command`).
