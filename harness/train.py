@@ -7,6 +7,7 @@ task's examples (TaskStream), so the slices of one optimizer step never overlap.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -486,6 +487,7 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
 def train(config: TrainConfig) -> dict[str, float]:
     """Runs one training as configured; returns the final dev metrics (on every rank)."""
     started = time.perf_counter()
+    config = dataclasses.replace(config)  # setup resolves "auto" values in its own copy, not the caller's
     variant_config, resume_from, changes = preflight(config)
     run = setup(config, variant_config, resume_from, changes)
     run.started, run.seconds_before = started, run.state.train_seconds

@@ -373,6 +373,11 @@ def test_each_job_of_several_processes_gets_a_rendezvous_port_of_its_own(tmp_pat
     assert [port("launch/cpu-ddp.yaml", i) for i in (0, 1, 2)] == ["29501", "29502", "29503"]
     assert port("launch/cpu-ddp.yaml", 1, Placement(port=23456)) == "23456"
     assert port("launch/single.yaml", 0) is None  # one process: no rendezvous
+    # One process runs the harness itself: accelerate's one-process launcher would kill it 5 s after a
+    # SIGTERM (a SLURM preemption reaches every process of the job), before its checkpoint is written.
+    assert command("launch/single.yaml", 0)[:4] == [sys.executable, "-m", "harness.cli", "train"]
+    assert command("launch/cpu-ddp.yaml", 0)[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert "accelerate.commands.launch" in command("launch/single.yaml", 0, Placement(machines=2, main_host="h"))
     assert "--resume" not in command("launch/single.yaml", 0)
     assert command("launch/single.yaml", 0, resume=tmp_path / "run")[-2:] == ["--resume", str(tmp_path / "run")]
 

@@ -16,17 +16,24 @@ import sys
 from pathlib import Path
 
 from harness import names
-from harness.launch_config import processes_per_node, read_launch_config, world_size
+from harness.launch_config import is_distributed, processes_per_node, read_launch_config, world_size
 from harness.sweeps.executors import Placement, get_executor
 from harness.sweeps.spec import Job, job_config_path
 
 
 def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None, place: Placement) -> list[str]:
     """`accelerate launch` of the harness for one job, on the machine `place` describes. The launch
-    config holds the total process count (the executor may have rewritten it for its machines)."""
+    config holds the total process count (the executor may have rewritten it for its machines).
+
+    A one-process job without DeepSpeed runs the harness directly: accelerate's one-process
+    launcher kills its child 5 s after a SIGTERM (at once on a second one), too soon for a
+    preempted job to write its checkpoint and end its run, and there is nothing to launch."""
+    config = read_launch_config(meta["launch_config"])
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
               meta["launch_config"]]
-    if world_size(read_launch_config(meta["launch_config"])) > 1 or place.machines > 1:
+    if world_size(config) == 1 and place.machines == 1 and not is_distributed(config):
+        launch = [sys.executable]
+    elif world_size(config) > 1 or place.machines > 1:
         # A port of this job's own: jobs sharing a machine must not meet on accelerate's default 29500.
         launch += ["--main_process_port", str(place.port or 29500 + 1 + job.index % 1000)]
     if place.machines > 1:  # every machine runs this, each with its rank; all meet on the main host
