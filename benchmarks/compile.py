@@ -32,27 +32,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from overhead import recorded_batches  # noqa: E402  (benchmarks/overhead.py: every batch harness.train builds)
 
 DTYPES = {"fp32": "no", "bf16": "bf16"}  # --dtype: the harness's --mixed-precision
-
-
-@contextlib.contextmanager
-def recorded_batches():
-    """Every batch harness.train builds for its steps, in order (as benchmarks/overhead.py's)."""
-    import harness.train as train_module
-
-    batches, original = [], train_module.make_batch
-
-    def recording(*args, **kwargs):
-        batch = original(*args, **kwargs)
-        batches.append(batch)
-        return batch
-
-    train_module.make_batch = recording
-    try:
-        yield batches
-    finally:
-        train_module.make_batch = original
 
 
 def measure(model: str = "default", variant: str = "multitask", steps: int = 20, warmup: int = 2,
