@@ -105,8 +105,8 @@ def read_loop_state(checkpoint: Path) -> LoopState:
 def resume_changes(recorded: dict, given: dict, where: Path) -> dict[str, tuple]:
     """Compares the settings a run was started with (`recorded`, from its checkpoint) with those
     given for its resume. A difference in a setting that changes what is trained is refused,
-    naming each setting and both values; the harmless differences (RESUME_MAY_CHANGE) are
-    returned as {setting: (recorded, given)} for the run's records."""
+    naming each setting and both values; the others (RESUME_MAY_CHANGE, and RESUME_LAYOUT, which
+    check_resume_layout checks) are returned as {setting: (recorded, given)} for the run's records."""
     from harness.config import ConfigError
 
     differ = {k: (recorded[k], given[k]) for k in recorded if k in given and recorded[k] != given[k]}

@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +103,11 @@ def resume_command(run: "Run") -> str:
     resume = ["train", "--resume", str(run.out_dir)]
     if run.accelerator.num_processes == 1 and not run.config.launch_config:
         return shlex.join(["mtl-bench", *resume])
-    from harness.launch_config import LAUNCHER_OVERRIDES, launcher_overrides
-
     launch = ["accelerate", "launch"]
     if run.config.launch_config:
         launch += ["--config_file", run.config.launch_config]
-        given = launcher_overrides()  # the flags it was launched with over the file's values, again
-        for option, key in LAUNCHER_OVERRIDES.items():
-            if key in given:
-                launch += [f"--{option}", str(given[key][0])]
+        for value, where in run.launch_overrides.values():  # where: "accelerate launch --num_processes"
+            launch += [where.removeprefix("accelerate launch "), str(value)]
     else:
         launch += ["--num_processes", str(run.accelerator.num_processes)]
     return shlex.join([*launch, "-m", "harness.cli", *resume])
@@ -159,6 +155,9 @@ class Run:
     started: float = 0.0  # perf_counter when this process started the run (or resumed it)
     seconds_before: float = 0.0  # training time of the segments before a resume
     tokenizer: Any = None
+    # Flags given to `accelerate launch` over the launch config's values ({key: (value, "accelerate
+    # launch --flag")}, from preflight_launch): recorded, and repeated in the command that resumes.
+    launch_overrides: dict = field(default_factory=dict)
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -233,7 +232,9 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
     # with, as given (before "auto" values are resolved below), never a resume's.
     state.config = state.config or {**asdict(config), "resume": ""}
     state.metrics = upgrade_metrics(state.metrics, lambda t: get_task(t).primary_metric)
-    launch = launch_asked = preflight_launch(config)
+    launch = preflight_launch(config)
+    overrides = {key: (value, where) for key, (value, where) in launch.items()
+                 if where.startswith("accelerate launch --")}
     # "auto" becomes what it resolved to, so the run's params record the precision it trained in.
     config.mixed_precision, precision_source = resolve_precision(config.mixed_precision, launch)
     accelerator = make_accelerator(config.grad_accum, config.batch_size, config.dist_timeout, config.max_grad_norm,
@@ -264,8 +265,6 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
     model, optimizer = accelerator.prepare(model, optimizer)
     counts = count_parameters(model)  # after prepare: true sizes even when ZeRO-3 has partitioned them
 
-    overrides = "; ".join(f"{key} {value} ({where})" for key, (value, where) in launch_asked.items()
-                          if where.startswith("accelerate launch --"))
     tracker = None
     if accelerator.is_main_process:
         tracker = RunTracker(resolve_tracking_uri(config.tracking_uri), config.experiment,
@@ -277,7 +276,8 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
                                    "mixed_precision": config.mixed_precision,
                                    "mixed_precision.source": precision_source,
                                    # Flags given to `accelerate launch` over the launch config's values.
-                                   **({"launch.overrides": overrides} if overrides else {}),
+                                   **({"launch.overrides": "; ".join(f"{key} {value} ({where})" for key, (value, where)
+                                                                     in overrides.items())} if overrides else {}),
                                    **sweep_tags(config)})
         if resume_from:
             tracker.resumed(state.step, changes or {}, sweep_tags(config))
@@ -308,7 +308,7 @@ def setup(config: TrainConfig, variant_config, resume_from: Path | None, changes
                for i, t in enumerate(tasks)},
               state, tracker, Path(config.output_dir) / state.run_id,
               accelerator.distributed_type == DistributedType.DEEPSPEED, variant_config,
-              TaskSteps(optimizer, config.inactive_tasks), tokenizer=tokenizer)
+              TaskSteps(optimizer, config.inactive_tasks), tokenizer=tokenizer, launch_overrides=overrides)
     if resume_from:
         accelerator.load_state(str(resume_from))
         run.sampler.load_state_dict(state.sampler)

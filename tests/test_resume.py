@@ -115,3 +115,19 @@ def test_replay_checks_the_store_it_sends_to(tmp_path):
     result = subprocess.run([sys.executable, "-m", "harness.cli", "replay", str(fallback)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"MLflow tracking server {uri} cannot be reached" in result.stderr
+
+
+def test_the_resume_command_repeats_how_the_run_was_launched():
+    """After a stop the run prints the command that continues it: the plain command for one process,
+    else `accelerate launch` with the launch config and the launcher's flags given over it."""
+    from types import SimpleNamespace
+
+    from harness.train import resume_command
+
+    run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1), config=SimpleNamespace(launch_config=""),
+                          out_dir="outputs/0123abcd", launch_overrides={})
+    assert resume_command(run) == "mtl-bench train --resume outputs/0123abcd"
+    run.accelerator.num_processes, run.config.launch_config = 2, "launch/ddp.yaml"
+    run.launch_overrides = {"world_size": (2, "accelerate launch --num_processes")}
+    assert resume_command(run) == ("accelerate launch --config_file launch/ddp.yaml --num_processes 2 -m harness.cli "
+                                   "train --resume outputs/0123abcd")
