@@ -367,7 +367,8 @@ def _add_sweep_parser(sub) -> None:
     c = sub.add_parser("compare", help="the study's table, statistics and plots from a sweep's or experiment's runs")
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--sweep", help="a sweep id (its finished child runs; outputs logged to its parent run)")
-    which.add_argument("--experiment", help="an experiment's finished runs, grouped by variant")
+    which.add_argument("--experiment", help="an experiment's finished runs, grouped by variant; several "
+                       "experiments joined by commas are compared as one")
     c.add_argument("--tracking-uri", default="", help="default: $MLFLOW_TRACKING_URI, else ./mlruns")
     c.add_argument("--out", default="", help="folder for the table and plots (default outputs/compare/<name>)")
     c.add_argument("--baseline", default=TrainConfig.variant, help="the variant others are compared with "

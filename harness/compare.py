@@ -98,11 +98,16 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
                                f"({sorted(p.info.experiment_id for p in parents)}); compare by --experiment instead")
         parent_id = parents[0].info.run_id
         runs = search_all_runs(client, [parents[0].info.experiment_id], f"tags.`{names.SWEEP_ID}` = '{sweep}'")
-    else:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise CompareError(f"no experiment {experiment!r} in {client.tracking_uri}")
-        runs = search_all_runs(client, [exp.experiment_id])
+    else:  # one experiment, or several joined by commas (a study's rows from more than one)
+        ids = []
+        for name in filter(None, (x.strip() for x in experiment.split(","))):
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise CompareError(f"no experiment {name!r} in {client.tracking_uri}")
+            ids.append(exp.experiment_id)
+        if not ids:
+            raise CompareError(f"--experiment {experiment!r}: no experiment named")
+        runs = search_all_runs(client, ids)
     runs = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) != names.PARENT_ROLE]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if len(finished) < len(runs):
@@ -655,7 +660,7 @@ def compare(sweep: str | None = None, experiment: str | None = None, tracking_ur
         raise CompareError("--select-over names the grid settings --select-best-by chooses among; give both")
     # A sweep's rows follow the order its file or command line listed the variants in.
     order = client.get_run(parent_id).data.params.get(names.SWEEP_VARIANTS, "").split(",") if parent_id else None
-    title = sweep or experiment
+    title = sweep or "+".join(x.strip() for x in experiment.split(",") if x.strip())
     folder = Path(out_dir or Path("outputs") / "compare" / title)
     folder.mkdir(parents=True, exist_ok=True)
     if baseline not in {r.variant for r in records}:

@@ -136,3 +136,28 @@ def test_bars_start_at_zero():
     cmp._floor(ax, [-0.2])
     assert ax.get_ylim()[0] == pytest.approx(-0.25)
     plt.close(fig)
+
+
+def test_experiments_joined_by_commas_are_compared_as_one_and_an_unknown_one_is_named(tracking_uri):
+    """A study's rows can come from several experiments (frozen-encoder runs beside fine-tuned ones)."""
+    from mlflow.tracking import MlflowClient
+
+    from harness import names
+
+    client = MlflowClient(tracking_uri)
+    for experiment, label in (("frozen", "multitask freeze_encoder=True"), ("tuned", "multitask")):
+        experiment_id = client.create_experiment(experiment)
+        for seed in (0, 1):
+            run = client.create_run(experiment_id, tags={names.VARIANT: "multitask", names.SEED: str(seed),
+                                                         names.SWEEP_LABEL: label})
+            client.log_param(run.info.run_id, names.TASKS_PARAM, "sst")
+            client.log_metric(run.info.run_id, names.primary_key("sst"), 0.3 + seed / 10)
+            client.log_metric(run.info.run_id, names.TASK_SPECIFIC_TOTAL, 0)
+            client.set_terminated(run.info.run_id)
+    records, _ = cmp.collect(client, experiment="frozen, tuned", out=lambda *_: None)
+    assert sorted((r.label, r.seed) for r in records) == [("multitask", 0), ("multitask", 1),
+                                                           ("multitask freeze_encoder=True", 0),
+                                                           ("multitask freeze_encoder=True", 1)]
+    assert {r.label for r in cmp.collect(client, experiment="tuned", out=lambda *_: None)[0]} == {"multitask"}
+    with pytest.raises(cmp.CompareError, match="no experiment 'nope'"):
+        cmp.collect(client, experiment="tuned,nope")
