@@ -88,9 +88,10 @@ def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_si
 
 # Settings a resume may change, since none of them changes what is trained: where records go and
 # what is shown, how often checkpoints are written and whether the last is kept, how long a rank
-# waits for a dead peer, where tokenised data is cached, whether the reported model is kept.
+# waits for a dead peer, where tokenised data is cached, whether the reported model is kept (and
+# registered).
 RESUME_MAY_CHANGE = ("resume", "progress", "tracking_uri", "system_metrics_interval", "checkpoint_every",
-                     "keep_checkpoint", "dist_timeout", "cache_dir", "save_model")
+                     "keep_checkpoint", "dist_timeout", "cache_dir", "save_model", "register_model")
 # The process layout: it may change as long as the examples per optimizer step stay the same
 # (check_resume_layout), e.g. a 2-process DDP run resumed on one process with twice the batch.
 RESUME_LAYOUT = ("batch_size", "grad_accum", "launch_config")

@@ -131,7 +131,10 @@ class TrainConfig:
                           "checkpoint), in the same MLflow run and with the settings it was started with (taken "
                           "from the checkpoint; a flag that would change what is trained is refused)")
     save_model: bool = setting(False, "log the reported epoch's model as the MLflow artifact model/, for "
-                               "`mtl-bench evaluate` and `predict`")
+                               "`mtl-bench evaluate` and `predict`, and as the MLflow model mlflow-model/ (a pyfunc: "
+                               "mlflow.pyfunc.load_model, mlflow models serve)")
+    register_model: str = setting("", "register the run's MLflow model (--save-model's mlflow-model/) in the tracking "
+                                  "store's Model Registry under this name, as a new version; needs --save-model")
     dist_timeout: int = setting(600, "seconds a process waits in a collective before giving up (a dead peer)")
     launch_config: str = setting("", "the Accelerate config launched with; checked against the processes "
                                  "obtained and against this run's settings")
@@ -177,6 +180,9 @@ class TrainConfig:
                               "context_fn gives a recomputed layer the variant's hook state; torch 2.13's dynamo: "
                               "'checkpoint not implemented for ... context_fn'); use --compile or "
                               "--gradient-checkpointing, not both")
+        if self.register_model and not self.save_model:
+            raise ConfigError(f"register_model: --register-model {self.register_model} registers the model the run "
+                              "saves; add --save-model")
         if self.head_input == "pooler" and self.pair_encoding == "separate":
             raise ConfigError("head_input: 'pooler' reads the [CLS] state of a joint encoding; with "
                               "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")

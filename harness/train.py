@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -457,13 +458,16 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
         # The reported epoch's, written by record_evaluation (also before a resume).
         for task in run.tasks:
             tracker.log_artifact(out_dir / names.PREDICTIONS / names.predictions_file(task), names.PREDICTIONS)
-        if config.save_model:  # the reported epoch's, written by record_evaluation
+        if config.save_model:  # the reported epoch's, written by record_evaluation, and its MLflow model
+            from harness import mlflow_model
             from harness.trained import ARTIFACT_PATH
 
-            for path in sorted((out_dir / "model").rglob("*")):
-                if path.is_file():
-                    folder = path.parent.relative_to(out_dir / "model").as_posix()
-                    tracker.log_artifact(path, ARTIFACT_PATH if folder == "." else f"{ARTIFACT_PATH}/{folder}")
+            pyfunc = mlflow_model.save_mlflow_model(out_dir / "model", out_dir / mlflow_model.ARTIFACT_PATH)
+            for source, artifact_path in ((out_dir / "model", ARTIFACT_PATH), (pyfunc, mlflow_model.ARTIFACT_PATH)):
+                for path in sorted(source.rglob("*")):
+                    if path.is_file():
+                        folder = path.parent.relative_to(source).as_posix()
+                        tracker.log_artifact(path, artifact_path if folder == "." else f"{artifact_path}/{folder}")
         tracker.log_metrics({**dev_metric_names(run.state.metrics), names.REPORTED_EPOCH: run.state.metrics_epoch,
                              **(dev_metric_names(run.state.validation_metrics, names.VALIDATION)
                                 if run.state.validation_metrics else {})}, step=run.state.step)
@@ -477,11 +481,32 @@ def finish(run: Run, step_seconds: list[float], started: float, train_seconds: f
         tracker.log_metrics({names.TRAIN_SECONDS: train_seconds, "time/total_seconds": time.perf_counter() - started,
                              "time/step_median_seconds": float(np.median(step_seconds)) if step_seconds else 0.0,
                              "memory/peak_rss_mb": peak_rss_mb()}, step=run.state.step)
-        tracker.finish("FINISHED", fallback_dir=out_dir)
+        unsent = tracker.finish("FINISHED", fallback_dir=out_dir)
+        if config.register_model:
+            register_model(tracker, config.register_model, unsent)
         if not config.keep_checkpoint:
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         accelerator.print(f"MLflow run {tracker.run_id} in {tracker.tracking_uri}")
     accelerator.wait_for_everyone()
+
+
+def register_model(tracker: RunTracker, name: str, unsent: Path | None) -> None:
+    """--register-model: the run's MLflow model as a new version of `name` in the store's Model
+    Registry. The run is recorded whatever happens here: a failure is reported, not raised."""
+    from harness.mlflow_model import ARTIFACT_PATH, register
+
+    how = f"register it later with mlflow.register_model('runs:/{tracker.run_id}/{ARTIFACT_PATH}', '{name}')"
+    if unsent:
+        print(f"warning: model not registered as {name!r}: the run's records (its model among them) are waiting in "
+              f"{unsent}; send them with `mtl-bench replay`, then {how}", file=sys.stderr)
+        return
+    try:
+        version = register(tracker.tracking_uri, tracker.run_id, name)
+    except Exception as exc:
+        print(f"warning: model not registered as {name!r} ({type(exc).__name__}: {str(exc)[:500]}); {how}",
+              file=sys.stderr)
+        return
+    print(f"registered model {name!r} version {version.version}: models:/{name}/{version.version}")
 
 
 def train(config: TrainConfig) -> dict[str, float]:

@@ -20,6 +20,9 @@ A run whose store was moved (a SQLite store with its `artifacts/` folder beside 
 lays them out) is read from the new place: the artifact URIs MLflow recorded are absolute, so a
 run's artifacts are looked for beside the database when the recorded folder is gone.
 
+Beside it the run logs `mlflow-model/`, the same model as an MLflow pyfunc model that predicts as
+`predict` does (harness/mlflow_model.py).
+
 `mtl-bench evaluate RUN_ID` scores dev again or predicts the test split (writing the tasks'
 prediction files, for the handout tasks the starter's submission files); `mtl-bench predict`
 prints predictions for sentences given on the command line or in a file.
@@ -440,13 +443,26 @@ def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str
     return examples
 
 
+def predict_examples(trained: Trained, task: str, examples: list[tuple[str, ...]],
+                     accelerator=None) -> tuple[list[float], list[float]]:
+    """The prediction and score of each example (a tuple of the task's one or two texts) for `task`,
+    as `predict` (and the MLflow model, harness/mlflow_model.py) gives them: the class and its
+    probability, or a regression task's value (twice)."""
+    from harness.data import TaskRows, pad_id_of, tokenize_rows
+    from harness.evaluation import predict_dataset
+
+    spec, config = trained.model.specs[task], trained.config
+    rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
+    dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
+    accelerator = accelerator or _accelerator()
+    trained.model.to(accelerator.device)
+    return predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
+
+
 def predict_run(run_id: str, task: str, texts: list[str], file: str | None = None, tracking_uri: str = "",
                 out=print, base: str = "") -> list[tuple[float, float]]:
     """Prints `prediction <tab> score <tab> text` per example (score: the predicted class's
     probability, or the predicted value of a regression task)."""
-    from harness.data import TaskRows, pad_id_of, tokenize_rows
-    from harness.evaluation import predict_dataset
-
     with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
         # First what the run trained: a task it did not train is refused whether or not it is registered here.
         if task not in meta["tasks"]:
@@ -454,12 +470,8 @@ def predict_run(run_id: str, task: str, texts: list[str], file: str | None = Non
                                     f"{', '.join(meta['tasks'])} (--task)")
         examples = read_inputs(task, texts, file)
         trained = load_model(model_folder, base=base)
-    spec, config = trained.model.specs[task], trained.config
-    rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
-    dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
-    accelerator = _accelerator()
-    trained.model.to(accelerator.device)
-    preds, scores = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
+    spec = trained.model.specs[task]
+    preds, scores = predict_examples(trained, task, examples)
     for pred, score, example in zip(preds, scores, examples):
         shown = int(pred) if spec.kind == "classification" else round(pred, 4)
         out(f"{shown}\t{score:.4f}\t{' ||| '.join(example)}")
