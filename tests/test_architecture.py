@@ -15,7 +15,7 @@ LAYERS = {
     "variants": ["variants"],
     "parts": ["harness.model", "harness.data", "harness.params", "harness.optim", "harness.distributed",
               "harness.checkpoint", "harness.tracking", "harness.evaluation", "harness.power"],
-    "runs": ["harness.train", "harness.trained", "harness.export", "harness.compare", "harness.quora_split", "harness.sweeps"],
+    "runs": ["harness.train", "harness.trained", "harness.export", "harness.mlflow_model", "harness.compare", "harness.quora_split", "harness.sweeps"],
     "cli": ["harness.cli"],
 }
 
