@@ -4,6 +4,8 @@ run with a child run per job.
 Read in this order:
 - `spec.py`: a sweep file or command line (`SweepSpec`), expanded into `Job`s, and the sweep's
   files (jobs.json, one config.json per job).
+- `labels.py`: a job's label (the variant, then its grid values as setting=value), built and read
+  back; `mtl-bench compare` groups a sweep's seeds by it.
 - `records.py`: the MLflow parent run and the job runs below it.
 - `job.py`: what runs one job wherever an executor puts it (`python -m harness.sweeps.job FILE
   INDEX`): `accelerate launch` of the harness with the job's config file, resumed from the job's

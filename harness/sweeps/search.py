@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError
-from harness.sweeps.spec import OPTION, SAMPLERS, Job, SweepSpec, label_value, make_job, option_name, split_values
+from harness.sweeps.labels import extend_label
+from harness.sweeps.spec import OPTION, SAMPLERS, Job, SweepSpec, make_job, option_name, split_values
 
 
 def searched(job: Job, name: str) -> Any:
@@ -220,7 +221,7 @@ class Search:
             for _ in range(wanted * ATTEMPTS):
                 trial = study.ask(self.distributions)
                 values = {name: self._value(name, trial.params[name]) for name in self.space}
-                label = " ".join([start.label] + [f"{k}={label_value(v)}" for k, v in values.items()])
+                label = extend_label(start.label, values)
                 job = trial_job(len(self.jobs), self.spec.name, label, start, values)
                 if job.key in keys:  # tried already (or asked this round): draw again
                     continue

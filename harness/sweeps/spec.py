@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import SWEEP_FIELDS, ConfigError, TrainConfig, convert_setting, resolve_config, write_config
+from harness.sweeps.labels import make_label
 from harness.values import convert, parse_pair
 
 # Fields a sweep decides for each job itself, so a sweep file or --set cannot give them.
@@ -90,11 +91,6 @@ def split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     """Grid or search values as (training settings, variant options)."""
     settings = {k: v for k, v in values.items() if option_name(k) is None}
     return settings, {option_name(k): v for k, v in values.items() if option_name(k) is not None}
-
-
-def label_value(value: Any) -> str:
-    """A value as a job's label shows it: one token (a list option's items joined by commas)."""
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _option_types(variants: list[str]) -> dict[str, dict[str, Any]]:
@@ -341,7 +337,7 @@ def expand(spec: SweepSpec) -> list[Job]:
         grid_keys = sorted(k for k in grid if option_name(k) is None or option_name(k) in fields)
         for point in itertools.product(*(grid[k] for k in grid_keys)):
             grid_values = dict(zip(grid_keys, point))
-            label = " ".join([variant] + [f"{k}={label_value(v)}" for k, v in grid_values.items()])
+            label = make_label(variant, grid_values)
             settings, options = split_values(grid_values)
             for seed in spec.seeds:
                 jobs.append(make_job(len(jobs), spec.name, label, variant, seed, {**spec.set, **settings},
