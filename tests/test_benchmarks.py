@@ -154,3 +154,27 @@ def test_gpu_check_knows_the_bf16_peak_of_common_gpus(monkeypatch):
     assert known_peak("NVIDIA A100-SXM4-80GB")[0] == 312.0
     assert known_peak("NVIDIA L40S")[0] == 362.0 and known_peak("NVIDIA L4")[0] == 121.0
     assert known_peak("Tesla V100-SXM2-16GB") == (None, "unknown")  # no bf16
+
+
+def test_the_sts_equal_budget_benchmark_runs_both_loops_per_seed_and_reports_medians_and_differences(
+        tiny_bert, small_data):
+    out = run_benchmark("benchmarks/sts_equal_budget.py", "--model", str(tiny_bert), "--data-dir", str(small_data),
+                        "--seeds", "0", "1", "--batches-per-epoch", "1",
+                        "--runs", "plain", "plain:clip=1.0,head_dropout=0.1,sampling=epochs", "harness:max_grad_norm=0")
+    per_seed = [line for line in out.splitlines() if " seed " in line and line.endswith(" s)")]
+    assert [line.split()[0] for line in per_seed] == ["plain", "plain", "plain:clip=1.0,head_dropout=0.1,sampling=epochs",
+                                                      "plain:clip=1.0,head_dropout=0.1,sampling=epochs",
+                                                      "harness:max_grad_norm=0", "harness:max_grad_norm=0"]
+    for line in per_seed:
+        fields = line.split(" seed ")[1].split(":", 1)[1].split("(")[0].split()  # "sst 0.25  quora 0.6  sts 0.01"
+        scores = dict(zip(fields[::2], map(float, fields[1::2])))
+        assert set(scores) == {"sst", "quora", "sts"} and all(-1 <= v <= 1 for v in scores.values())
+    summary = out.split("medians over seeds [0, 1]")[1].splitlines()
+    assert summary[1].startswith("plain ") and "diff" not in summary[1]
+    assert all(line.count("(diff ") == 3 for line in summary[2:4])
+
+
+def test_the_sts_equal_budget_benchmark_refuses_a_setting_plain_does_not_have():
+    result = subprocess.run([sys.executable, "benchmarks/sts_equal_budget.py", "--runs", "plain:dropout=0.1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "plain has no setting ['dropout']" in result.stderr
