@@ -98,8 +98,9 @@ def _typed(name: str):
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field: its help text, its choices where the set is closed, its default."""
     parser.add_argument("--config", metavar="FILE", default=None,
-                        help="a JSON file of settings (as `mtl-bench sweep` writes for each job: "
-                             "<job folder>/config.json); flags given beside it replace its values")
+                        help="a YAML or JSON file of settings (.yaml/.yml or .json; as `mtl-bench sweep` "
+                             "writes for each job: <job folder>/config.json); flags given beside it replace its "
+                             "values")
     hints = setting_types()
     in_profiles = {name for values in PROFILES.values() for name in values}
     sweep_group = parser.add_argument_group("set by `mtl-bench sweep` for each of its jobs")
@@ -309,7 +310,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare
+    from harness.analysis import compare
 
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
             baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by,
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(exc: Exception) -> int | None:
     """Errors the user can act on get a one-line message and an exit code instead of a traceback."""
-    from harness.compare import CompareError
+    from harness.analysis import CompareError
     from harness.data import DataError
     from harness.launch_config import LaunchError
     from harness.model import ModelError

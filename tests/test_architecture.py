@@ -15,7 +15,7 @@ LAYERS = {
     "variants": ["variants"],
     "parts": ["harness.model", "harness.data", "harness.params", "harness.optim", "harness.distributed",
               "harness.checkpoint", "harness.tracking", "harness.evaluation", "harness.power"],
-    "runs": ["harness.train", "harness.trained", "harness.export", "harness.mlflow_model", "harness.compare", "harness.quora_split", "harness.sweeps"],
+    "runs": ["harness.train", "harness.trained", "harness.export", "harness.mlflow_model", "harness.analysis", "harness.quora_split", "harness.sweeps"],
     "cli": ["harness.cli"],
 }
 
@@ -87,10 +87,10 @@ def test_sweeps_reach_training_only_through_a_launched_process():
 def test_the_import_check_resolves_relative_imports_and_sees_imports_inside_functions():
     """What the two rules above read: a relative import is the module it names, wherever it stands."""
     source = ("from .spec import Job\nfrom . import search\n"
-              "def run():\n    from ..train import train\n    from .. import model\n    import harness.compare\n")
+              "def run():\n    from ..train import train\n    from .. import model\n    import harness.analysis\n")
     found = imports(REPO / "harness" / "sweeps" / "run.py", source)
     assert set(found) >= {("harness.sweeps.spec", True), ("harness.sweeps.search", True), ("harness.train", False),
-                          ("harness.model", False), ("harness.compare", False)}
+                          ("harness.model", False), ("harness.analysis", False)}
     package = imports(REPO / "harness" / "sweeps" / "__init__.py",
                       "from .run import run_sweep\nfrom ..cli import main\n")
     assert {"harness.sweeps.run", "harness.cli"} <= {name for name, _ in package}

@@ -7,7 +7,7 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from test_sweep import child_runs, sweep_cli
 
-from harness.compare import compare
+from harness.analysis import compare
 from harness.config import ConfigError
 from harness.sweeps import expand, load_spec
 from harness.sweeps.search import Search, study_of
@@ -312,8 +312,8 @@ def test_a_search_sweep_runs_rounds_of_trials_as_child_runs_and_goes_on_where_it
     rows = compare(sweep="search", tracking_uri=tracking_uri, out_dir=str(tmp_path / "compare"), resamples=100,
                    out=lambda *_: None, select_best_by="validation", select_over=("lr",))
     best = max(children, key=lambda r: r.data.metrics["val/overall"])
-    assert [r["variant"] for r in rows] == ["multitask"]
-    assert rows[0]["overall_mean"] == pytest.approx(best.data.metrics["dev/overall"])
+    assert [r.variant for r in rows] == ["multitask"]
+    assert rows[0].overall.mean == pytest.approx(best.data.metrics["dev/overall"])
 
 
 OPTIONS = """name: options

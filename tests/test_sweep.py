@@ -1,6 +1,5 @@
 """Sweeps on the local executor, and `mtl-bench compare` on their runs (real MLflow store)."""
 import csv
-import itertools
 import json
 import os
 import subprocess
@@ -12,9 +11,10 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from harness.compare import bootstrap_difference, compare
+from harness.analysis import compare
 from harness.config import ConfigError
 from harness.sweeps import expand, load_spec
+from harness.sweeps.labels import parse_label
 
 TINY = ["--set", "epochs=1", "--set", "batches_per_epoch=3", "--set", "batch_size=4", "--set", "max_length=32"]
 
@@ -96,42 +96,6 @@ def test_the_study_sweep_files_expand_to_nine_variants_by_three_seeds():
         assert len({j.variant for j in jobs}) == 9
 
 
-def _predictions(labels, correct_fraction, rng):
-    labels = np.asarray(labels, dtype=float)
-    pred = labels.copy()
-    wrong = rng.random(len(labels)) > correct_fraction
-    pred[wrong] = (labels[wrong] + 1) % 5
-    return {"ids": [str(i) for i in range(len(labels))], "pred": pred, "label": labels}
-
-
-def _sts(labels, noise, rng):
-    labels = np.asarray(labels, dtype=float)
-    return {"ids": [str(i) for i in range(len(labels))], "pred": labels + rng.normal(0, noise, len(labels)),
-            "label": labels}
-
-
-def test_the_paired_bootstrap_separates_a_real_difference_from_noise():
-    rng = np.random.default_rng(0)
-    n = 800
-    sst, quora, sts = rng.integers(0, 5, n), rng.integers(0, 2, n), rng.uniform(0, 5, n)
-
-    def model(accuracy, noise):
-        return {"sst": _predictions(sst, accuracy, rng), "quora": _predictions(quora, accuracy, rng),
-                "sts": _sts(sts, noise, rng)}
-
-    same = model(0.6, 1.5)
-    observed, low, high = bootstrap_difference([(same, same)], ["sst", "quora", "sts"], resamples=200)
-    assert observed == 0 and low == 0 and high == 0
-    # Two models of the same quality, different mistakes: the interval straddles 0.
-    observed, low, high = bootstrap_difference([(model(0.6, 1.5), model(0.6, 1.5)) for _ in range(2)],
-                                               ["sst", "quora", "sts"], resamples=300)
-    assert low < 0 < high
-    # A clearly better model: the whole interval is above 0, around the observed difference.
-    observed, low, high = bootstrap_difference([(model(0.8, 0.5), model(0.6, 1.5))], ["sst", "quora", "sts"],
-                                               resamples=300)
-    assert 0 < low < observed < high
-
-
 @pytest.mark.slow
 def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds_the_table(
         tmp_path, tiny_bert, small_data, tracking_uri):
@@ -164,27 +128,28 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
 
     out = tmp_path / "compare"
     rows = compare(sweep="local-test", tracking_uri=tracking_uri, out_dir=str(out), resamples=200, out=lambda *_: None)
-    by_variant = {r["variant"]: r for r in rows}
+    by_variant = {r.variant: r for r in rows}
     assert set(by_variant) == {"multitask", "pals-top"}
     client = MlflowClient(tracking_uri)
     for variant, row in by_variant.items():
         runs = [r for r in children if r.data.tags["variant"] == variant]
         overall = [r.data.metrics["dev/overall"] for r in runs]
-        assert row["n"] == 2
-        assert row["overall_mean"] == pytest.approx(np.mean(overall))
-        assert row["overall_std"] == pytest.approx(np.std(overall, ddof=1))
-    pals = by_variant["pals-top"]
-    assert pals["task_specific_params"] > 0 and by_variant["multitask"]["task_specific_params"] == 0
-    assert pals["paired_seeds"] == 2 and not np.isnan(pals["p_seeds"]) and pals["ci_low"] < pals["ci_high"]
-    assert pals["p_seeds_holm"] == pytest.approx(pals["p_seeds"])  # one comparison: Holm changes nothing
-    noise = pals["ci_low"] <= 0 <= pals["ci_high"] or pals["p_seeds_holm"] >= 0.05
-    assert (pals["verdict"] == "within noise") == noise
+        assert row.n == 2
+        assert row.overall.mean == pytest.approx(np.mean(overall))
+        assert row.overall.std == pytest.approx(np.std(overall, ddof=1))
+    pals, stats = by_variant["pals-top"], by_variant["pals-top"].stats
+    assert pals.task_specific_params > 0 and by_variant["multitask"].task_specific_params == 0
+    assert stats["paired_seeds"] == 2 and not np.isnan(stats["p_seeds"]) and stats["ci"].low < stats["ci"].high
+    assert stats["p_seeds_holm"] == pytest.approx(stats["p_seeds"])  # one comparison: Holm changes nothing
+    noise = stats["ci"].low <= 0 <= stats["ci"].high or stats["p_seeds_holm"] >= 0.05
+    assert (stats["verdict"] == "within noise") == noise
     sst = [np.mean([r.data.metrics["dev/sst/accuracy"] for r in children if r.data.tags["variant"] == v])
            for v in ("pals-top", "multitask")]
-    assert pals["delta_sst"] == pytest.approx(sst[0] - sst[1])
+    sst_difference = stats["task_differences"]["sst"]
+    assert sst_difference.delta == pytest.approx(sst[0] - sst[1])
     # Two seeds of a tiny model may predict SST identically (an interval of width 0): the interval
     # must still hold the measured difference.
-    assert pals["ci_low_sst"] <= pals["delta_sst"] <= pals["ci_high_sst"]
+    assert sst_difference.ci.low <= sst_difference.delta <= sst_difference.ci.high
     with open(out / "compare.csv") as fp:
         assert [r["variant"] for r in csv.DictReader(fp)] == ["multitask", "pals-top"]
     assert "| pals-top | 2 |" in (out / "compare.md").read_text()
@@ -198,14 +163,6 @@ def test_a_local_sweep_records_child_runs_skips_finished_jobs_and_compare_builds
             "compare/per_task.png"} <= logged
     jobs = json.loads((tmp_path / "outputs" / "sweeps" / "local-test" / "jobs.json").read_text())
     assert len(jobs["jobs"]) == 4
-
-
-def test_compare_names_a_sweep_that_is_not_in_the_store(tracking_uri):
-    from harness.compare import CompareError
-
-    MlflowClient(tracking_uri).search_experiments()  # creates the store
-    with pytest.raises(CompareError, match="no sweep 'nope'"):
-        compare(sweep="nope", tracking_uri=tracking_uri, out=lambda *_: None)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -459,95 +416,6 @@ def test_a_job_runs_from_its_config_file_which_holds_its_settings_options_and_pl
         read_config(bad)
 
 
-@pytest.mark.parametrize("row, test, verdict", [
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "both", "better"),
-    (dict(delta_overall=-0.02, ci_low=-0.03, ci_high=-0.01, p_seeds=0.01, p_seeds_holm=0.01), "both", "worse"),
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.20, p_seeds_holm=0.20), "both", "within noise"),
-    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "both", "within noise"),
-    (dict(delta_overall=0.02, ci_low=-0.01, ci_high=0.03, p_seeds=0.01, p_seeds_holm=0.01), "seeds", "better"),
-    # raw p below 0.05, Holm-adjusted not: the adjusted one decides
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.03, p_seeds_holm=0.09), "both", "within noise"),
-    (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=float("nan"), p_seeds_holm=float("nan")),
-     "both", "better"),  # 1 seed
-])
-def test_a_difference_is_called_only_when_every_test_that_ran_finds_it(row, test, verdict):
-    from harness.compare import _verdict
-
-    assert _verdict(row, test) == verdict
-
-
-@pytest.mark.parametrize("raw, adjusted", [
-    ([0.01, 0.04, 0.03, 0.20], [0.04, 0.09, 0.09, 0.20]),  # 4*0.01; 3*0.03; max(2*0.04, 0.09); 1*0.20
-    ([0.4, 0.5, 0.6], [1.0, 1.0, 1.0]),  # 1.2, 1.0, 0.6 -> capped at 1, then kept monotone
-    ([0.01, float("nan"), 0.04], [0.02, float("nan"), 0.04]),  # no t-test: NaN, and not counted in m
-    ([0.03], [0.03]),  # one comparison: nothing to correct
-    ([], []),
-])
-def test_holm_adjusts_p_values_step_down_monotone_and_capped_at_1(raw, adjusted):
-    from harness.compare import holm
-
-    result = holm(raw)
-    assert result == pytest.approx(adjusted, nan_ok=True)
-    tested = sorted((p, a) for p, a in zip(raw, result) if not np.isnan(p))
-    assert all(a1 <= a2 <= 1 for (_, a1), (_, a2) in itertools.pairwise(tested))
-    assert all(a >= p for p, a in tested)
-
-
-def _records(deltas: dict[str, list[float]]) -> list:
-    """Synthetic runs: the baseline and each variant at seeds 0-2, overall = baseline's + delta."""
-    from harness.compare import RunRecord
-
-    base = [0.50, 0.52, 0.54]
-    records = [RunRecord(f"multitask-{s}", "multitask", "multitask", s, {}, base[s], 0, 1.0, 60.0) for s in range(3)]
-    for variant, ds in deltas.items():
-        records += [RunRecord(f"{variant}-{s}", variant, variant, s, {}, base[s] + d, 10, 1.1, 60.0)
-                    for s, d in enumerate(ds)]
-    return records
-
-
-def test_a_variant_beyond_noise_before_the_holm_correction_and_not_after_is_within_noise():
-    from harness.compare import ALPHA, caption, markdown_table, summarise
-
-    clear = [0.100, 0.101, 0.102]  # t ~ 175: beyond noise after any correction
-    marginal = [0.015, 0.030, 0.0225]  # t ~ 5.2, 2 df: raw p ~ 0.035
-    noise = {"pals-parallel": [0.01, -0.02, 0.005], "combined": [-0.01, 0.02, 0.0]}
-
-    alone = {r["variant"]: r for r in summarise(_records({"pals-top": marginal}), "multitask", "seeds", 0)}
-    assert alone["pals-top"]["p_seeds"] < ALPHA
-    assert alone["pals-top"]["p_seeds_holm"] == pytest.approx(alone["pals-top"]["p_seeds"])  # 1 comparison
-    assert alone["pals-top"]["verdict"] == "better"
-
-    rows = summarise(_records({"embert": clear, "pals-top": marginal, **noise}), "multitask", "seeds", 0)
-    by = {r["variant"]: r for r in rows}
-    pals = by["pals-top"]
-    assert pals["p_seeds"] == pytest.approx(alone["pals-top"]["p_seeds"])
-    assert pals["p_seeds"] < ALPHA <= pals["p_seeds_holm"]  # 2nd smallest of 4: 3 x raw
-    assert pals["p_seeds_holm"] == pytest.approx(3 * pals["p_seeds"])
-    assert pals["verdict"] == "within noise"
-    assert by["embert"]["p_seeds_holm"] < ALPHA and by["embert"]["verdict"] == "better"
-    assert by["multitask"]["verdict"] == "" and np.isnan(by["multitask"]["p_seeds_holm"])
-    assert list(pals).index("p_seeds_holm") == list(pals).index("p_seeds") + 1  # next to the raw one in the CSV
-
-    table = markdown_table(rows, "multitask", "seeds")
-    assert "| p (paired t, seeds) | p Holm-adjusted |" in table
-    assert f"| {pals['p_seeds']:.3f} | {pals['p_seeds_holm']:.3f} |" in table
-    assert "Holm (step-down) is applied to the t-test p-values across the 4 comparison(s)" in caption(
-        rows, "multitask", "seeds")
-
-
-def test_compare_orders_rows_by_the_sweeps_variant_order_else_baseline_first_then_by_parameter_cost():
-    """A plugin variant sorts by what it costs, not last behind a fixed list of in-tree names."""
-    from harness.compare import RunRecord, summarise
-
-    costs = {"multitask": 0, "pals-top": 900, "lowrank-plugin": 40, "embert": 3}
-    records = [RunRecord(f"{v}-{s}", v, v, s, {}, 0.5 + 0.01 * s, n, 1.0, 60.0)
-               for v, n in costs.items() for s in range(2)]
-    rows = summarise(records, "multitask", "seeds", 0)
-    assert [r["variant"] for r in rows] == ["multitask", "embert", "lowrank-plugin", "pals-top"]
-    rows = summarise(records, "multitask", "seeds", 0, order=["pals-top", "multitask", "lowrank-plugin"])
-    assert [r["variant"] for r in rows] == ["pals-top", "multitask", "lowrank-plugin", "embert"]
-
-
 def test_an_executor_is_one_class_the_sweep_command_and_run_sweep_use_without_knowing_it(tmp_path, monkeypatch):
     """A new executor needs no change elsewhere: registered, it is an --executor choice with its own
     options, and run_sweep drives it through check, active, submit and wait."""
@@ -659,91 +527,6 @@ def test_a_variant_grid_replaces_only_the_settings_it_names_and_keeps_the_rest_o
     assert all(j.settings.get("freeze_encoder") is False for j in confirm if j.variant == "lora")
 
 
-def test_select_best_breaks_a_tie_on_validation_by_the_first_label_in_order():
-    """The documented tie rule (harness/compare.py select_best): of grid points with the same
-    validation score, the first label in sorted order wins, whatever the order the runs come in."""
-    from harness.compare import RunRecord, select_best
-
-    def record(label, seed, dev, validation):
-        return RunRecord(f"{label}-{seed}", label, label.split()[0], seed, {}, dev, 0, 1.0, 60.0,
-                         validation=validation)
-
-    tied = [record("multitask lr=1e-05", 0, 0.61, 0.70), record("multitask lr=0.001", 0, 0.55, 0.70),
-            record("multitask lr=0.0001", 0, 0.80, 0.60)]
-    assert sorted(r.label for r in tied)[0] == "multitask lr=0.0001"  # the first label overall, but not tied
-    for runs in (tied, tied[::-1], [tied[1], tied[0], tied[2]]):
-        selected, chosen = select_best(runs)
-        assert [(r.label, r.overall) for r in selected] == [("multitask", 0.55)]  # lr=0.001 < lr=1e-05
-        assert [c["point"] for c in chosen] == ["lr=0.001"]
-
-
-def test_select_best_by_validation_takes_each_variants_best_point_per_seed_and_reports_its_dev():
-    from harness.compare import CompareError, RunRecord, select_best, summarise
-
-    def record(variant, point, seed, dev, validation):
-        label = f"{variant} lr={point}"
-        return RunRecord(f"{label}-{seed}", label, variant, seed, {}, dev, 0 if variant == "multitask" else 10,
-                         1.0, 60.0, validation=validation)
-
-    records = [  # pals-top's best point on validation differs by seed; its best dev point is never chosen
-        record("multitask", 1e-5, 0, 0.60, 0.61), record("multitask", 3e-5, 0, 0.62, 0.60),
-        record("multitask", 1e-5, 1, 0.61, 0.62), record("multitask", 3e-5, 1, 0.63, 0.60),
-        record("pals-top", 1e-4, 0, 0.70, 0.65), record("pals-top", 1e-3, 0, 0.75, 0.64),
-        record("pals-top", 1e-4, 1, 0.66, 0.60), record("pals-top", 1e-3, 1, 0.80, 0.66),
-    ]
-    selected, chosen = select_best(records)
-    assert {(r.variant, r.seed): (r.label, r.overall) for r in selected} == {
-        ("multitask", 0): ("multitask", 0.60), ("multitask", 1): ("multitask", 0.61),
-        ("pals-top", 0): ("pals-top", 0.70), ("pals-top", 1): ("pals-top", 0.80)}
-    assert [(c["variant"], c["seed"], c["point"], c["candidates"]) for c in chosen] == [
-        ("multitask", 0, "lr=1e-05", 2), ("multitask", 1, "lr=1e-05", 2), ("pals-top", 0, "lr=0.0001", 2),
-        ("pals-top", 1, "lr=0.001", 2)]
-    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
-    assert rows["pals-top"]["delta_overall"] == pytest.approx(((0.70 - 0.60) + (0.80 - 0.61)) / 2)
-    with pytest.raises(CompareError, match="1 run\\(s\\) have no val/overall metric .*pals-top lr=0.001 seed 1"):
-        select_best(records[:-1] + [record("pals-top", 1e-3, 1, 0.80, None)])
-    # NaN (a constant predictor's correlation) is a score, the worst: never chosen over a number.
-    with_nan = [record("pals-top", 1e-4, 1, 0.66, float("nan")) if (r.variant, r.seed, r.overall) == (
-        "pals-top", 1, 0.66) else r for r in records]
-    selected, _ = select_best(with_nan)
-    assert {(r.variant, r.seed): r.overall for r in selected}[("pals-top", 1)] == 0.80
-
-
-def test_select_over_keeps_the_other_grid_settings_as_rows_of_their_own():
-    """lr x freeze_encoder for lora only: selecting over lr gives a frozen and a fine-tuned lora row,
-    each at its own best lr, both compared with the baseline's row (which has no freeze_encoder)."""
-    from harness.compare import CompareError, RunRecord, select_best, summarise
-
-    def record(label, seed, dev, validation):
-        return RunRecord(f"{label}-{seed}", label, label.split()[0], seed, {}, dev, 10, 1.0, 60.0,
-                         validation=validation)
-
-    records = [record("multitask lr=1e-05", s, 0.60, 0.60) for s in (0, 1)] + [
-        record("multitask lr=3e-05", s, 0.65, 0.50) for s in (0, 1)] + [
-        record("lora freeze_encoder=False lr=0.0001", s, 0.70, 0.70) for s in (0, 1)] + [
-        record("lora freeze_encoder=False lr=0.001", s, 0.50, 0.40) for s in (0, 1)] + [
-        record("lora freeze_encoder=True lr=0.0001", s, 0.55, 0.50) for s in (0, 1)] + [
-        record("lora freeze_encoder=True lr=0.001", s, 0.62 + s / 100, 0.60) for s in (0, 1)]
-    selected, chosen = select_best(records, ("lr",))
-    assert sorted({r.label for r in selected}) == ["lora freeze_encoder=False", "lora freeze_encoder=True",
-                                                   "multitask"]
-    assert {(c["variant"], c["seed"]): c["point"] for c in chosen}[("lora freeze_encoder=True", 1)] == "lr=0.001"
-    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
-    assert rows["lora freeze_encoder=True"]["delta_overall"] == pytest.approx((0.62 + 0.63) / 2 - 0.60)
-    assert rows["lora freeze_encoder=False"]["delta_overall"] == pytest.approx(0.10)
-    # Every grid point a row of its own: lora is compared with multitask at the same lr, whatever
-    # its freeze_encoder (a setting multitask does not have).
-    plain = records + [record("lora freeze_encoder=True lr=1e-05", s, 0.58, 0.5) for s in (0, 1)]
-    rows = {r["variant"]: r for r in summarise(plain, "multitask", "seeds", 0)}
-    assert rows["lora freeze_encoder=True lr=1e-05"]["delta_overall"] == pytest.approx(0.58 - 0.60)
-    assert rows["lora freeze_encoder=True lr=1e-05"]["paired_seeds"] == 2
-    assert rows["lora freeze_encoder=True lr=0.001"]["paired_seeds"] == 0  # multitask has no lr=0.001
-    # Without --select-over every grid setting is chosen among: one lora row.
-    assert sorted({r.label for r in select_best(records)[0]}) == ["lora", "multitask"]
-    with pytest.raises(CompareError, match=r"--select-over: \['lrr'\] not among the grid settings"):
-        select_best(records, ("lrr",))
-
-
 @pytest.mark.slow
 def test_a_grid_sweep_with_a_validation_split_is_compared_at_each_variants_best_point(
         tmp_path, tiny_bert, small_data, tracking_uri):
@@ -761,13 +544,13 @@ def test_a_grid_sweep_with_a_validation_split_is_compared_at_each_variants_best_
     out = tmp_path / "compare"
     rows = compare(sweep="fair", tracking_uri=tracking_uri, out_dir=str(out), resamples=100, out=lambda *_: None,
                    select_best_by="validation")
-    assert [r["variant"] for r in rows] == ["multitask", "pals-top"]
+    assert [r.variant for r in rows] == ["multitask", "pals-top"]
     for row in rows:
-        runs = [r for r in children if r.data.tags["variant"] == row["variant"]]
+        runs = [r for r in children if r.data.tags["variant"] == row.variant]
         best = max(runs, key=lambda r: r.data.metrics["val/overall"])
-        assert row["overall_mean"] == pytest.approx(best.data.metrics["dev/overall"])
-        point = best.data.tags["sweep.label"].split()[1]
-        assert f"| {row['variant']} | 0 | {point} | {best.data.metrics['val/overall']:.4f} | 2 |" in (
+        assert row.overall.mean == pytest.approx(best.data.metrics["dev/overall"])
+        (point,) = parse_label(best.data.tags["sweep.label"]).tokens
+        assert f"| {row.variant} | 0 | {point} | {best.data.metrics['val/overall']:.4f} | 2 |" in (
             out / "compare.md").read_text()
 
 
@@ -803,7 +586,7 @@ def test_a_variant_grid_varies_its_variants_options_next_to_the_shared_grid(tmp_
     assert {j.label for j in pals} == {f"pals-top lr={lr} variant.top_heads=2 variant.top_mode={mode}"
                                        for lr in (0.0001, 0.001) for mode in ("bert-layer", "pals-code")}
     assert all(j.options == {"pal_size": 12, "pal_heads": 2, "top_heads": 2,
-                             "top_mode": j.label.split("top_mode=")[1]} for j in pals)
+                             "top_mode": parse_label(j.label).values["variant.top_mode"]} for j in pals)
     lora = [j for j in jobs if j.variant == "lora"]  # a list option: one label token, its items joined
     assert {j.label for j in lora} == {f"lora lr={lr} variant.sites={sites}" for lr in (0.0001, 0.001)
                                        for sites in ("query,value", "query,key,value")}
@@ -850,26 +633,6 @@ def test_a_variant_options_value_its_variant_refuses_is_refused_before_anything_
             "['bert-layer', 'pals-code',") in str(error.value)
 
 
-def test_select_over_a_variant_option_chooses_among_the_labels_a_sweep_gives_its_jobs():
-    """compare reads a job's option from its label as it reads a setting: `--select-over variant.rank`
-    gives a lora row per lr, each at its best rank, paired with multitask at the same lr."""
-    from harness.compare import RunRecord, select_best, summarise
-
-    jobs = expand(load_spec(None, "s", ["multitask", "lora"], [0, 1], grid=["variant.rank=4,8,16", "lr=1e-4,1e-3"]))
-    rank = {4: 0.50, 8: 0.70, 16: 0.60}  # rank 8 best on validation; rank 16 best on dev (never chosen)
-    records = [RunRecord(j.key, j.label, j.variant, j.seed, {}, 0.9 if j.options.get("rank") == 16 else 0.6,
-                         10, 1.0, 60.0, validation=rank.get(j.options.get("rank"), 0.5)) for j in jobs]
-    selected, chosen = select_best(records, ("variant.rank",))
-    assert sorted({r.label for r in selected}) == ["lora lr=0.0001", "lora lr=0.001", "multitask lr=0.0001",
-                                                   "multitask lr=0.001"]
-    assert {c["point"] for c in chosen if c["variant"].startswith("lora")} == {"variant.rank=8"}
-    assert all(c["candidates"] == 3 for c in chosen if c["variant"].startswith("lora"))
-    rows = {r["variant"]: r for r in summarise(selected, "multitask", "seeds", 0)}
-    assert rows["lora lr=0.001"]["paired_seeds"] == 2 and rows["lora lr=0.001"]["delta_overall"] == pytest.approx(0)
-    # Without --select-over, lr and rank are chosen among together.
-    assert {c["point"].split()[-1] for c in select_best(records)[1] if c["variant"] == "lora"} == {"variant.rank=8"}
-
-
 def test_the_sweeps_parent_run_records_its_grid_of_variant_options(tmp_path, tracking_uri):
     from harness.sweeps.records import parent_run
 
@@ -914,3 +677,20 @@ def test_an_option_the_variants_type_differently_or_a_mapping_option_is_refused_
     assert load_spec(None, "s", ["lora"], [0], grid=["variant.size=1,2"]).grid["variant.size"] == ["1", "2"]
     with pytest.raises(ConfigError, match="grid 'variant.extra': option 'extra' is a mapping, not a value a sweep"):
         load_spec(None, "s", ["multitask"], [0], grid=["variant.extra=1"])
+
+
+def test_a_label_is_built_and_read_back_in_one_place():
+    """harness/sweeps/labels.py: the variant, then setting=value tokens (a list joined by commas);
+    the parser gives back the variant and the values as the label shows them."""
+    from harness.sweeps.labels import extend_label, make_label
+
+    label = make_label("lora", {"freeze_encoder": True, "lr": 0.001, "variant.sites": ["query", "value"]})
+    assert label == "lora freeze_encoder=True lr=0.001 variant.sites=query,value"
+    parsed = parse_label(label)
+    assert parsed.variant == "lora" and str(parsed) == label
+    assert parsed.values == {"freeze_encoder": "True", "lr": "0.001", "variant.sites": "query,value"}
+    assert str(parsed.keeping({"lr"})) == "lora lr=0.001"
+    assert extend_label("lora lr=0.001", {"variant.rank": 12}) == "lora lr=0.001 variant.rank=12"
+    assert make_label("multitask") == "multitask" and parse_label("multitask").grid == []
+    assert {j.label for j in expand(load_spec(None, "s", ["multitask"], [0], grid=["lr=1e-4,1e-3"]))} == {
+        make_label("multitask", {"lr": 0.0001}), make_label("multitask", {"lr": 0.001})}
