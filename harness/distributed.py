@@ -1,7 +1,7 @@
 """Accelerate set-up for one or many processes, and the checks that catch its silent modes.
 
 On a machine without GPUs several launch modes quietly give something other than what was
-asked for (see the README's "Distributed training"): `--cpu --num_processes 2` starts one
+asked for (see docs/distributed.md): `--cpu --num_processes 2` starts one
 process; a plain Accelerator under a multi-process launch gives independent single-process
 trainings; `cpu=True` silently drops the DeepSpeed plugin. `make_accelerator` picks the
 combination that works and `check_launch` compares what was obtained with what the launch

@@ -1,24 +1,11 @@
 """`mtl-bench export RUN_ID DIR`: a saved run's model as standard folders, usable without the harness.
 
-DIR holds:
-- `encoder/` (when the encoder trained, not with --freeze-encoder): a plain transformers
-  BertModel by `save_pretrained` (safetensors) with its tokenizer. A peft variant's adapters are
-  not in it (they are per task, below); `BertModel.from_pretrained(DIR/encoder)` loads it.
-- `<task>/head.safetensors` (`weight`, `bias`: the task's Linear head; none for a cosine head)
-  and `<task>/head.json`: what the head reads (`input`: "cls", the last layer's [CLS] state, or
-  "pooler"; `pair_encoding`), the task's kind, num_classes, binary_logit, label_range, and
-  max_length, so that outputs become predictions as `mtl-bench predict` makes them.
-- for the peft variants (lora, ia3) `<task>/adapter_config.json` and
-  `<task>/adapter_model.safetensors`, written by peft's own `save_pretrained`:
-  `PeftModel.from_pretrained(BertModel.from_pretrained(base), DIR/<task>)` is the task's encoder,
-  base being DIR/encoder or, for a frozen encoder, the base checkpoint (export.json's `base`).
-- `parts.safetensors`: every weight of the model that is not the encoder's own (the variant's
-  task-specific and shared parts, a peft variant's adapters under their names in the encoder, the
-  heads), and `export.json` naming the format, the variant, its options, the tasks (their specs),
-  pair_encoding, head_input, max_length, the encoder (`encoder/`, or null) and the base checkpoint
-  by name, package and SHA-256 (never a folder of this machine's). `load_export(DIR)` rebuilds
-  the harness's model from these on any machine where the variant (and the tasks) are installed,
-  for every variant, third-party ones included.
+DIR holds `encoder/` (a plain transformers BertModel, unless the encoder was frozen), per task
+`<task>/head.safetensors` and `head.json` (and, for lora and ia3, the task's peft adapter), and
+for every variant `parts.safetensors` (every weight that is not the encoder's own) and
+`export.json` (the variant, its options, the tasks, the base checkpoint by name, package and
+SHA-256). `load_export(DIR)` rebuilds the harness's model from these wherever the variant (and
+the tasks) are installed. The layout in full: docs/using-a-trained-run.md.
 
 examples/load_exported_lora.py loads a LoRA task with transformers, peft and safetensors alone.
 """

@@ -2,28 +2,13 @@
 
 With --save-model a run logs, beside its `model/` artifact (harness/trained.py), the artifact
 `mlflow-model/`: an MLflow model folder (MLmodel, the pickled `HarnessModel`, its requirements)
-whose one artifact, `artifacts/model/`, is a copy of `model/`. So it loads and serves anywhere
-the harness is installed:
+whose one artifact, `artifacts/model/`, is a copy of `model/`. It is loaded by
+harness.trained.load_model, so a frozen encoder's base is found as everywhere else
+(harness.trained.resolve_base), or from `base` in the model_config or $MTL_BENCH_BASE; its rows
+are predicted by harness.trained.predict_examples. Its requirements name the harness's
+distribution (bert-mtl-bench) and the variant plugin's, not a copy of their code.
 
-    mlflow.pyfunc.load_model("runs:/<run id>/mlflow-model").predict(frame)
-    mlflow models serve -m runs:/<run id>/mlflow-model --env-manager local -p 5001
-
-Input: one row per example, columns
-- `task`: a task the run trained (e.g. "sst", "sts"); a frame may mix tasks;
-- `text`: the example's sentence (a pair task's first sentence);
-- `text_b`: a pair task's second sentence; left out, empty or null for a one-sentence task.
-Output: one row per input row, in its order, columns
-- `prediction`: the class (a whole number) or a regression task's value;
-- `score`: the predicted class's probability, or a regression task's value again.
-These are `mtl-bench predict`'s values (harness.trained.predict_examples does both).
-
-The model is loaded by harness.trained.load_model, so a frozen encoder's base is found as
-everywhere else (its name and SHA-256, harness.trained.resolve_base): the installed package, the
-name as a folder, the Hugging Face cache; or the folder given as `base` in the model_config of
-`mlflow.pyfunc.load_model(uri, model_config={"base": FOLDER})`, or in $MTL_BENCH_BASE (for
-`mlflow models serve`). The model's requirements name the harness's distribution
-(bert-mtl-bench) and the variant plugin's, not a copy of their code: the variants and tasks are
-found through the installed packages' entry points.
+Its input and output columns, its refusals, serving and registering: docs/using-a-trained-run.md.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ It starts `mlflow server` on the store (127.0.0.1, a free port), opens each page
 first-time visitor would (MLflow's assistant panel closed, the "Model training" view; in the
 runs table the sweep's parent run expanded and "Show more columns" clicked), waits for the page
 to settle, writes one PNG per view, and stops the server. The
-README's pictures were made this way (see its "Tracking" section).
+pictures in docs/mlflow-ui.md were made this way.
 """
 from __future__ import annotations
 

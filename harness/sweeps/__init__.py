@@ -16,10 +16,8 @@ Read in this order:
 - `run.py`: `run_sweep`, which ties them together.
 
 A sweep has a name (its id); running the same sweep again skips jobs whose MLflow run FINISHED
-and queues the others again: a job that was preempted, cancelled or timed out continues where it
-stopped, in the same MLflow run. Its files live in <output_dir>/sweeps/<name>/: jobs.json,
-jobs/<key>/ (each job's config.json and output folders), logs/ (one log per job and attempt),
-and whatever its executor keeps (SLURM: sbatch scripts and submissions.jsonl).
+and queues the others again. Its files live in <output_dir>/sweeps/<name>/. How to use it:
+docs/sweeps.md.
 """
 from harness.sweeps.executors import Executor, SweepError, get_executor, list_executors
 from harness.sweeps.run import run_sweep

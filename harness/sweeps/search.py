@@ -1,43 +1,14 @@
 """An Optuna search inside a sweep: each trial is one job of the sweep, run by the sweep's executor.
 
 A sweep file's `search:` (`SearchSpec`) searches a space of training settings instead of listing
-their values in a grid:
+their values in a grid: one study per variant, grid point and seed, run in rounds of `batch`
+trials per study. No Optuna storage is kept: each round rebuilds every study from jobs.json and
+the jobs' MLflow runs, its sampler seeded from the study and its number of trials, so running the
+same sweep again goes on where it stopped. A trial's values are in its job's label, so
+`mtl-bench compare --select-best-by validation` chooses among trials as among grid points.
 
-    search:
-      trials: 8             # per study
-      batch: 2              # trials run at a time per study
-      space:
-        lr: {low: 1.0e-5, high: 1.0e-2, log: true}
-
-There is one study per variant, grid point (of `grid`/`variant_grid`, if any) and seed. The
-search runs in rounds: each round asks every study that has trials left for up to `batch` new
-ones, runs them as jobs through the sweep's executor exactly as a grid's jobs run, and waits
-for them; each finished job's `metric` (val/overall by default: choose on validation, report
-dev) is the trial's value. The sweep's parent MLflow run is the search, its child runs the trials.
-
-No Optuna storage is kept: jobs.json (each job's trial values) and the jobs' MLflow runs (their
-metric) are the record. Every round rebuilds each study from its finished jobs, and its sampler
-is seeded from the study and its number of trials, so running the same sweep again goes on
-where it stopped, and the same results ask for the same next trials. A study with a trial that
-did not finish asks for no more until that trial has run again (same values) and finished; a
-round in which a job fails ends the sweep, as in a grid sweep ("run the same command again"), so
-a trial that fails every time holds its study there. A finished trial whose metric is NaN (a
-constant predictor's correlation) counts as the worst value. A proposal already tried is drawn
-again; a study whose sampler proposes only tried values (a small choice, used up) ends early,
-which the sweep's summary says. Trials of earlier runs outside today's space (or of a study the
-sweep no longer has) stay in jobs.json, not in the search, and come back if the space does.
-
-A trial's values are in its job's label ("lora freeze_encoder=True lr=0.00412"), so
-`mtl-bench compare --select-best-by validation --select-over lr` chooses among trials exactly as
-among grid points. A space entry `variant.NAME` searches a variant option, typed as the
-variant's config types it (`variant.rank: {low: 4, high: 64, log: true}` draws integers,
-`variant.top_mode: [bert-layer, pals-code]` chooses), and goes into the job's options and its
-label ("lora lr=0.001 variant.rank=12"); every variant of the sweep must have it. Float values
-are rounded to 3 significant digits: the label is the value.
-Samplers: `tpe` (default; its first 10 trials are random unless `sampler_options:
-{n_startup_trials: 4}`; with `batch` > 1 it uses Optuna's `constant_liar`, so the trials of one
-round avoid each other), `random`, `gp`. With few trials per study, a grid covers the space
-more evenly than any of them.
+See docs/sweeps.md ("A search instead of a grid") for the file's fields, the space, the
+samplers, and how failures and re-runs behave.
 """
 from __future__ import annotations
 
