@@ -417,3 +417,18 @@ def test_a_registered_statistic_is_a_column_of_the_table_and_the_csv(monkeypatch
     assert list(table["embert"])[-2:] == ["frontier", "median_delta"]
     assert float(table["embert"]["median_delta"]) == pytest.approx(-0.01)
     assert table["multitask"]["median_delta"] == "nan"
+
+
+def test_every_markdown_table_has_as_many_cells_in_each_line_as_in_its_header():
+    """A delimiter row one cell short is not a table to GitHub's renderer: the page shows raw text."""
+    from harness.analysis.report import task_difference_table
+
+    import dataclasses
+
+    records = [dataclasses.replace(r, scores={"sst": r.overall, "sts": r.overall / 2})
+               for r in _records({"pals-top": [0.01, 0.05, 0.02], "embert": [-0.03, 0.0, -0.01]})]
+    rows = summarise(records, "multitask", "seeds", 0)
+    for table, shown in ((markdown_table(rows, "multitask", "seeds"), 3), (task_difference_table(rows, "multitask"), 2)):
+        lines = [line for line in table.splitlines() if line.startswith("|")]
+        widths = {line.strip().strip("|").count("|") for line in lines}
+        assert len(lines) == shown + 2 and len(widths) == 1, table

@@ -48,9 +48,7 @@ def markdown_table(rows: list[Row], baseline: str, test: str, detect: float | No
     header = (["variant", "n", *map(task_title, tasks), "overall", *(s.heading(study) for s in results),
                "trainable params (x encoder)", "stored per added task (x encoder)", *(s.heading(study) for s in by_cost),
                "task-specific params", "ratio to encoder", "train min"])
-    # NB: the delimiter row has one cell fewer than the header, as compare.md has always had it
-    # (GitHub renders a table only where the two match).
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) - 1)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_formula = next((r.overall_formula for r in rows if r.variant_name == baseline), None)
     other = {r.overall_formula for r in rows if base_formula and r.overall_formula != base_formula}
     for r in rows:
