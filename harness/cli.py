@@ -426,6 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `mtl-bench` command. Output cut short by a reader that closes the pipe (`mtl-bench variants
+    | head`) ends the command quietly, as the Python docs' "Note on SIGPIPE" advises: exit status 1
+    and no traceback, whichever subcommand wrote it."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help and errors: what they printed is flushed here
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # now, not at exit, where a closed pipe would print "Exception ignored"
+        return code
+    except BrokenPipeError:
+        try:  # the interpreter flushes stdout once more at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # a stdout that is not a file (in-process callers)
+            pass
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     # argparse gives a positional list to the first run of positionals only, so the texts of
@@ -442,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         args.texts = [*args.texts, *before, *literal]
     try:
         return args.func(args)
+    except BrokenPipeError:
+        raise  # main's
     except Exception as exc:
         code = _exit_code(exc)
         if code is None:

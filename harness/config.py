@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.sampler import SCHEDULES
 
-SCHEDULERS = ("constant", "linear")
+SCHEDULERS = ("constant", "linear", "cosine", "polynomial", "inverse_sqrt")  # see harness/optim.py
 TASK_PER = ("window", "micro")
 # Kept here, not imported from the modules that use them, so that validation stays light.
 INACTIVE_TASKS = ("skip", "zero-grad")  # see harness/optim.py
@@ -92,8 +92,10 @@ class TrainConfig:
                             "off by default: on a 2-core CPU a step is no faster (compiled / uncompiled 1.00) and "
                             "compiling the four tasks takes about 2.5 minutes (docs/benchmarks.md, Compiled "
                             "training). Not with DeepSpeed or --gradient-checkpointing")
-    scheduler: str = setting("linear", "learning-rate schedule after the warm-up: 'constant', or 'linear' decay "
-                             "to 0", SCHEDULERS)
+    scheduler: str = setting("linear", "learning-rate schedule after the warm-up, transformers' (get_scheduler): "
+                             "'constant', 'linear' decay to 0, 'cosine' decay to 0 (half a cycle), 'polynomial' "
+                             "(power 1) decay to 1e-7, or 'inverse_sqrt' (after w warm-up steps lr x sqrt(w / step); "
+                             "without a warm-up lr x sqrt(10000 / (step + 10000)))", SCHEDULERS)
     warmup_fraction: float = setting(0.1, "fraction of all steps spent warming up linearly from 0, in [0, 1)")
     max_grad_norm: float = setting(1.0, "global gradient-norm clipping; 0 disables it")
     mixed_precision: str = setting("auto", "'auto': the launch config's, else bf16 on a GPU that supports it, "
@@ -165,6 +167,9 @@ class TrainConfig:
             raise ConfigError(f"validation_fraction: expected a fraction in [0, 0.5], got {self.validation_fraction!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction: expected a value in [0, 1), got {self.warmup_fraction!r}")
+        if self.scheduler == "polynomial" and not self.lr > 1e-7:
+            raise ConfigError(f"lr: the 'polynomial' schedule decays to transformers' lr_end 1e-7, so lr must be "
+                              f"above it, got {self.lr!r}")
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every: expected an integer >= 0, got {self.checkpoint_every!r}")
         interval = self.system_metrics_interval
@@ -222,27 +227,72 @@ def convert_setting(name: str, raw: Any, where: str = "") -> Any:
     return convert(hints[name], raw, f"{where} {name}".strip(), ConfigError)
 
 
+YAML_SUFFIXES = (".yaml", ".yml")  # a config file read (and written) as YAML; others as JSON
+
+
 def write_config(config: TrainConfig, path: str | os.PathLike) -> Path:
-    """The resolved config as JSON (every field): what `read_config` reads back as the same config."""
+    """The resolved config (every field) as YAML for a .yaml/.yml path, else as JSON: what `read_config`
+    reads back as the same config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    if path.suffix.lower() in YAML_SUFFIXES:
+        import yaml
+
+        tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    else:
+        tmp.write_text(json.dumps(dataclasses.asdict(config), indent=1))
     tmp.replace(path)
     return path
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file's settings (a mapping of TrainConfig fields), each checked and typed; not resolved,
-    so flags given beside the file can still replace any of them."""
+    """A YAML or JSON file's settings (a mapping of TrainConfig fields), each checked and typed; not
+    resolved, so flags given beside the file can still replace any of them. The suffix chooses the
+    parser (.yaml/.yml, .json); another suffix is read as JSON, else as YAML. A file that does not
+    parse is a ConfigError naming the file and the line (1-based) where the parser stopped."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = _parse_json(path, text)
+    elif suffix in YAML_SUFFIXES:
+        data = _parse_yaml(path, text)
+    else:
+        try:
+            data = _parse_json(path, text)
+        except ConfigError:
+            data = _parse_yaml(path, text, "neither JSON nor YAML")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object of settings, got {type(data).__name__}")
+        raise ConfigError(f"config file {path}: expected a mapping of settings (name: value), got "
+                          f"{'nothing' if data is None else type(data).__name__}")
     return {name: convert_setting(name, value, f"config file {path}:") for name, value in data.items()}
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path}, line {exc.lineno}, column {exc.colno}: not valid JSON "
+                          f"({exc.msg})") from None
+
+
+def _parse_yaml(path: Path, text: str, what: str = "not valid YAML") -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:  # e.g. "while parsing a flow sequence": where it began
+            problem += f"; {context} that began at line {start.line + 1}, column {start.column + 1}"
+        raise ConfigError(f"config file {path}{where}: {what} ({problem})") from None
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:

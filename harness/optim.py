@@ -1,4 +1,5 @@
-"""The optimizer: one parameter group per task, and what a step does to the tasks it does not train.
+"""The optimizer: one parameter group per task, what a step does to the tasks it does not train,
+and each step's learning rate (`learning_rate`, transformers' schedules).
 
 Each optimizer step trains the task of its accumulation window. What the step does to the other
 tasks' parameters (their variant parts and heads) is `inactive_tasks`:
@@ -18,10 +19,13 @@ tasks' parameters (their variant parts and heads) is `inactive_tasks`:
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import nn
 
-from harness.config import INACTIVE_TASKS
+from harness.config import INACTIVE_TASKS, TrainConfig
 from harness.params import grouped_parameters
 
 
@@ -45,6 +49,50 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) 
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr)
     return torch.optim.AdamW(groups, lr=lr)
+
+
+# `--scheduler` choices (config.SCHEDULERS) by transformers' name (transformers.SchedulerType). The
+# harness's warm-up comes before every one of them, so its 'constant' is transformers' constant_with_warmup
+# (with warmup_fraction 0, transformers' 'constant'). Left out, as they need a setting the harness does not
+# have or repeat one offered: constant_with_warmup (= constant here), cosine_with_restarts (at its default
+# one cycle, cosine), cosine_with_min_lr, cosine_warmup_with_min_lr (need min_lr), warmup_stable_decay
+# (needs num_decay_steps), reduce_lr_on_plateau and greedy (driven by a metric, not by the step).
+TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine",
+                          "polynomial": "polynomial", "inverse_sqrt": "inverse_sqrt"}
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of 0-based optimizer step `step`, a pure function of the step (a resumed run
+    needs only its step): a linear warm-up over the first int(warmup_fraction x total) steps, from
+    lr/warmup at step 0 to lr at step warmup-1, then lr times transformers' schedule `config.scheduler`
+    (transformers.get_scheduler) at that step. That is transformers' schedule as a torch optimizer
+    stepped `step` times has it, except in the warm-up, taken one step ahead: transformers' first step
+    trains at lr 0, the harness's at lr/warmup, and steps warmup-1 and warmup both train at lr. That
+    warm-up is the harness's from before transformers' schedules, kept to the bit, as is 'linear' and
+    'constant' (tests/test_config.py).
+
+    The harness sets each parameter group's rate itself every step (TaskSteps.begin: an inactive task's
+    group gets 0), so no LambdaLR steps the optimizer; the multiplier is read from the one
+    get_scheduler builds (`_multiplier`)."""
+    total, warmup = config.total_steps, int(config.warmup_fraction * config.total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    return config.lr * _multiplier(config.scheduler, config.lr, warmup, total)(step)
+
+
+@functools.lru_cache(maxsize=16)
+def _multiplier(scheduler: str, lr: float, warmup: int, total: int) -> Callable[[int], float]:
+    """transformers' multiplier of the peak rate at a step: the lr_lambdas entry of the LambdaLR that
+    get_scheduler builds on a one-parameter optimizer, built once per schedule (the public route: the
+    lambdas themselves are private functions of transformers.optimization)."""
+    from transformers import get_scheduler
+
+    # At the run's lr: polynomial decays to transformers' lr_end as a fraction of the optimizer's lr.
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = get_scheduler(TRANSFORMERS_SCHEDULES[scheduler], optimizer, num_warmup_steps=warmup,
+                             num_training_steps=total)
+    (multiplier,) = schedule.lr_lambdas
+    return multiplier
 
 
 def innermost(optimizer) -> torch.optim.Optimizer:

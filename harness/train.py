@@ -46,21 +46,11 @@ from harness.distributed import (
 )
 from harness.evaluation import dev_metric_names, evaluate, make_batch, pad_multiple, selection_score, write_predictions
 from harness.model import build_model, check_model, compile_model, load_encoder, task_loss
-from harness.optim import TaskSteps, make_optimizer
+from harness.optim import TaskSteps, learning_rate, make_optimizer
 from harness.params import count_parameters
 from harness.sampler import TaskSampler, TaskStream
 from harness.tasks import get_task, overall_formula
 from harness.tracking import RunTracker, check_reachable, device_tags, git_commit, resolve_tracking_uri
-
-
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """The learning rate of 0-based optimizer step `step`: linear warm-up, then constant or linear decay."""
-    total, warmup = config.total_steps, int(config.warmup_fraction * config.total_steps)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.scheduler == "linear":
-        return config.lr * max(0.0, (total - step) / max(1, total - warmup))
-    return config.lr
 
 
 def peak_rss_mb() -> float:

@@ -32,6 +32,7 @@ def test_variants_lists_every_variant_with_a_description(capsys):
     (["--sampling", "random"], "argument --sampling: invalid choice: 'random'; choose from annealed,"),
     (["--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     (["--lr", "0"], "lr: expected a positive learning rate, got 0.0"),
+    (["--scheduler", "polynomial", "--lr", "1e-8"], "'polynomial' schedule decays to transformers' lr_end 1e-7"),
     (["--batch-size", "-2"], "batch_size: expected a positive integer, got -2"),
     (["--grad-accum", "0"], "grad_accum: expected a positive integer, got 0"),
     (["--epochs", "0"], "epochs: expected a positive integer"),
@@ -109,6 +110,40 @@ def test_a_bad_setting_exits_2_with_one_line_and_no_traceback():
                      timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "mtl-bench: error: batch_size: expected a positive integer, got -2"
+
+
+@pytest.mark.parametrize("args, buffered", [(("variants", "--options"), False), (("variants", "--options"), True),
+                                           (("tasks",), True), (("--help",), True)])
+def test_output_into_a_pipe_its_reader_closed_ends_quietly(args, buffered):
+    """`mtl-bench variants --options | head`, the reader gone before the command writes: no traceback
+    and no "Exception ignored" from the flush at exit, whether each print is written at once or at exit."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else
+                                                                               {"PYTHONUNBUFFERED": "1"})
+    result = subprocess.run([sys.executable, "-m", "harness.cli", *args], stdout=write, stderr=subprocess.PIPE,
+                            text=True, env=env, timeout=300)
+    os.close(write)
+    assert result.stderr == "" and result.returncode == 1, (result.returncode, result.stderr)
+
+
+def test_a_command_piped_into_head_exits_quietly_when_head_has_its_line():
+    """`mtl-bench sweep ... --dry-run | head -1`: the job list (about 20 KB) is more than the pipe holds
+    (one page) and the reader takes one read, so the command is still writing when the pipe closes."""
+    import fcntl
+
+    read, write = os.pipe()
+    fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    seeds = ",".join(str(seed) for seed in range(600))
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", "--name", "s", "--variants",
+                                "multitask", "--seeds", seeds, "--dry-run"], stdout=write, stderr=subprocess.PIPE,
+                               text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+    os.close(write)
+    first = os.read(read, 4096)
+    os.close(read)
+    stderr = process.communicate(timeout=300)[1]
+    assert b"\n" in first  # head has its line
+    assert stderr == "" and process.returncode == 1, (process.returncode, stderr)
 
 
 def test_a_folder_that_is_not_a_bert_checkpoint_is_refused(tmp_path):
