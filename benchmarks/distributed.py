@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,35 +19,22 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness.testing import launch, make_small_data  # noqa: E402
+
 BACKENDS = {"DDP": "launch/cpu-ddp.yaml", "ZeRO-1": "launch/cpu-zero1.yaml", "ZeRO-2": "launch/cpu-zero2.yaml",
             "ZeRO-3": "launch/cpu-zero3.yaml"}
 
 
-def small_data(folder: Path, rows: int) -> Path:
-    """The first rows of each bundled file, so evaluation stays short; training batches are real."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (REPO / "data").glob("*.csv"):
-        if path.name.endswith(("-train.csv", "-dev.csv")):
-            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            (folder / path.name).write_text("".join(lines[: rows + 1]), encoding="utf-8")
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_backend(name: str, config: str, args: argparse.Namespace, work: Path) -> list[dict]:
     out = work / name
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port",
-               str(free_port()), "-m", "harness.cli", "train", "--launch-config", config, "--model", args.model,
-               "--data-dir", str(work / "data"), "--epochs", "1", "--batches-per-epoch", str(args.steps + args.warmup),
-               "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum), "--max-length",
-               str(args.max_length), "--no-progress", "--variant", args.variant, "--output-dir", str(out / "out"),
-               "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--cache-dir", str(work / "cache")]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    result = launch(config, ["--model", args.model, "--data-dir", str(work / "data"), "--epochs", "1",
+                             "--batches-per-epoch", str(args.steps + args.warmup), "--batch-size", str(args.batch_size),
+                             "--grad-accum", str(args.grad_accum), "--max-length", str(args.max_length), "--no-progress",
+                             "--variant", args.variant, "--output-dir", str(out / "out"),
+                             "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--cache-dir", str(work / "cache")],
+                    timeout=1800, one_thread=False)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return [json.loads(p.read_text()) for p in sorted(out.glob("out/*/timing/rank*.json"))]
@@ -70,7 +55,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        small_data(work / "data", args.rows)
+        make_small_data(work / "data", args.rows)
         results = {}
         for name in args.backends.split(","):
             ranks = run_backend(name, BACKENDS[name], args, work)

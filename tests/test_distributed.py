@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port, make_tiny_bert
+from harness.testing import launch, launch_command, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -37,20 +38,8 @@ def common_args(tiny_bert, small_data, out: Path, variant: str) -> list[str]:
             "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--cache-dir", str(out / "cache")]
 
 
-def launch(config: str, args: list[str], timeout: int = 400, script: list[str] | None = None, wait: bool = True):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-               "--main_process_port", str(free_port()), *(script or ["-m", "harness.cli", "train"]),
-               "--launch-config", config, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def single(args: list[str]):
-    return subprocess.run([sys.executable, "-m", "harness.cli", "train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run_cli("train", *args, timeout=400)
 
 
 def final_weights(out: Path) -> dict:
@@ -79,13 +68,10 @@ def train_checks(spec: dict, out: Path, config: str | None = None, timeout: int 
     spec_file = out / "spec.json"
     spec_file.write_text(json.dumps(spec))
     script = [str(REPO / "tests" / "helpers" / "train_checks.py"), str(spec_file)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if config:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-                   "--main_process_port", str(free_port()), *script]
-    else:
-        command = [sys.executable, *script]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        return launch(config, [], script=script, launch_config=False, timeout=timeout)
+    return subprocess.run([sys.executable, *script], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # SGD's update is linear in the gradient, so a wrong 1/world-size or 1/accumulation factor shows
@@ -251,12 +237,11 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
 def test_two_nodes_end_as_two_processes_on_one_node(backend, tmp_path, tiny_bert_no_dropout, small_data, references):
     """Two `accelerate launch` commands, machine ranks 0 and 1 of a 2-node launch with one
     process each, meeting at 127.0.0.1 as two cluster nodes would at their main node."""
-    config, port = BACKENDS[backend], str(free_port())
+    config, port = BACKENDS[backend], free_port()
     flags = check_flags(tiny_bert_no_dropout, small_data, tmp_path, "multitask", config)
-    nodes = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-                               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-                               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                               "-m", "harness.cli", "train", *flags],
+    nodes = [subprocess.Popen(launch_command(config, flags, launch_config=False, port=port, launcher_flags=[
+                                  "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                                  "--main_process_ip", "127.0.0.1"]),
                               cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True) for rank in (0, 1)]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
@@ -292,10 +277,7 @@ def test_a_launch_that_gives_fewer_processes_than_its_config_is_refused(tmp_path
 
 def launch_over(config: str, launcher_flags: list[str], args: list[str]):
     """`accelerate launch --config_file CONFIG <launcher_flags>` of the harness, with --launch-config CONFIG."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *launcher_flags,
-               "--main_process_port", str(free_port()), "-m", "harness.cli", "train", "--launch-config", config, *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return launch(config, args, launcher_flags=launcher_flags, timeout=300)
 
 
 def test_a_process_count_given_to_accelerate_launch_overrides_the_file_and_is_recorded(tmp_path, tiny_bert_no_dropout,

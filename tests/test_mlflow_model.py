@@ -22,6 +22,7 @@ import mlflow
 import pandas as pd
 import pytest
 from conftest import free_port
+from harness.testing import run_cli
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from test_export import SENTENCES, saved_run
@@ -139,8 +140,7 @@ def trained_run(tmp_path_factory, tiny_bert, small_data):
             "--cache-dir", str(folder / "cache"), "--tracking-uri", uri, "--tasks", "sst,sts", "--epochs", "1",
             "--batches-per-epoch", "4", "--batch-size", "8", "--lr", "1e-2", "--max-length", "32", "--no-progress",
             "--system-metrics-interval", "0", "--save-model", "--register-model", "tiny-mtl"]
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=600,
-                          cwd=folder)
+    done = run_cli(*args, timeout=600, cwd=folder, one_thread=False)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])

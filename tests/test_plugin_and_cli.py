@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from harness import testing
 from harness.cli import main
 
 HERE = Path(__file__).resolve().parent
 
 
 def run_cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return testing.run_cli(*args, env=env, timeout=timeout, one_thread=False)
 
 
 def test_variants_lists_every_variant_with_a_description(capsys):

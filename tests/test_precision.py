@@ -7,8 +7,6 @@ is compared before training.
 import glob
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, free_port, make_tiny_bert
+from conftest import make_tiny_bert
 from harness.config import resolve_config
 from harness.data import collate, load_task_data
+from harness.testing import launch, run_cli
 from harness.distributed import LaunchError, check_run_settings, launch_values, resolve_precision
 
 
@@ -199,14 +198,6 @@ def test_the_prepared_model_computes_in_the_precision_asked_for(precision, dtype
     run.tracker.finish("FINISHED")
 
 
-def launch(config: str, args: list[str], launch_config: bool = True, timeout: int = 400):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-               "--main_process_port", str(free_port()), "-m", "harness.cli", "train",
-               *(["--launch-config", config] if launch_config else []), *args]
-    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_an_inline_deepspeed_config_that_disagrees_with_the_run_exits_2_naming_both(tmp_path, tiny_bert, small_data):
@@ -263,9 +254,7 @@ def test_bf16_with_two_processes_matches_one_process_within_bf16_tolerance(tmp_p
     def out_args(name):
         return ["--output-dir", str(tmp_path / name), "--tracking-uri", f"sqlite:///{tmp_path / name}.db"]
 
-    single = subprocess.run([sys.executable, "-m", "harness.cli", "train", *common, *out_args("one"),
-                             "--batch-size", "8"], cwd=REPO, capture_output=True, text=True, timeout=400,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = run_cli("train", *common, *out_args("one"), "--batch-size", "8", timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]
     results = {}
     for name, config in (("ddp", "launch/cpu-ddp.yaml"), ("zero2", "launch/cpu-zero2.yaml")):

@@ -3,7 +3,6 @@ import glob
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, MlflowServer, free_port
+from harness.testing import launch_command, run_cli
+from harness.testing import start_cli as harness_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +23,12 @@ def train_args(tiny_bert, small_data, out: Path, tracking_uri: str, *extra: str)
             "--tracking-uri", tracking_uri, *extra]
 
 
-def cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=kwargs.pop("timeout", 600), **kwargs)
+def cli(*args, timeout=600):
+    return run_cli(*args, timeout=timeout, one_thread=False)
 
 
 def start_cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return harness_cli(*args, one_thread=False)
 
 
 def wait_for(pattern: str, process, timeout: float = 300) -> str:
@@ -161,10 +160,9 @@ def test_a_signal_checkpoints_marks_the_run_killed_and_its_resume_trains_what_th
 @pytest.mark.distributed
 def test_a_rank_that_dies_makes_the_other_exit_instead_of_hanging(tmp_path, tiny_bert, small_data, tracking_uri):
     config = "launch/cpu-ddp.yaml"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port",
-               str(free_port()), "-m", "harness.cli",
-               *train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--launch-config", config, "--epochs", "1",
-                           "--batches-per-epoch", "2000", "--checkpoint-every", "10", "--dist-timeout", "60")]
+    command = launch_command(config, train_args(tiny_bert, small_data, tmp_path, tracking_uri, "--epochs", "1",
+                                                "--batches-per-epoch", "2000", "--checkpoint-every", "10",
+                                                "--dist-timeout", "60")[1:])
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(str(tmp_path / "out" / "*" / "checkpoints" / "step-*" / "loop_state.json"), process)
     ranks = [p for p in psutil.Process(process.pid).children(recursive=True) if "harness.cli" in " ".join(p.cmdline())]

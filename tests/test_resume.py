@@ -2,13 +2,12 @@
 store check it first. Fast: no model is loaded (the end-to-end resume is in test_reliability.py)."""
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import free_port
+from harness.testing import run_cli
 from harness.checkpoint import LoopState, resume_changes
 from harness.cli import build_parser, config_from_args, main
 from harness.config import ConfigError, TrainConfig
@@ -95,14 +94,13 @@ def test_train_itself_refuses_a_conflicting_resume_before_loading_anything(tmp_p
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_commands_that_read_a_tracking_store_say_at_once_that_a_server_is_unreachable(command, how, tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {"MLFLOW_TRACKING_URI": None}  # left out of the environment
     if how == "flag":
         command = [*command, "--tracking-uri", uri]
     else:
         env["MLFLOW_TRACKING_URI"] = uri
     # Before, these waited on MLflow's HTTP retries for minutes: the timeout turns a hang into a failure.
-    result = subprocess.run([sys.executable, "-m", "harness.cli", *command], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli(*command, cwd=tmp_path, env=env, timeout=60, one_thread=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"MLflow tracking server {uri} cannot be reached" in result.stderr
     assert "Traceback" not in result.stderr
@@ -112,8 +110,7 @@ def test_replay_checks_the_store_it_sends_to(tmp_path):
     fallback = tmp_path / "tracking-fallback-0123abcd.json"
     uri = f"http://127.0.0.1:{free_port()}"
     fallback.write_text(json.dumps({"tracking_uri": uri, "run_id": "0123abcd", "records": []}))
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "replay", str(fallback)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli("replay", str(fallback), timeout=60, one_thread=False)
     assert result.returncode == 2 and f"MLflow tracking server {uri} cannot be reached" in result.stderr
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from harness.testing import run_cli
 from mlflow.tracking import MlflowClient
 
 from harness.analysis import compare
@@ -256,10 +257,9 @@ def test_a_dry_run_prints_the_batch_script_it_would_submit(tmp_path):
     sweep = tmp_path / "gpu.yaml"
     sweep.write_text("name: gpu-study\nvariants: [multitask, pals-top]\nseeds: [0, 1]\n"
                      "setup: ['module load cuda/12.4']\nlaunch_config: " + str(REPO / "launch/ddp.yaml") + "\n")
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(sweep), "--executor", "slurm",
-                             "--gpus-per-job", "4", "--partition", "gpu", "--constraint", "a100",
-                             "--setup", "export NCCL_DEBUG=WARN", "--dry-run"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_cli("sweep", str(sweep), "--executor", "slurm", "--gpus-per-job", "4", "--partition", "gpu",
+                     "--constraint", "a100", "--setup", "export NCCL_DEBUG=WARN", "--dry-run", cwd=tmp_path,
+                     timeout=120, one_thread=False)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout.splitlines()
     start = next(i for i, text in enumerate(out) if text.startswith("--- ") and text.endswith("(sbatch --parsable)"))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA
+from harness.testing import run_cli as cli
 from harness.data import DataError, check_data_dir, load_task_data, read_rows
 from harness.tasks import TaskError, TaskSpec, get_task, overall_formula, register_task
 
@@ -183,11 +184,6 @@ def write_nli(folder: Path) -> None:
     (folder / "nli-train.csv").write_text(rows(60, 0))
     (folder / "nli-dev.csv").write_text(rows(24, 100))
     (folder / "nli-test.csv").write_text(rows(9, 200, labelled=False))
-
-
-def cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
