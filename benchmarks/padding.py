@@ -53,11 +53,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from harness.data import load_task_data
-    from harness.handout_tasks import HANDOUT_TASKS
+    from harness.tasks import default_tasks
     from harness.model import load_encoder
 
     _, tokenizer = load_encoder(args.model)
-    data = load_task_data(args.data_dir, list(HANDOUT_TASKS), tokenizer, args.max_length)
+    data = load_task_data(args.data_dir, list(default_tasks()), tokenizer, args.max_length)
     print(f"{args.world_size} rank(s) x micro-batch {args.batch_size} x accumulation {args.grad_accum}, "
           f"max {args.max_length} tokens, joint pair encoding, one pass over each task's training split")
     print("| task | examples | padding, shuffled | padding, length-grouped | padded tokens saved |")

@@ -181,18 +181,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_variants(args: argparse.Namespace) -> int:
     from variants import list_variants
+    from variants.registry import default_task_set
 
     for variant in list_variants():
         print(f"{variant.name:30s} {variant.description}")
         if args.options:
             for f in dataclasses.fields(variant.config_class):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                if f.name == "tasks":  # not an option: the task set it trains without --tasks
+                    default = default_task_set(variant.name)
+                else:
+                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 print(f"    {f.name} = {default!r}")
     return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from harness.tasks import list_tasks
+    from harness.tasks import list_groups, list_tasks, overall_formula
 
     for spec in list_tasks():
         shape = "sentence pair" if spec.is_pair else "sentence"
@@ -202,6 +206,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
               f"(primary {spec.primary_metric}); files {', '.join(spec.files.values())}")
         if args.verbose and spec.description:
             print(f"{'':12s} {spec.description}")
+    for group in list_groups():
+        overall = overall_formula(group.tasks).describe()
+        print(f"group {group.name}{' (the default set)' if group.default else ''}: {','.join(group.tasks)}; "
+              f"overall {overall}")
+        if args.verbose and group.description:
+            print(f"{'':12s} {group.description}")
     return 0
 
 

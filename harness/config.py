@@ -145,8 +145,8 @@ class TrainConfig:
     sweep_job: str = setting("", "the job's stable key within its sweep (set by `mtl-bench sweep`)")
     sweep_label: str = setting("", "what `mtl-bench compare` groups runs by: the variant and any grid values "
                                "(set by `mtl-bench sweep`)")
-    tasks: str = setting("", "comma-separated task set (`mtl-bench tasks`); empty: the variant's own (the "
-                         "handout's four; single-task: sst,cfimdb)")
+    tasks: str = setting("", "comma-separated task set (`mtl-bench tasks`); empty: the variant's own task "
+                         "group (single-task's: sentiment), else the default group's (`mtl-bench tasks`)")
     variant_options: dict[str, Any] = setting(None, "the variant's options (--option NAME=VALUE; `mtl-bench "
                                               "variants --options`)", default_factory=dict)
 
@@ -193,12 +193,13 @@ class TrainConfig:
                               "pair_encoding 'separate' the heads read mean-pooled sentences (use head_input 'cls')")
 
     def variant_settings(self) -> dict[str, Any]:
-        """The variant's options, with the task set of --tasks."""
+        """The variant's options, with the run's task set (--tasks) that the variant receives: the task
+        set is a run setting, not a variant option (empty: the variant's default, variants.registry)."""
         options = dict(self.variant_options)
+        if "tasks" in options:
+            raise ConfigError(f"tasks: the task set is the run setting --tasks (sweep files: tasks), not a variant "
+                              f"option; use --tasks {options['tasks']}")
         if self.tasks:
-            if "tasks" in options:
-                raise ConfigError(f"tasks: given twice, as --tasks {self.tasks} and as the variant option "
-                                  f"tasks={options['tasks']}; use --tasks")
             options["tasks"] = self.tasks
         return options
 

@@ -1,4 +1,6 @@
-"""The CS224N handout's four tasks, registered like any task plugin (entry point `handout`).
+"""The CS224N handout's four tasks and their groups, registered like any task plugin (entry point
+`handout`): the group `handout` (the four, the default task set, with the CS224N overall score) and
+`sentiment` (SST and CFIMDB, the single-task baseline's set).
 
 Their files are the handout's (--data-dir data holds them); the test files' predictions are
 written as the starter code writes them (`sst-test-output.csv` with a header line
@@ -6,7 +8,7 @@ written as the starter code writes them (`sst-test-output.csv` with a header lin
 """
 from __future__ import annotations
 
-from harness.tasks import TaskSpec, register_task
+from harness.tasks import TaskGroup, TaskSpec, register_group, register_task
 
 SST = register_task(TaskSpec(
     "sst", "classification", ("sentence",), "sentiment",
@@ -35,3 +37,9 @@ STS = register_task(TaskSpec(
 HANDOUT_TASKS: tuple[str, ...] = ("sst", "cfimdb", "quora", "sts")  # the default task set, in the study's order
 # The CS224N overall score: mean(SST acc, Quora acc, (STS r + 1) / 2); (task, metric, a correlation).
 CS224N_TERMS = (("sst", "accuracy", False), ("quora", "accuracy", False), ("sts", "pearson", True))
+
+HANDOUT = register_group(TaskGroup(
+    "handout", HANDOUT_TASKS, terms=CS224N_TERMS, formula="cs224n", default=True,
+    description="the CS224N handout's four tasks; overall: mean(SST acc, Quora acc, (STS r + 1) / 2)"))
+SENTIMENT = register_group(TaskGroup(
+    "sentiment", ("sst", "cfimdb"), description="SST and CFIMDB: the single-task baseline's sentiment tasks"))

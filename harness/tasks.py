@@ -10,12 +10,18 @@ tasks through the entry-point group `bert_mtl_bench.tasks` (each entry point nam
 whose import calls `register_task`). Nothing in the loop, the model, evaluation or `compare`
 names a task: they read its spec.
 
-The overall score of a task set (`overall_formula`): for the handout's set (its four tasks, or
-SST, Quora and STS), the CS224N formula mean(SST acc, Quora acc, (STS r + 1) / 2); for any other
-set (a subset of the handout's, such as the single-task baseline's SST and CFIMDB, or a set with
-a task of one's own), the mean of every task's primary metric, a correlation mapped to [0, 1] as
-(r + 1) / 2. A run records the formula it used (param `overall_formula`); `compare` compares
-overall scores only between runs of the same formula.
+Tasks form groups (`TaskGroup`, registered with `register_group`), as lm-evaluation-harness's
+group files do: a group declares its tasks and, optionally, its overall score, a formula of some
+of its tasks' metrics (`terms`). One group is the default (`default=True`): its tasks are the task
+set of a run that names none. The handout's group is declared in `harness/handout_tasks.py` like
+anyone's; nothing here names a task.
+
+The overall score of a task set (`overall_formula`): a group's formula, for a set within that
+group's tasks that holds every task of its terms (the handout's: the CS224N formula mean(SST acc,
+Quora acc, (STS r + 1) / 2) for its four tasks, or SST, Quora and STS); for any other set, the mean
+of every task's primary metric, a correlation mapped to [0, 1] as (r + 1) / 2. A run records the
+formula it used (param `overall_formula`); `compare` compares overall scores only between runs of
+the same formula.
 """
 from __future__ import annotations
 
@@ -144,6 +150,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     """Registers a task under spec.name; registering an equal spec again is harmless."""
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"register_task expects a TaskSpec, got {type(spec).__name__}")
+    discover()  # the installed tasks first, in the registry's order, whoever registers first
     previous = _REGISTRY.get(spec.name)
     if previous is not None and previous != spec:
         raise TaskError(f"task {spec.name!r} is registered twice, with different specs")
@@ -158,9 +165,7 @@ def discover() -> None:
         return
     _discovered = True  # first: a plugin module may look up a task while it is imported
     try:
-        import harness.handout_tasks  # noqa: F401  (also an entry point; here too, for a stale editable install)
-
-        load_entry_points(ENTRY_POINT_GROUP, "task", TaskError)
+        load_entry_points(ENTRY_POINT_GROUP, "task", TaskError)  # the handout's tasks too (entry point `handout`)
     except BaseException:
         _discovered = False  # the next lookup tries again and raises again, not a partial registry
         raise
@@ -184,7 +189,7 @@ class OverallFormula:
     """How a task set's dev metrics become one overall score."""
 
     terms: tuple[tuple[str, str, bool], ...]  # (task, metric, a correlation mapped to [0, 1])
-    name: str  # "cs224n" or "mean"
+    name: str  # a group's formula name ("cs224n" for the handout's), or "mean"
 
     def describe(self) -> str:
         parts = [f"({t}/{m} + 1) / 2" if corr else f"{t}/{m}" for t, m, corr in self.terms]
@@ -201,14 +206,103 @@ class OverallFormula:
         return float(sum(values) / len(values))
 
 
+@dataclass(frozen=True)
+class TaskGroup:
+    """A named task set and, optionally, its overall score.
+
+    tasks: the group's tasks, in the order tables show them. terms: the overall formula, (task,
+    metric, a correlation mapped to [0, 1]) per term, averaged; () gives the group no formula of
+    its own (its sets score the mean of primary metrics). formula: the formula's recorded name
+    (default: the group's name). default: the task set of a run that names none (one group is).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    terms: tuple[tuple[str, str, bool], ...] = ()
+    formula: str = ""
+    default: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"task group {self.name!r}"
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name) \
+                or self.name in ("overall", "mean"):
+            raise TaskError(f"{where}: a group's name is lower-case letters, digits, '_' and '-', and not "
+                            "'overall' or 'mean'")
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "terms", tuple((t, m, bool(c)) for t, m, c in self.terms))
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise TaskError(f"{where}: tasks {list(self.tasks)}: expected one or more, none twice")
+        outside = [t for t, _, _ in self.terms if t not in self.tasks]
+        if outside:
+            raise TaskError(f"{where}: its formula's terms name {outside}, not among its tasks {list(self.tasks)}")
+        if self.terms and not self.formula:
+            object.__setattr__(self, "formula", self.name)
+
+
+_GROUPS: dict[str, TaskGroup] = {}
+
+
+def register_group(group: TaskGroup) -> TaskGroup:
+    """Registers a task group under group.name; registering an equal group again is harmless. Its tasks
+    are checked when it is used (a group may be registered before its tasks' plugin is imported)."""
+    if not isinstance(group, TaskGroup):
+        raise TypeError(f"register_group expects a TaskGroup, got {type(group).__name__}")
+    discover()
+    previous = _GROUPS.get(group.name)
+    if previous is not None and previous != group:
+        raise TaskError(f"task group {group.name!r} is registered twice, with different tasks or formulas")
+    defaults = [g.name for g in _GROUPS.values() if g.default and g.name != group.name]
+    if group.default and defaults:
+        raise TaskError(f"task group {group.name!r} is declared the default, but {defaults[0]!r} already is")
+    _GROUPS[group.name] = group
+    return group
+
+
+def get_group(name: str) -> TaskGroup:
+    discover()
+    try:
+        return _GROUPS[name]
+    except KeyError:
+        raise TaskError(f"unknown task group {name!r}; known groups: {', '.join(_GROUPS) or '(none)'}") from None
+
+
+def list_groups() -> list[TaskGroup]:
+    discover()
+    return list(_GROUPS.values())
+
+
+def default_group() -> TaskGroup:
+    """The group whose tasks a run trains when it names none."""
+    discover()
+    for group in _GROUPS.values():
+        if group.default:
+            return group
+    raise TaskError("no task group is the default (register one with TaskGroup(..., default=True))")
+
+
+def default_tasks() -> tuple[str, ...]:
+    """The default group's tasks: the task set of a run that names none."""
+    return default_group().tasks
+
+
+def task_order(tasks) -> list[str]:
+    """`tasks` in table order: the default group's first, in its order, then the others as given."""
+    tasks = list(dict.fromkeys(tasks))
+    first = [t for t in default_tasks() if t in tasks]
+    return first + [t for t in tasks if t not in first]
+
+
 def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula:
-    """The overall score of a task set (see the module docstring)."""
-    from harness.handout_tasks import CS224N_TERMS, HANDOUT_TASKS
+    """The overall score of a task set (see the module docstring): the formula of the first group
+    (in registration order) that the set lies within and that holds every task of its terms, else
+    the mean of the tasks' primary metrics."""
     from harness.metrics import METRICS
 
     tasks = tuple(tasks)
-    if all(t in HANDOUT_TASKS for t in tasks) and all(t in tasks for t, _, _ in CS224N_TERMS):
-        return OverallFormula(CS224N_TERMS, "cs224n")
+    for group in list_groups():
+        if group.terms and all(t in group.tasks for t in tasks) and all(t in tasks for t, _, _ in group.terms):
+            return OverallFormula(group.terms, group.formula)
     terms = []
     for task in tasks:
         spec = get_task(task)

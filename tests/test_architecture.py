@@ -97,7 +97,27 @@ def test_the_import_check_resolves_relative_imports_and_sees_imports_inside_func
     assert layer_of("harness.cli") > layer_of("harness.sweeps")  # the layer rule would refuse that one
 
 
-def test_no_two_modules_import_each_other_at_module_level():
-    graph = {module_name(p): {n for n, top in imports(p) if top} for p in SOURCES}
+def test_no_two_modules_import_each_other_not_even_inside_a_function():
+    """A circle hidden in a function (tasks.py once imported handout_tasks.py lazily, which imports
+    tasks.py) is a circle too."""
+    graph = {module_name(p): {n for n, _ in imports(p)} for p in SOURCES}
     for a, b in itertools.combinations(graph, 2):
         assert not (b in graph[a] and a in graph[b]), f"{a} <-> {b}"
+
+
+def test_generic_code_names_no_task_of_the_handout():
+    """The handout's tasks and their group live in handout_tasks.py (and the tool that splits the
+    bundled Quora file); everything else reads a task's spec or a group."""
+    from harness.handout_tasks import HANDOUT_TASKS
+
+    allowed = {REPO / "harness" / "handout_tasks.py", REPO / "harness" / "quora_split.py"}
+    for path in SOURCES:
+        if path in allowed:
+            continue
+        strings = [n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+                   and isinstance(n.value, str)]
+        named = sorted({t for t in HANDOUT_TASKS for text in strings if text == t or f'"{t}"' in text})
+        assert not named, f"{path.relative_to(REPO)} names the handout task(s) {named}"
+    imported = [module_name(p) for p in SOURCES if p not in allowed
+                and any(n.startswith("harness.handout_tasks") for n, _ in imports(p))]
+    assert not imported, f"{imported} import harness.handout_tasks"

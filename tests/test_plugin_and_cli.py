@@ -170,7 +170,7 @@ def test_out_of_tree_variant_installs_registers_and_trains(tmp_path, tiny_bert, 
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
     listed = run_cli("variants", env=env)
     assert "lowrank" in listed.stdout and "rank-r adapter per task" in listed.stdout
-    trained = run_cli("train", "--variant", "lowrank", "-o", "rank=4", "-o", "tasks=sst,sts", "--model", str(tiny_bert),
+    trained = run_cli("train", "--variant", "lowrank", "-o", "rank=4", "--tasks", "sst,sts", "--model", str(tiny_bert),
                       "--data-dir", str(small_data), "--epochs", "1", "--batches-per-epoch", "3", "--batch-size", "4",
                       "--max-length", "32", "--no-progress", "--tracking-uri", tracking_uri,
                       "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), env=env)

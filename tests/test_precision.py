@@ -165,7 +165,7 @@ def test_bf16_trains_on_one_process_close_to_fp32_but_not_equal(tmp_path, small_
             model=str(bert), data_dir=str(small_data), output_dir=str(tmp_path / precision),
             cache_dir=str(tmp_path / "cache"), tracking_uri=uri, epochs=1, batches_per_epoch=60, batch_size=8,
             lr=1e-3, max_length=32, scheduler="constant", progress=False, mixed_precision=precision,
-            variant_options={"tasks": "sst"})))
+            tasks="sst")))
         curves[precision], run = losses_of(uri)
         expected = "no" if precision == "auto" else "bf16"
         assert run.data.params["mixed_precision"] == expected and run.data.tags["mixed_precision"] == expected

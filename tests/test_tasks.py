@@ -112,6 +112,55 @@ def test_overall_score_of_a_set_with_a_task_of_ones_own_is_the_mean_of_primary_m
     assert overall_formula(["sst", "quora", "sts"]).name == "cs224n"
 
 
+def test_a_task_group_declares_its_tasks_and_its_overall_formula_and_one_group_is_the_default():
+    from harness.tasks import TaskGroup, default_group, default_tasks, get_group, register_group
+
+    handout = get_group("handout")
+    assert default_group() is handout and default_tasks() == ("sst", "cfimdb", "quora", "sts")
+    assert get_group("sentiment").tasks == ("sst", "cfimdb") and not get_group("sentiment").terms
+    metrics = {"sst": {"accuracy": 0.5}, "cfimdb": {"accuracy": 0.9}, "quora": {"accuracy": 0.7},
+               "sts": {"pearson": 0.4}}
+    for tasks in (handout.tasks, ("sst", "quora", "sts")):  # the group's formula: the CS224N score, bit for bit
+        assert overall_formula(tasks).score(metrics) == float(sum([0.5, 0.7, (0.4 + 1.0) / 2.0]) / 3)
+    assert overall_formula(["sst", "cfimdb"]).name == "mean"  # a set without the formula's tasks: the mean
+    # A group of one's own, with a formula of its own over some of its tasks.
+    register_task(spec(name="toy-g1"))
+    register_task(spec(name="toy-g2", kind="regression", metrics=("pearson",)))
+    register_task(spec(name="toy-g3"))
+    group = register_group(TaskGroup("toy-group", ("toy-g1", "toy-g2", "toy-g3"),
+                                     terms=(("toy-g1", "accuracy", False), ("toy-g2", "pearson", True))))
+    assert group.formula == "toy-group" and get_group("toy-group") is group
+    formula = overall_formula(["toy-g2", "toy-g3", "toy-g1"])
+    assert formula.describe() == "toy-group: mean(toy-g1/accuracy, (toy-g2/pearson + 1) / 2)"
+    assert formula.score({"toy-g1": {"accuracy": 0.6}, "toy-g2": {"pearson": 0.2}, "toy-g3": {"accuracy": 0.0}}) \
+        == pytest.approx((0.6 + 0.6) / 2)
+    assert overall_formula(["toy-g1", "sst"]).name == "mean"  # outside the group
+    with pytest.raises(TaskError, match="'toy-bad' is declared the default, but 'handout' already is"):
+        register_group(TaskGroup("toy-bad", ("toy-g1",), default=True))
+    with pytest.raises(TaskError, match=r"terms name \['sst'\], not among its tasks"):
+        TaskGroup("toy-bad", ("toy-g1",), terms=(("sst", "accuracy", False),))
+    with pytest.raises(TaskError, match="unknown task group 'nope'; known groups: handout, sentiment"):
+        get_group("nope")
+
+
+def test_the_run_config_chooses_the_task_set_and_the_variant_receives_it():
+    """One setting, --tasks: a variant's config holds the set it was given; without one, single-task
+    trains its group (sentiment) and every other variant the default group; a variant option
+    `tasks` is refused."""
+    from harness.config import ConfigError, resolve_config
+    from variants import make_config
+
+    def variant_tasks(**settings):
+        config = resolve_config(settings)
+        return make_config(config.variant, config.variant_settings()).tasks
+
+    assert variant_tasks() == ("sst", "cfimdb", "quora", "sts")
+    assert variant_tasks(variant="single-task") == ("sst", "cfimdb")
+    assert variant_tasks(variant="single-task", tasks="sst,sts") == variant_tasks(tasks="sst,sts") == ("sst", "sts")
+    with pytest.raises(ConfigError, match="tasks: the task set is the run setting --tasks .* use --tasks sst"):
+        resolve_config({"variant_options": {"tasks": "sst"}}).variant_settings()
+
+
 def test_a_tasks_primary_metric_other_than_its_first_is_the_one_the_overall_score_and_compare_use():
     """`primary` names the metric that scores the task, wherever it stands in `metrics`."""
     from harness.names import primary_key

@@ -15,21 +15,22 @@ of each, which the accounting and the optimizer's per-task groups follow.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from harness.handout_tasks import HANDOUT_TASKS
-from harness.tasks import TaskError, get_task
+from harness.tasks import TaskError, default_tasks, get_task
 
 
 @dataclass
 class VariantConfig:
     """Fields common to every variant. Subclasses add theirs and extend `validate`."""
 
-    tasks: tuple[str, ...] = HANDOUT_TASKS  # the tasks this variant trains and evaluates (--tasks)
+    # The run's task set, received from the run config (--tasks; else the variant's group, else the
+    # default group: variants.registry.make_config). Not an option: a run has one task set, --tasks.
+    tasks: tuple[str, ...] = field(default_factory=default_tasks)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,4 +1,5 @@
-"""The study's two baselines: everything shared but the heads."""
+"""The study's two baselines: everything shared but the heads. They differ only by their task set:
+`single-task` trains the task group `sentiment` unless --tasks names another set."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,11 +18,6 @@ class Multitask(TaskAdapter):
     """All encoder parameters shared across tasks; only the heads are task-specific."""
 
 
-@dataclass
-class SingleTaskConfig(VariantConfig):
-    tasks: tuple[str, ...] = ("sst", "cfimdb")
-
-
-@register_variant("single-task", config=SingleTaskConfig)
+@register_variant("single-task", config=MultitaskConfig, tasks="sentiment")
 class SingleTask(TaskAdapter):
     """Fine-tuned on sentiment only (SST and CFIMDB); only the heads are task-specific."""

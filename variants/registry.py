@@ -27,14 +27,17 @@ class RegisteredVariant:
     adapter_class: type
     description: str
     source: str  # the module that registered it
+    tasks: str = ""  # the task group it trains when --tasks names none ("": the default group)
 
 
 _REGISTRY: dict[str, RegisteredVariant] = {}
 _discovered = False
 
 
-def register_variant(name: str, config: type):
-    """Class decorator: registers a TaskAdapter subclass under `name` with its config dataclass."""
+def register_variant(name: str, config: type, tasks: str = ""):
+    """Class decorator: registers a TaskAdapter subclass under `name` with its config dataclass;
+    `tasks` names the task group (harness.tasks.TaskGroup) it trains when the run names no task set
+    (default: the default group)."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"variant {name!r}: config must be a dataclass, got {config!r}")
 
@@ -49,7 +52,7 @@ def register_variant(name: str, config: type):
         if previous is not None and previous.adapter_class.__qualname__ != adapter_class.__qualname__:
             raise VariantError(f"variant {name!r} is registered twice: by {previous.source} and "
                                f"{adapter_class.__module__}")
-        _REGISTRY[name] = RegisteredVariant(name, config, adapter_class, description, adapter_class.__module__)
+        _REGISTRY[name] = RegisteredVariant(name, config, adapter_class, description, adapter_class.__module__, tasks)
         return adapter_class
 
     return decorate
@@ -78,8 +81,21 @@ def get_variant(name: str) -> RegisteredVariant:
         raise VariantError(f"unknown variant {name!r}; known variants: {known}") from None
 
 
+def default_task_set(name: str) -> tuple[str, ...]:
+    """The task set variant `name` trains when the run names none: its group's, else the default group's."""
+    from harness.tasks import TaskError, default_tasks, get_group
+
+    variant = get_variant(name)
+    try:
+        return get_group(variant.tasks).tasks if variant.tasks else default_tasks()
+    except TaskError as exc:
+        raise VariantError(f"variant {name!r}: {exc}") from None
+
+
 def make_config(name: str, options: dict[str, Any] | None = None):
-    """The validated config of variant `name` with `options` (strings or values) applied."""
+    """The validated config of variant `name` with `options` (strings or values) applied. `tasks`
+    among them is the run's task set (TrainConfig.variant_settings passes --tasks); without it, the
+    variant's default set (`default_task_set`)."""
     variant = get_variant(name)
     fields = {f.name: f for f in dataclasses.fields(variant.config_class)}
     hints = typing.get_type_hints(variant.config_class)
@@ -88,6 +104,8 @@ def make_config(name: str, options: dict[str, Any] | None = None):
         if key not in fields:
             raise VariantError(f"variant {name!r} has no option {key!r}; its options: {', '.join(fields)}")
         values[key] = convert(hints[key], raw, f"variant {name!r} option {key!r}", VariantError)
+    if "tasks" not in values and "tasks" in fields:
+        values["tasks"] = default_task_set(name)
     try:
         return variant.config_class(**values)
     except (TypeError, ValueError) as exc:

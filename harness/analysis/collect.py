@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from harness import names
-from harness.handout_tasks import HANDOUT_TASKS
 from harness.names import primary_key
-from harness.tasks import TaskError, get_task, overall_formula
+from harness.tasks import TaskError, default_tasks, get_task, overall_formula
+from harness.tasks import task_order as ordered_tasks
 
 
 class CompareError(RuntimeError):
@@ -127,7 +127,7 @@ def collect(client, sweep: str | None = None, experiment: str | None = None,
 
 def _record(run, label: str, seed: int) -> RunRecord:
     m = run.data.metrics
-    tasks = [t for t in run.data.params.get(names.TASKS_PARAM, ",".join(HANDOUT_TASKS)).split(",") if t]
+    tasks = [t for t in run.data.params.get(names.TASKS_PARAM, ",".join(default_tasks())).split(",") if t]
     try:
         scores = {t: m[primary_key(t)] for t in tasks if primary_key(t) in m}
     except TaskError as exc:
@@ -147,9 +147,8 @@ def _record(run, label: str, seed: int) -> RunRecord:
 
 
 def task_order(records: list[RunRecord]) -> list[str]:
-    """The tasks of these runs: the handout's in the study's order, then others as first seen."""
-    seen = [t for r in records for t in r.scores]
-    return [t for t in HANDOUT_TASKS if t in seen] + list(dict.fromkeys(t for t in seen if t not in HANDOUT_TASKS))
+    """The tasks of these runs: the default group's in its order, then others as first seen."""
+    return ordered_tasks(t for r in records for t in r.scores)
 
 
 def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]:
