@@ -226,6 +226,8 @@ def test_compare_names_a_sweep_that_is_not_in_the_store(tracking_uri):
     (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=0.03, p_seeds_holm=0.09), "both", "within noise"),
     (dict(delta_overall=0.02, ci_low=0.01, ci_high=0.03, p_seeds=float("nan"), p_seeds_holm=float("nan")),
      "both", "better"),  # 1 seed
+    (dict(delta_overall=0.02, ci_low=float("nan"), ci_high=float("nan"), p_seeds=float("nan"),
+          p_seeds_holm=float("nan")), "seeds", "untested"),  # 1 seed, no bootstrap: no test ran, no verdict
 ])
 def test_a_difference_is_called_only_when_every_test_that_ran_finds_it(row, test, expected):
     ci = Interval(row["ci_low"], row["ci_high"])

@@ -86,7 +86,7 @@ def caption(rows: list[Row], baseline: str, test: str) -> str:
     chance = [r.stats["chance"].overall for r in rows if not math.isnan(r.stats["chance"].overall)]
     chance_text = (f" Chance: each task's score for a predictor that ignores its input (majority class; r = 0), "
                    f"overall {chance[0]:.3f}; a row not above it is named under caveats." if chance else "")
-    return (f"Verdict `better`/`worse` only where {rule}; otherwise `within noise`. {note} Detectable Δ: the "
+    return (f"Verdict `better`/`worse` only where {rule}; otherwise `within noise` (`untested`: one common seed and no bootstrap). {note} Detectable Δ: the "
             "smallest true difference of the overall score that a two-sided paired t-test over these seeds detects "
             f"with 80% power (alpha {ALPHA}), from the spread of the per-seed differences.{chance_text} Frontier: "
             "no other row scores as well or better at the same or lower cost (the plot's x-axis).")

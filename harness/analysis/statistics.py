@@ -121,13 +121,16 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def verdict(delta: float, p_holm: float, ci: Interval, test: str) -> str:
     """`better`/`worse` only if every test that could run finds the difference beyond noise
-    (the t-test needs 2+ common seeds; its Holm-adjusted p-value is what counts); else `within noise`."""
+    (the t-test needs 2+ common seeds; its Holm-adjusted p-value is what counts); else `within noise`;
+    `untested` where no test could run (one common seed and no bootstrap)."""
     beyond = []
     if test in ("bootstrap", "both") and not math.isnan(ci.low):
         beyond.append(ci.excludes_zero)
     if test in ("seeds", "both") and not math.isnan(p_holm):
         beyond.append(p_holm < ALPHA)
-    if beyond and all(beyond):
+    if not beyond:
+        return "untested"
+    if all(beyond):
         return "better" if delta > 0 else "worse"
     return "within noise"
 
