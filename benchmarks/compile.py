@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from overhead import recorded_batches  # noqa: E402  (benchmarks/overhead.py: every batch harness.train builds)
+from overhead import recorded_batches  # noqa: E402  (benchmarks/overhead.py: every batch harness.runs.loop builds)
 
 DTYPES = {"fp32": "no", "bf16": "bf16"}  # --dtype: the harness's --mixed-precision
 
@@ -48,8 +48,10 @@ def measure(model: str = "default", variant: str = "multitask", steps: int = 20,
     from accelerate.state import AcceleratorState, GradientState
     from torch._dynamo.utils import counters
 
-    from harness.config import resolve_config
-    from harness.train import preflight, setup, train_step
+    from harness.core.config import resolve_config
+    from harness.runs.loop import train_step
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight
 
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no GPU visible to torch")

@@ -18,7 +18,7 @@ Parts (--parts; default all of them, without a GPU all but compile):
   autocast), fp32 is `mixed_precision="no"`.
 - throughput: training tokens/s and model FLOPs utilisation (MFU) of `multitask` and
   `pals-parallel`, bf16 and fp32 (true fp32: PyTorch's default, no TF32), through
-  harness.train.train_step.
+  harness.runs.loop.train_step.
 - overhead: benchmarks/overhead.py (the harness's step against the minimal loop) on the device.
 - compile: benchmarks/compile.py (--compile against the uncompiled model, the harness's step
   time side by side, and the compile time) for `multitask` in bf16 on the GPU. In the default
@@ -125,10 +125,11 @@ def fresh_accelerate() -> None:
 
 
 def in_process_run(model: Path, variant: str, steps: int, size: dict, work: Path, precision: str = "no"):
-    """harness.train.setup for `steps` optimizer steps of one epoch, constant learning rate, in
+    """harness.runs.setup.setup for `steps` optimizer steps of one epoch, constant learning rate, in
     `precision` ("no": fp32, or "bf16")."""
-    from harness.config import resolve_config
-    from harness.train import preflight, setup
+    from harness.core.config import resolve_config
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight
 
     fresh_accelerate()
     config = resolve_config(dict(model=str(model), variant=variant, data_dir=str(work / "data"),
@@ -152,7 +153,7 @@ def launch_config(source: str, processes: int, folder: Path) -> str:
     """A copy of a launch config with num_processes set to what this machine runs."""
     import yaml
 
-    from harness.launch_config import read_launch_config
+    from harness.core.launch_config import read_launch_config
 
     config = read_launch_config(REPO / source)
     config["num_processes"] = processes
@@ -186,7 +187,7 @@ def initial_weights(model: Path) -> dict:
     """The weights setup() starts from (its seed, encoder and build), to see how far training moved them."""
     from accelerate.utils import set_seed
 
-    from harness.model import build_model, load_encoder
+    from harness.model.network import build_model, load_encoder
     from variants import make_config
 
     set_seed(0)
@@ -239,7 +240,7 @@ def launches(size: dict, model: Path, work: Path, atol: float) -> dict:
 # --- precision: bf16 against fp32 loss curves ------------------------------------------------------------
 
 def loss_curve(model: Path, size: dict, work: Path, bf16: bool) -> tuple[list[str], list[float]]:
-    from harness.train import train_step
+    from harness.runs.loop import train_step
 
     steps = size["precision_steps"]
     run = in_process_run(model, "multitask", steps, size, work, "bf16" if bf16 else "no")
@@ -279,7 +280,7 @@ def precision(size: dict, model: Path, work: Path, rtol: float) -> dict:
 
 def step_parameters(model, tasks: list[str]) -> dict[str, int]:
     """Non-embedding parameters a step of each task uses: the shared ones, its own parts and head."""
-    from harness.params import grouped_parameters
+    from harness.model.params import grouped_parameters
 
     counts = dict.fromkeys(tasks, 0)
     for name, parameter, _, owner in grouped_parameters(model):
@@ -293,7 +294,7 @@ def step_parameters(model, tasks: list[str]) -> dict[str, int]:
 def throughput(variant: str, bf16: bool, size: dict, model: Path, work: Path, peak_tflops: float | None) -> dict:
     import torch
 
-    from harness.train import train_step
+    from harness.runs.loop import train_step
 
     warmup, steps = size["warmup"], size["throughput_steps"]
     run = in_process_run(model, variant, warmup + steps, size, work, "bf16" if bf16 else "no")
@@ -368,7 +369,7 @@ def tables(results: dict) -> str:
                   for w in part["windows"]]
     part = results.get("throughput")
     if part and "error" not in part:
-        lines += ["", "### Training throughput (harness.train.train_step, padded tokens; MFU against the bf16 peak)",
+        lines += ["", "### Training throughput (harness.runs.loop.train_step, padded tokens; MFU against the bf16 peak)",
                   "| variant | precision | batch x mean length | step ms | tokens/s | TFLOP/s | MFU | peak GPU MB |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | {r['precision']} | {r['batch_size']} x {r['mean_padded_length']:.0f} | "
@@ -406,7 +407,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--parts: unknown {unknown}; known: {', '.join(PARTS)}")
 
-    from harness.tracking import git_commit
+    from harness.tracking.tracker import git_commit
 
     size_name = args.size if args.size != "auto" else ("base" if torch.cuda.is_available() else "tiny")
     size = SIZES[size_name]

@@ -17,7 +17,7 @@ Why the old floor was slower than the harness (0.948x, 0.950x): in part, transfo
 from_pretrained returns the encoder in eval mode and the harness switched to train mode only in
 its first evaluation, so it trained without dropout (and, on CPU, with the fused attention
 kernel, which dropout takes away) while the plain loop had dropout: a harness bug, fixed in
-harness.train.setup. With the fix and the harness always first the ratio stayed below 1 under
+harness.runs.setup.setup. With the fix and the harness always first the ratio stayed below 1 under
 load (0.900); the order within a pair is the other suspect (see docs/benchmarks.md).
 
     python benchmarks/overhead.py                      # packaged MiniLM, multitask
@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 
 @contextmanager
 def recorded_batches():
-    """Collects every batch harness.train builds for its steps, as built (padded, on the device)."""
-    import harness.train as train_module
+    """Collects every batch harness.runs.loop builds for its steps, as built (padded, on the device)."""
+    import harness.runs.loop as train_module
 
     batches, original = [], train_module.make_batch
 
@@ -72,13 +72,15 @@ def measure(model: str, variant: str = "multitask", steps: int = 30, warmup: int
     import torch
     from accelerate.utils import set_seed
 
-    from harness import names
-    from harness.config import resolve_config
-    from harness.distributed import agree_on_step
-    from harness.evaluation import make_batch, pad_multiple
-    from harness.model import build_model, load_encoder, task_loss
-    from harness.optim import innermost
-    from harness.train import preflight, setup, train_step
+    from harness.core import names
+    from harness.core.config import resolve_config
+    from harness.training.distributed import agree_on_step
+    from harness.training.evaluation import make_batch, pad_multiple
+    from harness.model.network import build_model, load_encoder, task_loss
+    from harness.training.optim import innermost
+    from harness.runs.loop import train_step
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:

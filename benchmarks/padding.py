@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 def measure(lengths: np.ndarray, grouped: bool, world: int, micro: int, accum: int, seed: int) -> tuple[int, int]:
-    from harness.sampler import TaskStream
+    from harness.tasks.sampler import TaskStream
 
     step = world * micro * accum
     stream = TaskStream(len(lengths), seed, lengths if grouped else None, step_size=step)
@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from harness.data import load_task_data
+    from harness.training.data import load_task_data
     from harness.tasks import default_tasks
-    from harness.model import load_encoder
+    from harness.model.network import load_encoder
 
     _, tokenizer = load_encoder(args.model)
     data = load_task_data(args.data_dir, list(default_tasks()), tokenizer, args.max_length)

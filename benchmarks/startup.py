@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 def startup_seconds(args, work: Path, cache: Path, index: int) -> float:
     from mlflow.tracking import MlflowClient
 
-    from harness import names
+    from harness.core import names
 
     uri = f"sqlite:///{work / f'mlflow{index}.db'}"
     from harness.testing import run_cli

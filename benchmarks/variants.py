@@ -37,7 +37,7 @@ def matmul_flops(size: int = 1536, repeats: int = 10) -> float:
 
 def fixed_batches(tokenizer, count: int, batch_size: int, max_length: int, task: str):
     """`count` training batches of one task from the bundled data, the same for every variant."""
-    from harness.data import collate, load_task_data
+    from harness.training.data import collate, load_task_data
 
     data = load_task_data(REPO / "data", [task], tokenizer, max_length)[task]
     return [collate(data.train[i * batch_size:(i + 1) * batch_size]) for i in range(count)], data
@@ -48,10 +48,10 @@ def worker(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.model import build_model, load_encoder, predictions, task_loss
-    from harness.optim import make_optimizer
-    from harness.params import count_parameters
-    from harness.train import peak_rss_mb
+    from harness.model.network import build_model, load_encoder, predictions, task_loss
+    from harness.training.optim import make_optimizer
+    from harness.model.params import count_parameters
+    from harness.runs.finish import peak_rss_mb
     from variants import make_config
 
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def worker(args) -> dict:
     model.eval()
     dev = data.dev
     order = np.argsort([len(x) for x in dev["input_ids"]], kind="stable")[: args.eval_examples]
-    from harness.data import collate
+    from harness.training.data import collate
 
     started = time.perf_counter()
     with torch.inference_mode():

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-# Lowest first. A module not listed here fails the test: give it a layer (and a line in docs/architecture.md).
+# Lowest first: each layer is packages (and the odd module), and every module of harness/ lies in a
+# sub-package but harness/testing.py. A module not under one of these fails the test: put it in a
+# package of its layer (and name it in docs/architecture.md's where-is-what table).
 LAYERS = {
-    "foundation": ["harness.values", "harness.names", "harness.launch_config", "harness.plugins", "harness.metrics",
-                   "harness.sampler", "harness.tasks", "harness.handout_tasks", "harness.config"],
+    "foundation": ["harness.core", "harness.tasks"],
     "variants": ["variants"],
-    "parts": ["harness.model", "harness.data", "harness.params", "harness.optim", "harness.distributed",
-              "harness.checkpoint", "harness.tracking", "harness.evaluation", "harness.power"],
-    "runs": ["harness.train", "harness.trained", "harness.export", "harness.mlflow_model", "harness.analysis", "harness.quora_split", "harness.sweeps"],
+    "parts": ["harness.model", "harness.training", "harness.tracking"],
+    "runs": ["harness.runs", "harness.analysis", "harness.sweeps"],
     "cli": ["harness.cli", "harness.testing"],
 }
 
@@ -79,17 +79,49 @@ def test_a_module_imports_only_from_its_own_layer_or_below(path):
     assert not upward, f"{module} ({list(LAYERS)[mine]}) imports {upward} from a higher layer"
 
 
+def test_the_layers_are_packages_and_every_module_lies_in_one():
+    """harness/ is sub-packages (one layer each), not flat modules: the only module directly under
+    harness/ is testing.py (the test support), and no layer names a module of a package another
+    entry already covers."""
+    flat = sorted(p.name for p in (REPO / "harness").glob("*.py") if p.name not in ("__init__.py", "testing.py"))
+    assert not flat, f"modules directly under harness/: {flat}; put each in the sub-package of its layer"
+    entries = [e for prefixes in LAYERS.values() for e in prefixes]
+    for entry in entries:
+        assert entry in ("variants", "harness.testing") or (REPO / entry.replace(".", "/") / "__init__.py").exists(), \
+            f"{entry}: a layer lists packages"
+    packages = {module_name(p).split(".")[1] for p in SOURCES if module_name(p).startswith("harness.")}
+    assert packages == {e.split(".")[1] for e in entries if e.startswith("harness.")}
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these modules: {long}"
+
+
+def test_the_layout_table_of_docs_architecture_names_every_module():
+    """docs/architecture.md's module-by-module table (package, module) covers every module of harness/."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows = set(re.findall(r"^\| `(harness(?:/[a-z_]+)*)/` \| `([a-z_]+\.py|[a-z_]+/)` \|", text, re.M))
+    listed = {f"{package}/{module}" for package, module in rows}
+    missing = [str(p.relative_to(REPO)) for p in SOURCES if p.parts[len(REPO.parts)] == "harness"
+               and p.name != "__init__.py" and str(p.relative_to(REPO)) not in listed
+               and str(p.parent.relative_to(REPO)) + "/" not in listed]  # a folder's row: all of it
+    assert not missing, f"not in docs/architecture.md's layout table: {missing}"
+
+
 def test_sweeps_reach_training_only_through_a_launched_process():
     for path in REPO.glob("harness/sweeps/**/*.py"):
-        assert not [n for n, _ in imports(path) if n.startswith(("harness.train", "harness.model"))], path
+        assert not [n for n, _ in imports(path) if n.startswith(("harness.runs", "harness.model"))], path
 
 
 def test_the_import_check_resolves_relative_imports_and_sees_imports_inside_functions():
     """What the two rules above read: a relative import is the module it names, wherever it stands."""
     source = ("from .spec import Job\nfrom . import search\n"
-              "def run():\n    from ..train import train\n    from .. import model\n    import harness.analysis\n")
+              "def run():\n    from ..runs.train import train\n    from .. import model\n    import harness.analysis\n")
     found = imports(REPO / "harness" / "sweeps" / "run.py", source)
-    assert set(found) >= {("harness.sweeps.spec", True), ("harness.sweeps.search", True), ("harness.train", False),
+    assert set(found) >= {("harness.sweeps.spec", True), ("harness.sweeps.search", True), ("harness.runs.train", False),
                           ("harness.model", False), ("harness.analysis", False)}
     package = imports(REPO / "harness" / "sweeps" / "__init__.py",
                       "from .run import run_sweep\nfrom ..cli import main\n")
@@ -106,11 +138,11 @@ def test_no_two_modules_import_each_other_not_even_inside_a_function():
 
 
 def test_generic_code_names_no_task_of_the_handout():
-    """The handout's tasks and their group live in handout_tasks.py (and the tool that splits the
+    """The handout's tasks and their groups live in harness/tasks/handout.py (and the tool that splits the
     bundled Quora file); everything else reads a task's spec or a group."""
-    from harness.handout_tasks import HANDOUT_TASKS
+    from harness.tasks.handout import HANDOUT_TASKS
 
-    allowed = {REPO / "harness" / "handout_tasks.py", REPO / "harness" / "quora_split.py"}
+    allowed = {REPO / "harness" / "tasks" / "handout.py", REPO / "harness" / "training" / "quora_split.py"}
     for path in SOURCES:
         if path in allowed:
             continue
@@ -119,5 +151,5 @@ def test_generic_code_names_no_task_of_the_handout():
         named = sorted({t for t in HANDOUT_TASKS for text in strings if text == t or f'"{t}"' in text})
         assert not named, f"{path.relative_to(REPO)} names the handout task(s) {named}"
     imported = [module_name(p) for p in SOURCES if p not in allowed
-                and any(n.startswith("harness.handout_tasks") for n, _ in imports(p))]
-    assert not imported, f"{imported} import harness.handout_tasks"
+                and any(n.startswith("harness.tasks.handout") for n, _ in imports(p))]
+    assert not imported, f"{imported} import harness.tasks.handout"

@@ -17,7 +17,7 @@ from harness.analysis.report import caption, csv_rows, markdown_table, write_csv
 from harness.analysis.rows import Cell, Row, summarise
 from harness.analysis.select import select_best
 from harness.analysis.statistics import ALPHA, Interval, _needed, bootstrap_difference, frontier, holm, verdict
-from harness.power import chance_level, detectable_difference, seeds_needed
+from harness.analysis.power import chance_level, detectable_difference, seeds_needed
 from harness.sweeps import expand, load_spec
 from harness.sweeps.labels import parse_label
 
@@ -153,7 +153,7 @@ def test_experiments_joined_by_commas_are_compared_as_one_and_an_unknown_one_is_
     """A study's rows can come from several experiments (frozen-encoder runs beside fine-tuned ones)."""
     from mlflow.tracking import MlflowClient
 
-    from harness import names
+    from harness.core import names
 
     client = MlflowClient(tracking_uri)
     for experiment, label in (("frozen", "multitask freeze_encoder=True"), ("tuned", "multitask")):

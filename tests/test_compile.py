@@ -15,7 +15,7 @@ import functools
 import pytest
 import torch
 
-from harness.config import ConfigError, TrainConfig, resolve_config
+from harness.core.config import ConfigError, TrainConfig, resolve_config
 from variants import list_variants, make_config
 
 VARIANTS = [v.name for v in list_variants()]
@@ -32,10 +32,10 @@ def tiny_settings(tmp_path, tiny_bert, small_data, **overrides):
 
 def use_backend(monkeypatch, backend: str) -> None:
     """--compile with `backend` instead of inductor (see the module docstring)."""
-    import harness.model
-    import harness.train
+    import harness.model.network
+    import harness.runs.setup
 
-    monkeypatch.setattr(harness.train, "compile_model", functools.partial(harness.model.compile_model,
+    monkeypatch.setattr(harness.runs.setup, "compile_model", functools.partial(harness.model.network.compile_model,
                                                                           backend=backend))
 
 
@@ -49,25 +49,27 @@ def two_tasks(variant: str) -> tuple[str, str]:
 
 
 def train_steps(settings: dict, schedule: list[str], monkeypatch) -> dict:
-    """harness.train's own set-up and steps over a fixed task schedule: the losses, the final
+    """harness.runs' own set-up and steps over a fixed task schedule: the losses, the final
     parameters by name, the padded length of each step's batch and the graphs dynamo compiled."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    import harness.train
-    from harness.train import preflight, setup, train_step
+    import harness.runs.loop
+    from harness.runs.loop import train_step
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight
 
     torch._dynamo.reset()
     counters.clear()
     lengths = []
-    real_make_batch = harness.train.make_batch
+    real_make_batch = harness.runs.loop.make_batch
 
     def recording(*args, **kwargs):
         batch = real_make_batch(*args, **kwargs)
         lengths.append(batch["input_ids"].shape[1])
         return batch
 
-    monkeypatch.setattr(harness.train, "make_batch", recording)
+    monkeypatch.setattr(harness.runs.loop, "make_batch", recording)
     config = resolve_config(settings)
     run = setup(config, *preflight(config))
     try:
@@ -79,7 +81,7 @@ def train_steps(settings: dict, schedule: list[str], monkeypatch) -> dict:
         compiled = run.model._compiled_call_impl is not None
     finally:
         run.tracker.finish()
-    monkeypatch.setattr(harness.train, "make_batch", real_make_batch)
+    monkeypatch.setattr(harness.runs.loop, "make_batch", real_make_batch)
     return {"losses": losses, "parameters": parameters, "lengths": lengths, "compiled": compiled,
             "graphs": counters["stats"]["unique_graphs"]}
 
@@ -115,8 +117,8 @@ def test_compile_is_off_by_default_a_flag_and_refused_with_gradient_checkpointin
 
 
 def test_compile_is_refused_with_deepspeed_before_anything_is_loaded(tmp_path, tiny_bert, small_data, monkeypatch):
-    from harness.launch_config import LaunchError
-    from harness.train import preflight
+    from harness.core.launch_config import LaunchError
+    from harness.runs.train import preflight
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     config = resolve_config(tiny_settings(tmp_path, tiny_bert, small_data, compile=True))
@@ -171,10 +173,11 @@ def test_a_compiled_runs_checkpoint_and_saved_model_load_uncompiled(tmp_path, ti
     those of any run."""
     from mlflow.tracking import MlflowClient
 
-    from harness.checkpoint import find_checkpoint
-    from harness.params import count_parameters
-    from harness.train import preflight, setup, train
-    from harness.trained import load_model
+    from harness.training.checkpoint import find_checkpoint
+    from harness.model.params import count_parameters
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight, train
+    from harness.runs.trained import load_model
 
     use_backend(monkeypatch, "eager")  # names and files do not depend on the backend
     settings = tiny_settings(tmp_path, tiny_bert, small_data, variant="pals-parallel", tasks="sst,sts", epochs=1,

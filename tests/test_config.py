@@ -1,8 +1,8 @@
 """Profiles resolve to the budgets they claim: the learning-rate schedule each one gives."""
 import pytest
 
-from harness.config import resolve_config
-from harness.train import learning_rate
+from harness.core.config import resolve_config
+from harness.training.optim import learning_rate
 
 
 def test_paper_profile_lr_is_constant_1e5_from_the_first_step():
@@ -32,8 +32,8 @@ def test_every_scheduler_is_transformers_schedule_at_every_step(scheduler, warmu
     import torch
     from transformers import get_scheduler
 
-    from harness.config import SCHEDULERS
-    from harness.optim import TRANSFORMERS_SCHEDULES
+    from harness.core.config import SCHEDULERS
+    from harness.training.optim import TRANSFORMERS_SCHEDULES
 
     assert tuple(TRANSFORMERS_SCHEDULES) == SCHEDULERS == ("constant", "linear", "cosine", "polynomial", "inverse_sqrt")
     config = resolve_config({"scheduler": scheduler, "warmup_fraction": warmup_fraction, "lr": 3e-4, "epochs": 3,
@@ -76,7 +76,7 @@ def test_the_schedules_from_before_transformers_give_the_same_rates_to_the_last_
 
 def test_a_config_file_is_read_as_yaml_or_json_and_a_broken_one_is_named_with_its_line(tmp_path, capsys):
     from harness.cli import main
-    from harness.config import ConfigError, read_config, write_config
+    from harness.core.config import ConfigError, read_config, write_config
 
     yaml_text = "variant: pals-top\nepochs: 2\nlr: 3e-5  # PyYAML reads this as a string\nlength_grouping: false\n" \
                 "variant_options:\n  pal_size: 12\n"

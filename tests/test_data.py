@@ -7,9 +7,9 @@ from conftest import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.data import DataError, check_data_dir, collate, read_task_file
-from harness.quora_split import assign_split
-from harness.handout_tasks import HANDOUT_TASKS
+from harness.training.data import DataError, check_data_dir, collate, read_task_file
+from harness.training.quora_split import assign_split
+from harness.tasks.handout import HANDOUT_TASKS
 from harness.tasks import get_task
 
 HEADERS = {

@@ -43,9 +43,9 @@ def single(args: list[str]):
 
 
 def final_weights(out: Path) -> dict:
-    """The run's saved model (--save-model: the artifact folder harness.trained writes, gathered from
+    """The run's saved model (--save-model: the artifact folder harness.runs.trained writes, gathered from
     every rank under ZeRO-3), loaded back as `mtl-bench evaluate` loads it."""
-    from harness.trained import load_model
+    from harness.runs.trained import load_model
 
     (folder,) = glob.glob(str(out / "out" / "*" / "model"))
     return load_model(Path(folder)).model.state_dict()
@@ -138,11 +138,11 @@ def references(tmp_path_factory, tiny_bert_no_dropout, small_data):
 
 
 def initial_weights(tiny_bert, variant) -> tuple[dict, dict]:
-    """The model's weights at initialisation, and each weight's (group, task) (harness.params)."""
+    """The model's weights at initialisation, and each weight's (group, task) (harness.model.params)."""
     from accelerate.utils import set_seed
 
-    from harness.model import build_model, load_encoder
-    from harness.params import parameter_group
+    from harness.model.network import build_model, load_encoder
+    from harness.model.params import parameter_group
     from variants import make_config
 
     set_seed(0)

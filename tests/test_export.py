@@ -1,4 +1,4 @@
-"""`mtl-bench export` (harness/export.py) and the relocatable base of a saved model (harness/trained.py).
+"""`mtl-bench export` (harness/runs/export.py) and the relocatable base of a saved model (harness/runs/trained.py).
 
 Most runs here are real MLflow runs with a real `model/` artifact written by `save_model`, of a
 tiny random BERT whose weights (adapters and heads included) are perturbed at random instead of
@@ -18,10 +18,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main as cli_main
-from harness.config import resolve_config
+from harness.core.config import resolve_config
 from harness.testing import run_cli
-from harness.tracking import get_or_create_experiment
-from harness.trained import ARTIFACT_PATH, TrainedModelError, evaluate_run, load_run, predict_run, save_model
+from harness.tracking.tracker import get_or_create_experiment
+from harness.runs.trained import ARTIFACT_PATH, TrainedModelError, load_run, save_model
+from harness.runs.use import evaluate_run, predict_run
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "load_exported_lora.py"
@@ -31,7 +32,7 @@ SENTENCES = ["a gripping , beautifully acted film", "dull", "the plot goes nowhe
 def saved_run(tmp_path: Path, model: str, tracking_uri: str, variant: str, options: dict | None = None,
               tasks: str = "sst,sts", freeze: bool = False, data_dir: str = "") -> str:
     """A run whose `model/` artifact holds `variant` on `model` with every weight perturbed at random."""
-    from harness.model import build_model, load_encoder
+    from harness.model.network import build_model, load_encoder
     from variants import make_config
 
     config = resolve_config({"model": model, "data_dir": data_dir or str(tmp_path), "tasks": tasks, "max_length": 32,
@@ -74,7 +75,7 @@ def test_a_lora_export_is_a_transformers_encoder_and_a_peft_adapter_per_task(tmp
     from peft import PeftModel
     from transformers import AutoTokenizer, BertModel
 
-    from harness.export import load_export
+    from harness.runs.export import load_export
 
     run_id = saved_run(tmp_path, str(tiny_bert), tracking_uri, "lora", {"rank": "4", "sites": "query,value,ffn-in"})
     out = tmp_path / "exported"
@@ -117,7 +118,7 @@ def test_every_variant_exports_parts_and_heads_the_harness_loads(tmp_path, tiny_
                                                                  options, freeze):
     from safetensors.torch import load_file
 
-    from harness.export import load_export
+    from harness.runs.export import load_export
 
     base = tmp_path / "base"
     shutil.copytree(tiny_bert, base)
@@ -238,7 +239,7 @@ def test_a_version_1_artifact_still_loads_from_its_recorded_folder(tmp_path, tin
 @pytest.mark.slow
 def test_the_readme_example_loads_a_trained_lora_task_without_the_harness_and_predicts_as_predict(
         tmp_path, tiny_bert, small_data, tracking_uri):
-    from harness.train import train
+    from harness.runs.train import train
 
     config = resolve_config(dict(model=str(tiny_bert), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
                                  cache_dir=str(tmp_path / "cache"), tracking_uri=tracking_uri, epochs=1,

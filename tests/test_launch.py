@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from harness.launch_config import launcher_overrides
+from harness.core.launch_config import launcher_overrides
 
 
 def test_the_launchers_own_parser_reads_the_flags_that_override_the_file():
@@ -21,7 +21,7 @@ def test_a_process_started_by_accelerate_launch_finds_the_launchers_flags(tmp_pa
     """A real `accelerate launch` (one process) of a script that reads its launcher's flags; and a
     process started otherwise has none."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from harness.launch_config import launcher_overrides\nprint(launcher_overrides())\n")
+    probe.write_text("from harness.core.launch_config import launcher_overrides\nprint(launcher_overrides())\n")
     launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
                                "--mixed_precision", "no", str(probe)], cwd=REPO, capture_output=True, text=True,
                               timeout=120)

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps import load_spec
 from harness.sweeps.executors import SweepError
 from harness.sweeps.executors.local import GpuPool, LocalExecutor, gpus_per_job

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from harness.metrics import METRICS, accuracy, macro_f1, mcc, pearson, spearman, task_metrics
+from harness.tasks.metrics import METRICS, accuracy, macro_f1, mcc, pearson, spearman, task_metrics
 from harness.tasks import get_task, overall_formula
 
 

@@ -1,4 +1,4 @@
-"""The MLflow model of a saved run (harness/mlflow_model.py): loaded by mlflow.pyfunc, served by
+"""The MLflow model of a saved run (harness/runs/mlflow_model.py): loaded by mlflow.pyfunc, served by
 `mlflow models serve`, registered by --register-model; its predictions are `mtl-bench predict`'s.
 
 The fast tests log the MLflow model of a run whose weights are perturbed at random (test_export's
@@ -28,9 +28,10 @@ from mlflow.tracking import MlflowClient
 from test_export import SENTENCES, saved_run
 
 from harness.cli import main as cli_main
-from harness.config import ConfigError, resolve_config
-from harness.mlflow_model import ARTIFACT_PATH, BASE_ENV, save_mlflow_model
-from harness.trained import TrainedModelError, predict_run
+from harness.core.config import ConfigError, resolve_config
+from harness.runs.mlflow_model import ARTIFACT_PATH, BASE_ENV, save_mlflow_model
+from harness.runs.trained import TrainedModelError
+from harness.runs.use import predict_run
 
 STS = [("A man plays a guitar.", "A man is playing music."), ("A cat sleeps.", "The stock market fell.")]
 # Tasks mixed and interleaved: each row's output must land on its own row.

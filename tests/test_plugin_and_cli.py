@@ -81,7 +81,7 @@ def test_every_train_setting_has_help_saying_what_it_does_its_valid_values_and_i
     import dataclasses
 
     from harness.cli import build_parser
-    from harness.config import TrainConfig
+    from harness.core.config import TrainConfig
     from variants import list_variants
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]

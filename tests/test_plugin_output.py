@@ -1,4 +1,4 @@
-"""What plugins return is checked where it enters the harness: a task's reader (harness.data.check_rows)
+"""What plugins return is checked where it enters the harness: a task's reader (harness.training.data.check_rows)
 and a variant's parts (the shapes of what its hooks and `top` give the model). Deliberately broken
 plugins; a one-line error naming the task or variant, the file and what is wrong."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.data import DataError, TaskRows, read_rows
+from harness.training.data import DataError, TaskRows, read_rows
 from harness.tasks import TaskSpec, register_task
 
 
@@ -59,7 +59,7 @@ def test_a_reader_that_returns_bad_rows_is_refused_naming_task_file_row_and_prob
 
 def test_a_reader_that_returns_something_else_than_task_rows_is_refused(tmp_path):
     spec = jsonl_task("plug-list", lambda path, spec, lenient, labelled: [("0", "a", 1)])
-    with pytest.raises(DataError, match=r"task plug-list, .*returned a list, not a harness.data.TaskRows"):
+    with pytest.raises(DataError, match=r"task plug-list, .*returned a list, not a harness.training.data.TaskRows"):
         read_rows(tmp_path / "t.jsonl", spec)
 
 
@@ -90,7 +90,7 @@ def test_a_broken_reader_stops_train_with_one_line_and_exit_2(tmp_path, tiny_ber
 def tiny_model(adapter_class):
     from transformers import BertConfig, BertModel
 
-    from harness.model import MultitaskModel
+    from harness.model.network import MultitaskModel
     from variants import make_config
 
     encoder = BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

@@ -15,10 +15,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import make_tiny_bert
-from harness.config import resolve_config
-from harness.data import collate, load_task_data
+from harness.core.config import resolve_config
+from harness.training.data import collate, load_task_data
 from harness.testing import launch, run_cli
-from harness.distributed import LaunchError, check_run_settings, launch_values, resolve_precision
+from harness.training.distributed import LaunchError, check_run_settings, launch_values, resolve_precision
 
 
 def test_collate_pads_to_a_multiple_with_the_given_pad_id():
@@ -98,7 +98,7 @@ def test_the_preflight_refuses_a_launch_that_drifted_from_its_config_or_from_the
     --launch-config, then what either fixes against the run config."""
     import re
 
-    from harness.distributed import preflight_launch
+    from harness.training.distributed import preflight_launch
 
     for var in list(os.environ):
         if var.startswith("ACCELERATE_") or var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
@@ -155,7 +155,7 @@ def losses_of(tracking_uri: str, task: str = "sst") -> tuple[list[float], object
 
 @pytest.mark.slow
 def test_bf16_trains_on_one_process_close_to_fp32_but_not_equal(tmp_path, small_data):
-    from harness.train import train
+    from harness.runs.train import train
 
     bert = make_tiny_bert(tmp_path / "bert", dropout=0.0)
     curves = {}
@@ -180,8 +180,8 @@ def test_bf16_trains_on_one_process_close_to_fp32_but_not_equal(tmp_path, small_
 def test_the_prepared_model_computes_in_the_precision_asked_for(precision, dtype, tmp_path, tiny_bert, small_data):
     """The encoder's matrix products run in bf16 under --mixed-precision bf16 (Accelerate's
     autocast); a run that recorded bf16 but trained in fp32 would fail here."""
-    from harness.evaluation import make_batch
-    from harness.train import setup
+    from harness.training.evaluation import make_batch
+    from harness.runs.setup import setup
     from variants import make_config
 
     config = resolve_config(dict(model=str(tiny_bert), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
@@ -266,7 +266,7 @@ def test_bf16_with_two_processes_matches_one_process_within_bf16_tolerance(tmp_p
     reference = weights(tmp_path / "one")
     from accelerate.utils import set_seed
 
-    from harness.model import build_model, load_encoder
+    from harness.model.network import build_model, load_encoder
     from variants import make_config
 
     set_seed(0)
@@ -292,7 +292,7 @@ def weights(folder: Path) -> dict:
 
 
 def test_a_resume_is_refused_where_it_would_change_the_data_order_or_cannot_load(tmp_path):
-    from harness.checkpoint import LoopState, check_resume_layout
+    from harness.training.checkpoint import LoopState, check_resume_layout
 
     ddp = LoopState(world_size=2, batch_size=8, grad_accum=1, deepspeed=False)
     check_resume_layout(ddp, tmp_path, 1, 16, 1, False)  # the same 16 examples per step

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import DATA
 
-from harness.config import resolve_config
-from harness.model import ModelError, load_encoder
-from harness.train import train
+from harness.core.config import resolve_config
+from harness.model.network import ModelError, load_encoder
+from harness.runs.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,8 @@ def test_packaged_checkpoint_trains_a_few_steps(tmp_path, small_data, tracking_u
 
 def zero_shot_sts_pearson(encoder, tokenizer, pairs, labels) -> float:
     """Pearson r of cosine(mean-pooled u, mean-pooled v) with the gold STS scores, no training."""
-    from harness.metrics import pearson
-    from harness.model import mean_pool
+    from harness.tasks.metrics import pearson
+    from harness.model.network import mean_pool
 
     def embed(sentences):
         out = []
@@ -64,10 +64,10 @@ def test_packaged_checkpoint_weights_are_the_trained_ones_zero_shot_sts(caplog):
     """
     from transformers import BertModel
 
-    from harness.data import read_task_file
+    from harness.training.data import read_task_file
     from harness.tasks import get_task
 
-    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="harness.model"):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="harness.model.network"):
         warnings.simplefilter("error")  # its only unused weights are the pooler's: no warning
         encoder, tokenizer = load_encoder("default")
     assert "pooler weights (pooler.dense.bias, pooler.dense.weight) are unused on purpose" in caplog.text

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, free_port
 from mlflow.tracking import MlflowClient
 
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps import SweepError, load_spec
 from harness.sweeps.executors.ray import JOB_CPUS_ENV, JOB_TAGS_ENV, RayExecutor, job_environment, job_resources
 

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import free_port
 from harness.testing import run_cli
-from harness.checkpoint import LoopState, resume_changes
+from harness.training.checkpoint import LoopState, resume_changes
 from harness.cli import build_parser, config_from_args, main
-from harness.config import ConfigError, TrainConfig
+from harness.core.config import ConfigError, TrainConfig
 
 STARTED = TrainConfig(epochs=2, batches_per_epoch=100, max_length=32, checkpoint_every=10, lr=3e-5,
                       variant="pals-top", variant_options={"pal_size": 48}, tracking_uri="sqlite:////a/mlflow.db")
@@ -79,7 +79,7 @@ def test_settings_that_cannot_change_the_result_may_differ_on_resume_and_are_ret
 
 def test_train_itself_refuses_a_conflicting_resume_before_loading_anything(tmp_path):
     """`train(config)` called from Python (benchmarks, notebooks) gets the same check as the command."""
-    from harness.train import preflight
+    from harness.runs.train import preflight
 
     run_dir = a_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match="batches_per_epoch: 100 when started, 150 now"):
@@ -119,7 +119,7 @@ def test_the_resume_command_repeats_how_the_run_was_launched():
     else `accelerate launch` with the launch config and the launcher's flags given over it."""
     from types import SimpleNamespace
 
-    from harness.train import resume_command
+    from harness.runs.loop import resume_command
 
     run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1), config=SimpleNamespace(launch_config=""),
                           out_dir="outputs/0123abcd", launch_overrides={})

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.sampler import SCHEDULES, TaskSampler, annealing_exponent, task_probabilities
+from harness.tasks.sampler import SCHEDULES, TaskSampler, annealing_exponent, task_probabilities
 
 SIZES = {"sst": 8544, "cfimdb": 1707, "quora": 16194, "sts": 6040}
 
@@ -76,7 +76,7 @@ def test_bad_sizes_are_refused():
 
 
 def test_length_grouped_stream_keeps_its_guarantees():
-    from harness.sampler import TaskStream
+    from harness.tasks.sampler import TaskStream
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 60, 1000)
@@ -109,7 +109,7 @@ def test_annealing_over_ten_epochs_with_unequal_task_sizes_flattens_the_draws():
     num_epochs = 10
     sampler = TaskSampler(sizes, "annealed", num_epochs=num_epochs, seed=1234)
 
-    def expected(epoch):  # written out here, not taken from harness.sampler
+    def expected(epoch):  # written out here, not taken from harness.tasks.sampler
         a = 1 - 0.8 * (epoch - 1) / (num_epochs - 1)
         total = sum(n ** a for n in sizes.values())
         return a, {t: n ** a / total for t, n in sizes.items()}
@@ -155,7 +155,7 @@ def test_each_pass_of_a_task_stream_is_shuffled_anew_and_a_resume_reproduces_it(
     """Every pass covers each example once in an order of its own (a fixed order would repeat the
     same batches every pass), set by the seed and the pass: a stream rebuilt from its state goes on
     with the same orders."""
-    from harness.sampler import TaskStream
+    from harness.tasks.sampler import TaskStream
 
     lengths = np.random.default_rng(0).integers(3, 60, 96) if grouped else None
 

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from test_sweep import child_runs, sweep_cli
 
 from harness.analysis import compare
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps import expand, load_spec
 from harness.sweeps.search import Search, study_of
 
@@ -211,7 +211,7 @@ def test_the_rounds_stop_at_a_failed_trial_and_a_re_run_runs_it_again_before_ask
     (a score from its lr) instead of training, failing one trial the first time it runs."""
     import json
 
-    from harness import names
+    from harness.core import names
     from harness.sweeps import Executor, run_sweep
 
     class ScriptedExecutor(Executor):

@@ -13,7 +13,7 @@ from harness.testing import run_cli
 from mlflow.tracking import MlflowClient
 
 from harness.analysis import compare
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps import expand, load_spec
 from harness.sweeps.labels import parse_label
 
@@ -383,8 +383,8 @@ def test_a_job_runs_from_its_config_file_which_holds_its_settings_options_and_pl
     import argparse
 
     from harness.cli import _add_config_flags, config_from_args
-    from harness.config import read_config, resolve_config
-    from harness.sweeps.spec import job_config_path, write_jobs_file
+    from harness.core.config import read_config, resolve_config
+    from harness.sweeps.files import job_config_path, write_jobs_file
 
     spec = load_spec(None, "s", ["pals-top"], [3], settings=["epochs=2", "length_grouping=false", "lr=3e-5"],
                      options=["pal_size=12"])

@@ -1,4 +1,4 @@
-"""Tasks as plugins (harness/tasks.py), and using a trained run: evaluate, predict, test-set files."""
+"""Tasks as plugins (harness/tasks/registry.py), and using a trained run: evaluate, predict, test-set files."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DATA
 from harness.testing import run_cli as cli
-from harness.data import DataError, check_data_dir, load_task_data, read_rows
+from harness.training.data import DataError, check_data_dir, load_task_data, read_rows
 from harness.tasks import TaskError, TaskSpec, get_task, overall_formula, register_task
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def test_heads_losses_and_predictions_follow_the_kind(tiny_bert):
     the range), and a binary task with one logit."""
     import torch
 
-    from harness.model import build_model, load_encoder, predictions, task_loss
+    from harness.model.network import build_model, load_encoder, predictions, task_loss
     from variants import make_config
 
     rating = register_task(spec(name="toy-rating", kind="regression", label_range=(1.0, 3.0)))
@@ -77,8 +77,8 @@ def test_heads_losses_and_predictions_follow_the_kind(tiny_bert):
 
 
 def test_a_checkpoint_from_before_tasks_had_several_metrics_is_upgraded_and_a_task_set_change_refused(tmp_path):
-    from harness.checkpoint import LoopState, check_resume_tasks, upgrade_metrics
-    from harness.distributed import LaunchError
+    from harness.training.checkpoint import LoopState, check_resume_tasks, upgrade_metrics
+    from harness.training.distributed import LaunchError
 
     old = {"sst": 0.41, "sts": 0.8}
     assert upgrade_metrics(old, lambda t: get_task(t).primary_metric) == {"sst": {"accuracy": 0.41},
@@ -147,7 +147,7 @@ def test_the_run_config_chooses_the_task_set_and_the_variant_receives_it():
     """One setting, --tasks: a variant's config holds the set it was given; without one, single-task
     trains its group (sentiment) and every other variant the default group; a variant option
     `tasks` is refused."""
-    from harness.config import ConfigError, resolve_config
+    from harness.core.config import ConfigError, resolve_config
     from variants import make_config
 
     def variant_tasks(**settings):
@@ -163,7 +163,7 @@ def test_the_run_config_chooses_the_task_set_and_the_variant_receives_it():
 
 def test_a_tasks_primary_metric_other_than_its_first_is_the_one_the_overall_score_and_compare_use():
     """`primary` names the metric that scores the task, wherever it stands in `metrics`."""
-    from harness.names import primary_key
+    from harness.core.names import primary_key
 
     listed_first = register_task(spec(name="toy-first", metrics=("accuracy", "mcc")))
     named = register_task(spec(name="toy-primary", metrics=("accuracy", "mcc"), primary="mcc"))
@@ -180,8 +180,8 @@ def test_a_tasks_primary_metric_other_than_its_first_is_the_one_the_overall_scor
 
 def test_a_task_with_its_own_reader_and_the_header_check_of_the_default_one(tmp_path, tiny_bert):
     """A task reading JSON lines; and a handout-format task whose file lacks a column."""
-    from harness.data import TaskRows
-    from harness.model import load_encoder
+    from harness.training.data import TaskRows
+    from harness.model.network import load_encoder
 
     def read_jsonl(path, task, lenient, labelled):
         rows = TaskRows(path)
@@ -255,8 +255,8 @@ def test_a_plugin_task_trains_beside_a_handout_task_and_the_run_is_evaluated_pre
         tmp_path, tiny_bert, small_data, nli_plugin):
     from mlflow.tracking import MlflowClient
 
-    from harness.evaluation import dev_metric_names
-    from harness.trained import evaluate_run
+    from harness.training.evaluation import dev_metric_names
+    from harness.runs.use import evaluate_run
 
     data = tmp_path / "data"
     shutil.copytree(small_data, data)

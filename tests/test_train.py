@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.config import resolve_config
-from harness.handout_tasks import HANDOUT_TASKS
+from harness.core.config import resolve_config
+from harness.tasks.handout import HANDOUT_TASKS
 from harness.tasks import get_task
-from harness.evaluation import dev_metric_names
-from harness.train import TaskStream, train
+from harness.training.evaluation import dev_metric_names
+from harness.runs.train import train
+from harness.tasks.sampler import TaskStream
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def test_training_run_records_params_metrics_counts_and_artifacts(tmp_path, tiny
 
 def test_loss_falls_during_training(tmp_path, tiny_bert, small_data, tracking_uri):
     config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=60,
-                         variant_options={"tasks": "sst"})
+                         tasks="sst")
     train(config)
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
@@ -92,7 +93,7 @@ def test_lenient_mode_skips_counts_and_records_bad_rows(tmp_path, tiny_bert, sma
 def test_tokenised_data_is_cached_between_runs(tmp_path, tiny_bert, small_data):
     from transformers import AutoTokenizer
 
-    from harness.data import load_task_data
+    from harness.training.data import load_task_data
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     first = load_task_data(small_data, ["sst"], tokenizer, 32, cache_dir=tmp_path)
@@ -122,7 +123,7 @@ def test_separate_pair_encoding_trains_end_to_end(tmp_path, tiny_bert, small_dat
     import csv
     import math
 
-    from harness.data import read_task_file
+    from harness.training.data import read_task_file
 
     config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=8,
                          pair_encoding="separate")
@@ -185,7 +186,7 @@ def test_every_epoch_is_recorded_and_the_best_or_last_is_reported(report, tmp_pa
     assert np.mean(rows[:, 0] == rows[:, 1]) == pytest.approx(sst[chosen].value)
     assert run.data.params["report_epoch"] == report
     # So is the saved model (--save-model): evaluated again, it scores the reported epoch's metrics.
-    from harness.trained import evaluate_run
+    from harness.runs.use import evaluate_run
 
     again = dev_metric_names(evaluate_run(run.info.run_id, "dev", tracking_uri=tracking_uri,
                                           out_dir=str(tmp_path / "eval"), log=False))
@@ -198,8 +199,8 @@ def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_be
 
     import torch
 
-    from harness.model import load_encoder
-    from harness.trained import TrainedModelError, load_run
+    from harness.model.network import load_encoder
+    from harness.runs.trained import TrainedModelError, load_run
 
     base = tmp_path / "base"
     shutil.copytree(tiny_bert, base)
@@ -224,7 +225,7 @@ def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_be
     for key, value in saved.items():
         assert torch.equal(weights[key], value)
     assert any(not torch.equal(weights[k], torch.zeros_like(weights[k])) for k in weights if k.startswith("heads."))
-    from harness.trained import evaluate_run
+    from harness.runs.use import evaluate_run
 
     again = evaluate_run(run.info.run_id, "dev", str(small_data), tracking_uri, str(tmp_path / "eval"), log=False)
     for name, value in metrics.items():
@@ -244,7 +245,7 @@ def test_a_frozen_encoder_trains_only_the_task_parts_and_heads(tmp_path, tiny_be
 def test_heads_can_read_the_pretrained_pooler(tmp_path, small_data, tracking_uri):
     from conftest import make_tiny_bert
 
-    from harness.model import ModelError, load_encoder
+    from harness.model.network import ModelError, load_encoder
 
     without = make_tiny_bert(tmp_path / "no-pooler")
     with pytest.raises(ModelError, match=r"lacks 2 encoder weight\(s\).*pooler\.dense"):
@@ -271,8 +272,9 @@ def test_training_has_dropout_from_the_first_step(tmp_path, tiny_bert, small_dat
     until its first evaluation, which the quick profile holds only at the end)."""
     import torch
 
-    from harness.evaluation import make_batch
-    from harness.train import preflight, setup
+    from harness.training.evaluation import make_batch
+    from harness.runs.setup import setup
+    from harness.runs.train import preflight
 
     config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=2)
     run = setup(config, *preflight(config))
@@ -335,9 +337,9 @@ def hold_until_sampled(monkeypatch, tracking_uri, samples: int = 2, at_step: int
     so that the tests do not depend on how fast this machine trains."""
     import time
 
-    import harness.train
+    import harness.runs.loop
 
-    real_step = harness.train.train_step
+    real_step = harness.runs.loop.train_step
 
     def step(run, window):
         if run.state.step + 1 == at_step:
@@ -350,7 +352,7 @@ def hold_until_sampled(monkeypatch, tracking_uri, samples: int = 2, at_step: int
                 time.sleep(0.05)
         return real_step(run, window)
 
-    monkeypatch.setattr(harness.train, "train_step", step)
+    monkeypatch.setattr(harness.runs.loop, "train_step", step)
 
 
 def test_system_metrics_and_device_tags_are_recorded_while_the_run_runs(tmp_path, tiny_bert, small_data,
@@ -389,17 +391,17 @@ def test_system_metrics_and_device_tags_are_recorded_while_the_run_runs(tmp_path
 def test_the_system_metrics_monitor_stops_however_the_run_ends(end, tmp_path, tiny_bert, small_data, tracking_uri,
                                                                monkeypatch):
     """A failed or killed run stops it too; a resumed run's samples continue after its last step."""
-    import harness.train
-    from harness.train import NonFiniteLoss, TrainingStopped
+    import harness.runs.loop
+    from harness.runs.loop import NonFiniteLoss, TrainingStopped
 
     hold_until_sampled(monkeypatch, tracking_uri, at_step=2)
     if end == "non-finite loss":
         checks = []  # the third step's loss is "not finite"
-        monkeypatch.setattr(harness.train, "all_finite", lambda accelerator, loss: len(checks.append(0) or checks) < 3)
+        monkeypatch.setattr(harness.runs.loop, "all_finite", lambda accelerator, loss: len(checks.append(0) or checks) < 3)
     elif end == "error":
-        monkeypatch.setattr(harness.train, "learning_rate", lambda config, step: 1 / 0 if step == 2 else 1e-3)
+        monkeypatch.setattr(harness.runs.loop, "learning_rate", lambda config, step: 1 / 0 if step == 2 else 1e-3)
     else:
-        monkeypatch.setattr(harness.train, "agree_on_step", lambda accelerator, code, stop, step, tasks: step == 3)
+        monkeypatch.setattr(harness.runs.loop, "agree_on_step", lambda accelerator, code, stop, step, tasks: step == 3)
     config = tiny_config(tmp_path, tiny_bert, small_data, tracking_uri, epochs=1, batches_per_epoch=6,
                          system_metrics_interval=0.2)
     with pytest.raises((NonFiniteLoss, ZeroDivisionError, TrainingStopped)):
@@ -432,7 +434,7 @@ def test_device_tags_name_the_gpus_and_the_cuda_and_nccl_versions(monkeypatch):
     """The CUDA branch, on a machine without a GPU: torch's answers are replaced by a GPU machine's."""
     import torch
 
-    from harness.tracking import device_tags
+    from harness.tracking.tracker import device_tags
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
@@ -448,7 +450,7 @@ def test_a_validation_split_is_held_out_of_train_chooses_the_reported_epoch_and_
         tmp_path, tiny_bert, small_data, tracking_uri):
     """--validation-fraction: the held-out rows are the same whatever the row order, never trained on,
     evaluated every epoch as val_epoch/*, and the reported epoch (dev/*, val/*) is the best on validation."""
-    from harness.data import read_rows, validation_rows
+    from harness.training.data import read_rows, validation_rows
     from harness.tasks import get_task
 
     rows = read_rows(small_data / "ids-sst-train.csv", get_task("sst"))
@@ -475,8 +477,8 @@ def test_a_validation_split_is_held_out_of_train_chooses_the_reported_epoch_and_
     assert run.data.metrics["val/overall"] == pytest.approx(history["val_epoch/overall"][chosen])
     assert metrics["dev/overall"] == pytest.approx(history["dev_epoch/overall"][chosen])  # ...dev reported
 
-    from harness.data import load_task_data
-    from harness.model import load_encoder
+    from harness.training.data import load_task_data
+    from harness.model.network import load_encoder
 
     _, tokenizer = load_encoder(str(tiny_bert))
     data = load_task_data(small_data, ["sst"], tokenizer, 32, validation_fraction=0.25)["sst"]

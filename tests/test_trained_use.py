@@ -1,4 +1,4 @@
-"""Using a saved run (harness/trained.py): what `evaluate` answers and what it refuses.
+"""Using a saved run (harness/runs/trained.py): what `evaluate` answers and what it refuses.
 
 The run is a real MLflow run with a real `model/` artifact, written by `save_model` as training
 writes it, of a tiny random BERT that was never trained: evaluating needs a saved model, not a
@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.config import resolve_config
-from harness.trained import ARTIFACT_PATH, TrainedModelError, evaluate_run, save_model
+from harness.core.config import resolve_config
+from harness.runs.trained import ARTIFACT_PATH, TrainedModelError, save_model
+from harness.runs.use import evaluate_run
 
 
 @pytest.fixture
 def saved_run(tmp_path, tiny_bert, small_data, tracking_uri) -> str:
     """The id of a run that trained (and saved a model for) sst alone."""
-    from harness.model import build_model, load_encoder
+    from harness.model.network import build_model, load_encoder
     from variants import make_config
 
     config = resolve_config({"model": str(tiny_bert), "data_dir": str(small_data), "tasks": "sst", "max_length": 32,
@@ -44,7 +45,7 @@ def test_evaluate_refuses_tasks_the_run_did_not_train_before_predicting_anything
 
 def test_evaluate_scores_the_tasks_the_run_trained(tmp_path, saved_run, tracking_uri, small_data):
     """The other side of the refusal: --tasks naming a trained task (or no --tasks) is answered."""
-    from harness.data import read_rows
+    from harness.training.data import read_rows
     from harness.tasks import get_task
 
     out = tmp_path / "eval"

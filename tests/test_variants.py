@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from harness.model import build_model, task_loss
-from harness.params import count_parameters, grouped_parameters
+from harness.model.network import build_model, task_loss
+from harness.model.params import count_parameters, grouped_parameters
 from harness.tasks import get_task
 from variants import VariantError, get_variant, list_variants, make_config
 
@@ -248,7 +248,7 @@ def test_the_encoder_keeps_pytorchs_fused_attention(encoder, name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_a_frozen_encoder_leaves_the_optimizer_only_the_variants_parts_and_heads(encoder, name):
-    from harness.optim import make_optimizer
+    from harness.training.optim import make_optimizer
 
     model = build_model(copy.deepcopy(encoder), name, make_config(name), "joint", freeze_encoder=True)
     counts = count_parameters(model)

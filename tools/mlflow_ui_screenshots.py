@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("chromium not found: install Debian's chromium package (apt-get install chromium)")
     from mlflow.tracking import MlflowClient
 
-    from harness import names
+    from harness.core import names
     from harness.sweeps.records import job_runs
 
     client = MlflowClient(args.tracking_uri)

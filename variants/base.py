@@ -2,7 +2,7 @@
 
 A TaskAdapter owns every parameter the method adds. Parameters specific to one task live under
 `self.per_task[<task>]`; anything else it owns is shared across tasks. The parameter
-accounting (`harness.params`) relies on exactly this layout, so a new variant gets correct
+accounting (`harness.model.params`) relies on exactly this layout, so a new variant gets correct
 counts without writing any counting code.
 
 The adapter never sees the optimizer, Accelerate, DeepSpeed or MLflow. It reaches into the

@@ -10,7 +10,7 @@ What the harness's invariants need, and how they are kept:
   adapter only, so it is not used: a forward pre-hook on each adapted layer sets the layer's
   active adapter (`_active_adapter`) to the task of the pass. Every task's adapter stays
   trainable; an inactive task's adapter gets no gradient, and the optimizer's per-task groups
-  leave it and its optimizer state untouched (harness.optim). peft's injection also freezes
+  leave it and its optimizer state untouched (harness.training.optim). peft's injection also freezes
   everything but the adapters; the encoder's own `requires_grad` is restored afterwards, so
   `--freeze-encoder` decides whether the encoder trains, as for every variant.
 - The adapters live inside the encoder's modules, under peft's names

@@ -10,8 +10,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from harness.plugins import load_entry_points
-from harness.values import convert
+from harness.core.plugins import load_entry_points
+from harness.core.values import convert
 
 ENTRY_POINT_GROUP = "bert_mtl_bench.variants"
 

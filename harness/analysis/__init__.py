@@ -6,7 +6,7 @@ Read in this order:
 - `registry.py`: `@statistic`: a statistic is one registered function whose column the table,
   the CSV and the plots pick up.
 - `statistics.py`: the built-in statistics (paired t-test and Holm, bootstrap, verdict, detectable
-  difference and seeds needed via harness/power.py, chance levels, frontier), in column order.
+  difference and seeds needed via harness/analysis/power.py, chance levels, frontier), in column order.
 - `rows.py`: `summarise`: one typed `Row` per label, paired with the baseline, statistics computed.
 - `report.py`: compare.md (Markdown table and caption) and compare.csv.
 - `plots.py`: overall.png, score_vs_params.png, per_task.png.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import names
-from harness.names import primary_key
+from harness.core import names
+from harness.core.names import primary_key
 from harness.tasks import TaskError, default_tasks, get_task, overall_formula
 from harness.tasks import task_order as ordered_tasks
 
@@ -55,7 +55,7 @@ def as_metrics(scores: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def _sweep_runs(client, sweep: str) -> tuple[list, str]:
     """A sweep's runs (the parent among them), and its parent run's id."""
-    from harness.tracking import search_all_runs
+    from harness.tracking.tracker import search_all_runs
 
     if "'" in sweep:
         raise CompareError(f"--sweep {sweep!r}: a sweep id has no quotes")
@@ -82,7 +82,7 @@ def _sweep_runs(client, sweep: str) -> tuple[list, str]:
 
 def _experiment_runs(client, experiment: str) -> list:
     """The runs of one experiment, or of several joined by commas (a study's rows from more than one)."""
-    from harness.tracking import search_all_runs
+    from harness.tracking.tracker import search_all_runs
 
     ids = []
     for name in filter(None, (x.strip() for x in experiment.split(","))):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.analysis.registry import registered
 from harness.analysis.rows import Row
-from harness.names import COSTS
+from harness.core.names import COSTS
 from harness.tasks import get_task
 
 

@@ -20,7 +20,7 @@ class Study:
     test: str = "both"  # "seeds" (paired t-test), "bootstrap" (over dev examples) or "both"
     resamples: int = 1000
     detect: float | None = None  # --detect: a difference to plan seeds for
-    cost: str = "trainable"  # the frontier's cost (harness.names.COSTS)
+    cost: str = "trainable"  # the frontier's cost (harness.core.names.COSTS)
     records: list[RunRecord] = field(default_factory=list)
     # A run's dev predictions per task (harness.analysis.collect.load_predictions).
     predictions: Callable[[RunRecord], dict[str, dict]] | None = None

@@ -7,20 +7,20 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness import names
+from harness.core import names
 from harness.analysis.collect import CompareError, collect
 from harness.analysis.plots import plots
 from harness.analysis.report import caption, document, tables, write_csv
 from harness.analysis.rows import Row, summarise
 from harness.analysis.select import select_best
-from harness.names import COSTS
+from harness.core.names import COSTS
 
 
 def compare(sweep: str | None = None, experiment: str | None = None, tracking_uri: str = "", out_dir: str = "",
             baseline: str = "multitask", test: str = "both", resamples: int = 1000, out=print,
             select_best_by: str = "", select_over: tuple[str, ...] = (), detect: float | None = None,
             cost: str = "trainable") -> list[Row]:
-    from harness.tracking import open_client
+    from harness.tracking.tracker import open_client
 
     if cost not in COSTS:
         raise CompareError(f"--cost: expected one of {list(COSTS)}, got {cost!r}")

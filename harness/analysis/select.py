@@ -5,7 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from harness import names
+from harness.core import names
 from harness.analysis.collect import CompareError, RunRecord
 from harness.sweeps.labels import Label, parse_label
 

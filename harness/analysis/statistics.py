@@ -23,9 +23,9 @@ import numpy as np
 
 from harness.analysis.collect import CompareError, RunRecord, as_metrics
 from harness.analysis.registry import Study, statistic
-from harness.metrics import METRICS
-from harness.names import COSTS
-from harness.power import chance_level, detectable_difference, seeds_needed
+from harness.tasks.metrics import METRICS
+from harness.core.names import COSTS
+from harness.analysis.power import chance_level, detectable_difference, seeds_needed
 from harness.tasks import get_task, overall_formula
 
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
@@ -136,7 +136,7 @@ def verdict(delta: float, p_holm: float, ci: Interval, test: str) -> str:
 
 
 def chance_levels(records: list[RunRecord], predictions) -> dict[str, float]:
-    """Each task's chance level (harness.power.chance_level) from one run's dev labels, and the
+    """Each task's chance level (harness.analysis.power.chance_level) from one run's dev labels, and the
     overall score's at those levels for each overall formula of these runs ("overall <formula>")."""
     levels: dict[str, float] = {}
     for record in records:

@@ -15,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import names
-from harness.launch_config import is_distributed, processes_per_node, read_launch_config, world_size
+from harness.core import names
+from harness.core.launch_config import is_distributed, processes_per_node, read_launch_config, world_size
 from harness.sweeps.executors import Placement, get_executor
-from harness.sweeps.spec import Job, job_config_path
+from harness.sweeps.files import job_config_path
+from harness.sweeps.spec import Job
 
 
 def job_command(jobs_file: Path, job: Job, meta: dict, resume: Path | None, place: Placement) -> list[str]:
@@ -65,7 +66,7 @@ def job_environment(meta: dict, place: Placement, environ: dict[str, str] | None
 
 def latest_checkpoint(job_dir: Path) -> Path | None:
     """The run folder under a job's folder holding the newest complete checkpoint, if any."""
-    from harness.checkpoint import CHECKPOINT_PREFIX
+    from harness.training.checkpoint import CHECKPOINT_PREFIX
 
     found = [(p.stat().st_mtime, p.parents[2]) for p in
              job_dir.glob(f"*/checkpoints/{CHECKPOINT_PREFIX}*/loop_state.json")]

@@ -1,6 +1,6 @@
 """A sweep job's label, written and read here only: the variant, then its grid (or search) values as
 `setting=value` tokens, "lora freeze_encoder=True lr=0.001 variant.rank=32". Training records it
-as the run's tag sweep.label (harness/names.py); `mtl-bench compare` groups a sweep's seeds by it
+as the run's tag sweep.label (harness/core/names.py); `mtl-bench compare` groups a sweep's seeds by it
 and reads the values back from it (`--select-over`, the baseline's matching grid point).
 """
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """A sweep in MLflow: one parent run (tags sweep.id and sweep.role=sweep, the spec as params)
-and the job runs below it (tags sweep.id, sweep.job, sweep.label; see harness/names.py)."""
+and the job runs below it (tags sweep.id, sweep.job, sweep.label; see harness/core/names.py)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from harness import names
+from harness.core import names
 from harness.sweeps.spec import SweepSpec
-from harness.tracking import retry, search_all_runs
+from harness.tracking.tracker import retry, search_all_runs
 
 
 def parent_run(client, experiment_id: str, spec: SweepSpec, planned: int, executor: str) -> str:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps.executors import Executor
 from harness.sweeps.records import finish_parent, job_runs, job_state, parent_run
-from harness.sweeps.spec import SweepSpec, expand, sweep_dir, tracking_of, write_jobs_file
+from harness.sweeps.files import sweep_dir, tracking_of, write_jobs_file
+from harness.sweeps.spec import SweepSpec, expand
 
 
 def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: bool = False,
@@ -22,7 +23,7 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
     from mlflow.tracking import MlflowClient
 
     from harness.sweeps.search import Search, known_jobs
-    from harness.tracking import check_reachable, get_or_create_experiment, retry, store_lock
+    from harness.tracking.tracker import check_reachable, get_or_create_experiment, retry, store_lock
 
     if not Path(spec.launch_config).is_file():
         raise ConfigError(f"launch_config: {spec.launch_config} does not exist (see launch/)")

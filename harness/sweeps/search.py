@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.sweeps.labels import extend_label
 from harness.sweeps.spec import OPTION, SAMPLERS, Job, SweepSpec, make_job, option_name, split_values
 

@@ -1,5 +1,5 @@
-"""A sweep's spec (a sweep file, see launch/sweeps/, or the command line), its expansion into
-jobs, and the files a job is run from: jobs.json and each job's config.json."""
+"""A sweep's spec (a sweep file, see launch/sweeps/, or the command line) and its expansion into
+jobs; the files a job is run from (jobs.json, each job's config.json) are harness/sweeps/files.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import SWEEP_FIELDS, ConfigError, TrainConfig, convert_setting, resolve_config, write_config
+from harness.core.config import SWEEP_FIELDS, ConfigError, TrainConfig, convert_setting, resolve_config
 from harness.sweeps.labels import make_label
-from harness.values import convert, parse_pair
+from harness.core.values import convert, parse_pair
 
 # Fields a sweep decides for each job itself, so a sweep file or --set cannot give them.
 NOT_SETTINGS = {"variant", "seed", "variant_options", "resume", "run_name", "launch_config", "progress",
@@ -361,46 +361,3 @@ def make_job(index: int, sweep: str, label: str, variant: str, seed: int, settin
     # (How a job is launched is not part of it: the same training on other hardware is the same job.)
     key = hashlib.sha256(identity.encode()).hexdigest()[:12]
     return Job(index, key, label, variant, seed, dict(settings), dict(options))
-
-
-def sweep_dir(spec: SweepSpec) -> Path:
-    output_dir = spec.set.get("output_dir", TrainConfig.output_dir)
-    return (Path(output_dir) / "sweeps" / spec.name).resolve()
-
-
-def tracking_of(spec: SweepSpec) -> tuple[str, str]:
-    """The sweep's tracking URI and experiment: its settings', else the defaults."""
-    from harness.tracking import resolve_tracking_uri
-
-    return (resolve_tracking_uri(spec.set.get("tracking_uri", "")),
-            spec.set.get("experiment", TrainConfig.experiment))
-
-
-def job_config(job: Job, sweep: str, parent_run_id: str, folder: Path) -> TrainConfig:
-    """The job's whole training config: its settings and options, and its place in the sweep."""
-    return resolve_config({**job.settings, "variant": job.variant, "seed": job.seed,
-                           "variant_options": dict(job.options), "parent_run_id": parent_run_id,
-                           "sweep_id": sweep, "sweep_job": job.key, "sweep_label": job.label,
-                           "run_name": job.run_name, "output_dir": str(folder / "jobs" / job.key),
-                           "progress": False})
-
-
-def job_config_path(jobs_file: Path, job: Job) -> Path:
-    return jobs_file.parent / "jobs" / job.key / "config.json"
-
-
-def write_jobs_file(folder: Path, spec: SweepSpec, jobs: list[Job], parent_run_id: str, tracking_uri: str,
-                    experiment: str, executor: str = "local") -> Path:
-    """jobs.json (the sweep and its jobs, for the job runner) and every job's config.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "jobs.json"
-    for job in jobs:
-        write_config(job_config(job, spec.name, parent_run_id, folder), job_config_path(path, job))
-    meta = {"name": spec.name, "executor": executor, "parent_run_id": parent_run_id,
-            "launch_config": str(Path(spec.launch_config).resolve()), "cwd": str(Path.cwd()),
-            "env": {"MLFLOW_TRACKING_URI": tracking_uri}, "experiment": experiment,
-            "spec": dataclasses.asdict(spec), "jobs": [dataclasses.asdict(j) for j in jobs]}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, default=str))
-    tmp.replace(path)
-    return path

@@ -4,7 +4,7 @@ group, DeepSpeed's set-up), so the distributed tests run all of a backend's chec
 
 SPEC.json: {"trainings": [[train flags...], ...],
             "inactive": [{"flags": [train flags...], "result": "path prefix"}, ...]}.
-- Each training is a full `mtl-bench train` (harness.train.train) with those flags.
+- Each training is a full `mtl-bench train` (harness.runs.train.train) with those flags.
 - "inactive" sets up a run with those flags and steps it through a fixed task schedule; after each
   step it records whether the probe task's master parameters and optimizer state (AdamW's
   moments and step count, whatever the backend keeps them in) are bitwise what they were after
@@ -63,10 +63,11 @@ def snapshot(run, task: str) -> list[torch.Tensor]:
 
 
 def inactive_check(flags: list[str], result: str) -> None:
-    from harness.train import setup, train_step
+    from harness.runs.loop import train_step
+    from harness.runs.setup import setup
 
     config = parse(flags)
-    from harness.train import preflight
+    from harness.runs.train import preflight
 
     variant_config, *_ = preflight(config)
     run = setup(config, variant_config, None)
@@ -91,7 +92,7 @@ def inactive_check(flags: list[str], result: str) -> None:
 def main() -> None:
     spec = json.loads(open(sys.argv[1]).read())
     for flags in spec.get("trainings", []):
-        from harness.train import train
+        from harness.runs.train import train
 
         train(parse(flags))
         reset_accelerate()

@@ -17,8 +17,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from harness.config import ConfigError
-from harness.launch_config import processes_per_node, read_launch_config
+from harness.core.config import ConfigError
+from harness.core.launch_config import processes_per_node, read_launch_config
 from harness.sweeps.executors import Executor, Placement, Report, SweepError, job_shell_command, register_executor
 from harness.sweeps.spec import Job, SweepSpec
 

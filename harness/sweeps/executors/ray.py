@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import ConfigError
-from harness.launch_config import read_launch_config, world_size
+from harness.core.config import ConfigError
+from harness.core.launch_config import read_launch_config, world_size
 from harness.sweeps.executors import Executor, Placement, Report, SweepError, job_shell_command, register_executor
 from harness.sweeps.spec import Job, SweepSpec
 

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import ConfigError
-from harness.launch_config import is_distributed, processes_per_node, read_launch_config
+from harness.core.config import ConfigError
+from harness.core.launch_config import is_distributed, processes_per_node, read_launch_config
 from harness.sweeps.executors import Executor, Placement, Report, SweepError, register_executor
 from harness.sweeps.spec import Job, SweepSpec
 

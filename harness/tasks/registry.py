@@ -13,7 +13,7 @@ names a task: they read its spec.
 Tasks form groups (`TaskGroup`, registered with `register_group`), as lm-evaluation-harness's
 group files do: a group declares its tasks and, optionally, its overall score, a formula of some
 of its tasks' metrics (`terms`). One group is the default (`default=True`): its tasks are the task
-set of a run that names none. The handout's group is declared in `harness/handout_tasks.py` like
+set of a run that names none. The handout's group is declared in `harness/tasks/handout.py` like
 anyone's; nothing here names a task.
 
 The overall score of a task set (`overall_formula`): a group's formula, for a set within that
@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.plugins import load_entry_points
+from harness.core.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "bert_mtl_bench.tasks"
 KINDS = ("classification", "regression")
@@ -47,12 +47,12 @@ class TaskSpec:
     """One task. `files` maps "train", "dev" and optionally "test" to file names in --data-dir.
 
     reader: None reads the handout's format (tab-separated with a header, CSV quoting; see
-    harness.data.read_task_file). A task with files of another format gives a function
-    `reader(path, spec, lenient, labelled) -> harness.data.TaskRows` that raises
-    harness.data.DataError naming the file and line of a bad row. It returns one string id, one
+    harness.training.data.read_task_file). A task with files of another format gives a function
+    `reader(path, spec, lenient, labelled) -> harness.tasks.TaskRows` that raises
+    harness.tasks.DataError naming the file and line of a bad row. It returns one string id, one
     tuple of len(text_columns) strings and one label per row; for an unlabelled split (labelled
     False: a test file) the labels may be left empty (the harness fills the placeholder 0.0) or
-    be 0.0. What it returns is checked where it enters the harness (harness.data.check_rows).
+    be 0.0. What it returns is checked where it enters the harness (harness.training.data.check_rows).
     binary_logit: a 2-class task predicted by one logit and a sigmoid (the CS224N starter's
     paraphrase head) instead of two logits and a softmax.
     output_column: the prediction column's name in the test-prediction file (`output_file`).
@@ -76,7 +76,7 @@ class TaskSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        from harness.metrics import METRICS
+        from harness.tasks.metrics import METRICS
 
         where = f"task {self.name!r}"
         if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name) \
@@ -297,7 +297,7 @@ def overall_formula(tasks: tuple[str, ...] | list[str]) -> OverallFormula:
     """The overall score of a task set (see the module docstring): the formula of the first group
     (in registration order) that the set lies within and that holds every task of its terms, else
     the mean of the tasks' primary metrics."""
-    from harness.metrics import METRICS
+    from harness.tasks.metrics import METRICS
 
     tasks = tuple(tasks)
     for group in list_groups():

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.launch_config import LaunchError, is_deepspeed, launcher_overrides, read_launch_config, world_size
+from harness.core.launch_config import LaunchError, is_deepspeed, launcher_overrides, read_launch_config, world_size
 
 
 def deepspeed_requested() -> bool:

@@ -1,6 +1,6 @@
 """Evaluation: a model's predictions for a tokenised dataset (on every rank, in the dataset's
 order), the dev metrics of a task set, and the names they are logged under. Used by the loop
-(harness/train.py) and by saved runs (harness/trained.py)."""
+(harness/runs/train.py) and by saved runs (harness/runs/trained.py)."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import names
-from harness.config import TrainConfig
-from harness.data import collate
-from harness.metrics import task_metrics
-from harness.model import confidence, predictions
-from harness.names import metric_key
+from harness.core import names
+from harness.core.config import TrainConfig
+from harness.training.data import collate
+from harness.tasks.metrics import task_metrics
+from harness.model.network import confidence, predictions
+from harness.core.names import metric_key
 from harness.tasks import get_task, overall_formula
 
 
@@ -31,7 +31,7 @@ def make_batch(dataset, indices, device, pad_id: int = 0, multiple: int = 1) -> 
 @torch.inference_mode()
 def predict_dataset(model, task: str, dataset, config: TrainConfig, accelerator,
                     pad_id: int = 0) -> tuple[list[float], list[float]]:
-    """The model's prediction and score (harness.model.confidence) for every example of a
+    """The model's prediction and score (harness.model.network.confidence) for every example of a
     tokenised dataset, in the dataset's order, on every rank.
 
     Examples are sorted by length so batches carry little padding, and dealt to ranks so

@@ -21,27 +21,10 @@ from typing import Any
 import torch
 
 from harness.tasks import TaskSpec, get_task
+from harness.tasks.rows import DataError, TaskRows  # noqa: F401  (a task reader's types, here as before)
 
 # Bumped whenever tokenised columns change, so stale caches are never reused.
 CACHE_VERSION = "2"
-
-
-class DataError(ValueError):
-    """A data file that cannot be used as it is. The message names the file and line."""
-
-
-@dataclass
-class TaskRows:
-    """The validated rows of one file, plus what the lenient mode skipped."""
-
-    path: Path | None  # None: texts that came from no file
-    ids: list[str] = field(default_factory=list)
-    texts: list[tuple[str, ...]] = field(default_factory=list)
-    labels: list[float] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, problem)
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def _parse_label(spec: TaskSpec, raw: str) -> float:
@@ -86,7 +69,7 @@ def check_rows(rows: Any, spec: TaskSpec, path: Path, labelled: bool, reader: st
         raise DataError(f"task {spec.name}, {path}: {reader} returned {problem}")
 
     if not isinstance(rows, TaskRows):
-        fail(f"a {type(rows).__name__}, not a harness.data.TaskRows")
+        fail(f"a {type(rows).__name__}, not a harness.training.data.TaskRows")
     n = len(rows.ids)
     if len(rows.texts) != n:
         fail(f"{n} ids but {len(rows.texts)} texts (one text tuple per id)")

@@ -48,7 +48,7 @@ def upgrade_metrics(metrics: dict, primary_of) -> dict:
 
 def check_resume_tasks(state: LoopState, where: Path, tasks: list[str]) -> None:
     """A checkpoint continues only the task set it was written with (its heads and task parts)."""
-    from harness.launch_config import LaunchError
+    from harness.core.launch_config import LaunchError
 
     if state.tasks and list(state.tasks) != list(tasks):
         raise LaunchError(f"--resume {where}: written for tasks {','.join(state.tasks)}; this run has "
@@ -67,7 +67,7 @@ def check_resume_layout(state: LoopState, where: Path, world_size: int, batch_si
     checkpoints are partitioned by rank: they need the world size they were written with
     (DeepSpeed's universal-checkpoint conversion is not used here).
     """
-    from harness.launch_config import LaunchError
+    from harness.core.launch_config import LaunchError
 
     if not state.world_size:
         return
@@ -108,7 +108,7 @@ def resume_changes(recorded: dict, given: dict, where: Path) -> dict[str, tuple]
     given for its resume. A difference in a setting that changes what is trained is refused,
     naming each setting and both values; the others (RESUME_MAY_CHANGE, and RESUME_LAYOUT, which
     check_resume_layout checks) are returned as {setting: (recorded, given)} for the run's records."""
-    from harness.config import ConfigError
+    from harness.core.config import ConfigError
 
     differ = {k: (recorded[k], given[k]) for k in recorded if k in given and recorded[k] != given[k]}
     if "variant_options" in differ and recorded.get("variant") == given.get("variant"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from harness.trained import FORMAT_VERSION, TrainedModelError, Trained, downloaded_model, load_model, resolve_base
+from harness.runs.trained import FORMAT_VERSION, TrainedModelError, Trained, downloaded_model, load_model, resolve_base
 
 EXPORT_FORMAT = "bert-mtl-bench-export"
 EXPORT_VERSION = 1
@@ -96,7 +96,7 @@ def _peft_adapter(model, task: str, folder: Path, base_name: str) -> None:
 
 
 def head_config(model, task: str, config) -> dict:
-    from harness.model import CosineHead
+    from harness.model.network import CosineHead
 
     spec = model.specs[task]
     separate = spec.is_pair and config.pair_encoding == "separate"
@@ -110,7 +110,7 @@ def head_config(model, task: str, config) -> dict:
 def export_model(trained: Trained, dst: Path, run_id: str = "") -> Path:
     from safetensors.torch import save_file
 
-    from harness.params import parameter_group
+    from harness.model.params import parameter_group
     from harness.tasks import spec_summary
 
     model, config, meta = trained.model, trained.config, trained.meta
@@ -151,15 +151,15 @@ def export_model(trained: Trained, dst: Path, run_id: str = "") -> Path:
 
 def load_export(folder: str | Path, base: str = "", device: str | torch.device = "cpu") -> Trained:
     """The harness's MultitaskModel from an export folder (any variant installed here), in eval mode;
-    a frozen encoder's base from `base` if given, else as harness.trained.resolve_base finds it."""
+    a frozen encoder's base from `base` if given, else as harness.runs.trained.resolve_base finds it."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertModel
 
-    from harness.config import resolve_config
-    from harness.model import build_model, load_encoder
-    from harness.params import parameter_group
+    from harness.core.config import resolve_config
+    from harness.model.network import build_model, load_encoder
+    from harness.model.params import parameter_group
     from harness.tasks import spec_summary
-    from harness.trained import registered
+    from harness.runs.trained import registered
     from variants import make_config
 
     folder = Path(folder)

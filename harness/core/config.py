@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.sampler import SCHEDULES
+from harness.tasks.sampler import SCHEDULES
 
-SCHEDULERS = ("constant", "linear", "cosine", "polynomial", "inverse_sqrt")  # see harness/optim.py
+SCHEDULERS = ("constant", "linear", "cosine", "polynomial", "inverse_sqrt")  # see harness/training/optim.py
 TASK_PER = ("window", "micro")
 # Kept here, not imported from the modules that use them, so that validation stays light.
-INACTIVE_TASKS = ("skip", "zero-grad")  # see harness/optim.py
+INACTIVE_TASKS = ("skip", "zero-grad")  # see harness/training/optim.py
 OPTIMIZERS = ("adamw", "sgd")
-HEAD_INPUTS = ("cls", "pooler")  # see harness/model.py
+HEAD_INPUTS = ("cls", "pooler")  # see harness/model/network.py
 REPORT_EPOCHS = ("best", "last")
 PAIR_ENCODINGS = ("joint", "separate")
-PRECISIONS = ("auto", "no", "bf16", "fp16")  # see harness/distributed.py resolve_precision
+PRECISIONS = ("auto", "no", "bf16", "fp16")  # see harness/training/distributed.py resolve_precision
 
 # Budgets. `paper` is the seed study's: 10 epochs x 400 batches at lr 1e-5, constant from the
 # first step (the study has no warm-up, so the paper profile sets warmup_fraction=0 rather than
@@ -80,7 +80,7 @@ class TrainConfig:
                              "gradient)", OPTIMIZERS)
     inactive_tasks: str = setting("skip", "what a step does to the tasks it does not train: 'skip' leaves their "
                                   "parameters and optimizer state as they were (the seed's optimizer); "
-                                  "'zero-grad' steps them with zero gradients (harness/optim.py)", INACTIVE_TASKS)
+                                  "'zero-grad' steps them with zero gradients (harness/training/optim.py)", INACTIVE_TASKS)
     freeze_encoder: bool = setting(False, "train only the variant's parts and the heads, not the pretrained "
                                    "encoder (the starter's 'pretrain' mode)")
     head_input: str = setting("cls", "what the heads read: the last layer's [CLS] state ('cls'), or the "
@@ -208,7 +208,7 @@ class TrainConfig:
         return self.epochs * self.batches_per_epoch
 
     def flat(self) -> dict[str, Any]:
-        """Every setting but the variant's options (a run logs those resolved: harness/names.py variant_param)."""
+        """Every setting but the variant's options (a run logs those resolved: harness/core/names.py variant_param)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "variant_options"}
 
 
@@ -220,7 +220,7 @@ def setting_types() -> dict[str, Any]:
 
 def convert_setting(name: str, raw: Any, where: str = "") -> Any:
     """A TrainConfig field's value from a string (command line, sweep file) or a YAML/JSON value."""
-    from harness.values import convert
+    from harness.core.values import convert
 
     hints = setting_types()
     if name not in hints:

@@ -48,7 +48,7 @@ def chance_level(metric: str, labels) -> float:
     """A task's primary metric for a predictor that ignores its input: the majority class for a
     classification metric (accuracy, macro-F1, MCC of the constant prediction), r = 0 for a
     correlation."""
-    from harness.metrics import METRICS
+    from harness.tasks.metrics import METRICS
 
     if metric in ("pearson", "spearman"):
         return 0.0

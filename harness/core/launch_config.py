@@ -1,6 +1,6 @@
 """Accelerate launch configs (the YAML files of launch/, or a user's own): the one reader.
 
-`harness.distributed` reads what a launch fixes from it; sweeps read process counts and
+`harness.training.distributed` reads what a launch fixes from it; sweeps read process counts and
 rewrite it for SLURM's nodes x GPUs. Nothing here imports torch.
 """
 from __future__ import annotations

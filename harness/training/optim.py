@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.config import INACTIVE_TASKS, TrainConfig
-from harness.params import grouped_parameters
+from harness.core.config import INACTIVE_TASKS, TrainConfig
+from harness.model.params import grouped_parameters
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:

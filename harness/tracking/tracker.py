@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from harness.names import STEP_METRIC
+from harness.core.names import STEP_METRIC
 
 DEFAULT_STORE_DIR = "mlruns"
 # One log_batch call takes at most 100 params and 1000 metrics (MLflow's limits).

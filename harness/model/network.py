@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import HEAD_INPUTS, PAIR_ENCODINGS
+from harness.core.config import HEAD_INPUTS, PAIR_ENCODINGS
 from harness.tasks import TaskSpec, get_task
 
 DEFAULT_MODEL = "default"

@@ -66,7 +66,7 @@ def predictions_file(task: str, split: str = "dev") -> str:
 
 
 def params_key(what: str) -> str:
-    """Parameter-count metrics: params/total, params/task_specific/<task>, ... (harness/params.py)."""
+    """Parameter-count metrics: params/total, params/task_specific/<task>, ... (harness/model/params.py)."""
     return f"params/{what}"
 
 

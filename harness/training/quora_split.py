@@ -6,7 +6,7 @@ the real quora-dev.csv (20,214 rows) by a stable hash of each row's id: about 80
 both with an empty is_duplicate) go to quora-excluded.csv with their line and problem,
 so none is lost silently.
 
-    python -m harness.quora_split ../shared/data/quora-dev.csv data/
+    python -m harness.training.quora_split ../shared/data/quora-dev.csv data/
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from harness.data import read_task_file
+from harness.training.data import read_task_file
 from harness.tasks import get_task
 
 TRAIN_PERCENT = 80

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from harness.names import RATIO_TO_ENCODER, TASK_SPECIFIC_TOTAL, params_key
+from harness.core.names import RATIO_TO_ENCODER, TASK_SPECIFIC_TOTAL, params_key
 
 
 def numel(parameter: nn.Parameter) -> int:
@@ -101,7 +101,7 @@ def parameter_table(model: str = "default", random_config: str = "", pair_encodi
     """
     import copy
 
-    from harness.model import build_model, load_encoder
+    from harness.model.network import build_model, load_encoder
     from variants import list_variants, make_config
 
     if random_config:

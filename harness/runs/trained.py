@@ -1,4 +1,5 @@
-"""A trained run's model: saved as an MLflow artifact, loaded back, and used (evaluate, predict).
+"""A trained run's model: its saved format (an MLflow artifact) and loading it back; its use
+(evaluate, predict) is harness/runs/use.py.
 
 With --save-model a run logs the artifact `model/` when the epoch it reports is chosen (the
 best one by default, as the CS224N starter keeps its best dev checkpoint):
@@ -21,11 +22,8 @@ lays them out) is read from the new place: the artifact URIs MLflow recorded are
 run's artifacts are looked for beside the database when the recorded folder is gone.
 
 Beside it the run logs `mlflow-model/`, the same model as an MLflow pyfunc model that predicts as
-`predict` does (harness/mlflow_model.py).
+`predict` does (harness/runs/mlflow_model.py).
 
-`mtl-bench evaluate RUN_ID` scores dev again or predicts the test split (writing the tasks'
-prediction files, for the handout tasks the starter's submission files); `mtl-bench predict`
-prints predictions for sentences given on the command line or in a file.
 """
 from __future__ import annotations
 
@@ -56,7 +54,7 @@ class TrainedModelError(ValueError):
 
 def local_checkpoint(model: str) -> Path:
     """The folder a --model resolves to here: a checkpoint folder, or a hub name's copy in the local cache."""
-    from harness.model import resolve_model_path
+    from harness.model.network import resolve_model_path
 
     folder = Path(resolve_model_path(model))
     if folder.is_dir():
@@ -124,7 +122,7 @@ def resolve_base(ref: dict, base: str = "") -> Path:
     else:
         found, package = None, ref.get("package")
         if package:
-            from harness.model import resolve_model_path
+            from harness.model.network import resolve_model_path
 
             try:
                 found = check(f"package {package}", Path(resolve_model_path(name)))
@@ -156,7 +154,7 @@ def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_c
     """Writes the artifact's files into `folder` (main process; `weights`, the state dict of the
     MultitaskModel `model`, gathered on every rank). A frozen encoder's own weights are left out;
     a variant's weights injected into the encoder (peft adapters) are kept."""
-    from harness.params import parameter_group
+    from harness.model.params import parameter_group
     from harness.tasks import get_task, spec_summary
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,7 +198,7 @@ def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     datasets.disable_progress_bars()
 
-    from harness.tracking import open_client
+    from harness.tracking.tracker import open_client
 
     return open_client(tracking_uri)
 
@@ -227,7 +225,7 @@ def download_model(run_id: str, tracking_uri: str, dst: Path) -> Path:
 def moved_artifacts(run, tracking_uri: str, client=None) -> Path | None:
     """A run's artifact folder in a SQLite store that was moved with its artifacts: MLflow records
     absolute artifact folders (the experiment's `<store>/artifacts`, the layout of
-    harness.tracking.get_or_create_experiment, and the run's folder under it); where the run's
+    harness.tracking.tracker.get_or_create_experiment, and the run's folder under it); where the run's
     is gone and the same place under the database's folder exists, that one. None: the recorded
     place is used."""
     from urllib.parse import unquote, urlparse
@@ -293,9 +291,9 @@ def load_model(folder: Path, device: str | torch.device = "cpu", base: str = "")
     a frozen encoder's base from `base` (a folder) if given, else as `resolve_base` finds it."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from harness.config import TrainConfig
-    from harness.model import build_model, load_encoder
-    from harness.params import parameter_group
+    from harness.core.config import TrainConfig
+    from harness.model.network import build_model, load_encoder
+    from harness.model.params import parameter_group
     from harness.tasks import spec_summary
     from variants import make_config
 
@@ -338,142 +336,3 @@ def downloaded_model(run_id: str, tracking_uri: str = ""):
 def load_run(run_id: str, tracking_uri: str = "", device: str | torch.device = "cpu", base: str = "") -> Trained:
     with downloaded_model(run_id, tracking_uri) as (folder, _):
         return load_model(folder, device, base)
-
-
-def _accelerator():
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def write_outputs(task: str, split: str, ids: list[str], preds: list[float], folder: Path) -> Path:
-    """A task's predictions as the CS224N starter writes them: a header line `id \\t <column> `,
-    then `<id> , <prediction> ` per example (classes as integers)."""
-    from harness.tasks import get_task
-
-    spec = get_task(task)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / spec.output_name(split)
-    with open(path, "w") as fp:
-        fp.write(f"id \t {spec.output_column} \n")
-        for example_id, pred in zip(ids, preds):
-            value = int(pred) if spec.kind == "classification" else pred
-            fp.write(f"{example_id} , {value} \n")
-    return path
-
-
-def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_uri: str = "", out_dir: str = "",
-                 tasks: list[str] | None = None, log: bool = True, cache_dir: str = "",
-                 out=print, base: str = "") -> dict[str, dict[str, float]]:
-    """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files to
-    <out_dir>/<split>/ and logs them to the run (under predictions/<split>/); for dev, returns
-    and prints the metrics. The test split is read strictly (no row may be left out of a submission)."""
-    from harness.data import check_data_dir, load_split, pad_id_of
-    from harness.evaluation import predict_dataset
-    from harness.metrics import task_metrics
-
-    if split not in ("dev", "test"):
-        raise TrainedModelError(f"--split {split!r}: expected dev or test")
-    with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
-        trained_tasks = list(meta["tasks"])
-        chosen = list(tasks or trained_tasks)
-        not_trained = [t for t in chosen if t not in trained_tasks]
-        if not_trained:
-            raise TrainedModelError(f"run {run_id} did not train task(s) {', '.join(not_trained)}; it trained "
-                                    f"{', '.join(trained_tasks)} (--tasks)")
-        for task in chosen:
-            registered(task)
-        data_dir = data_dir or meta["train"]["data_dir"]
-        check_data_dir(data_dir, chosen, (split,))  # every file there before anything is predicted
-        trained = load_model(model_folder, base=base)
-    config = trained.config
-    folder = Path(out_dir or Path(config.output_dir) / "evaluate" / run_id) / split
-    accelerator = _accelerator()
-    trained.model.to(accelerator.device)
-    metrics, paths = {}, []
-    for task in chosen:
-        rows, dataset = load_split(data_dir, task, split, trained.tokenizer, config.max_length, config.pair_encoding,
-                                   lenient=config.lenient_data and split == "dev", cache_dir=cache_dir or None)
-        preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
-        if split == "dev":
-            metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
-        paths.append(write_outputs(task, split, rows.ids, preds, folder))
-    if log:
-        log_files(run_id, tracking_uri, paths, f"predictions/{split}")
-    for path in paths:
-        out(f"wrote {path}")
-    if metrics:
-        from harness.evaluation import dev_metric_names
-
-        recorded = trained.meta.get("dev_metrics", {})
-        for name, value in dev_metric_names(metrics).items():
-            task_metric = name.split("/")[1:]
-            then = recorded.get(task_metric[0], {}).get(task_metric[1]) if len(task_metric) == 2 else None
-            out(f"{name}: {value:.4f}" + (f" (the run logged {then:.4f} at epoch {trained.meta['epoch']})"
-                                          if then is not None else ""))
-    return metrics
-
-
-def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str, ...]]:
-    """Examples for `predict`: positional texts (a pair task takes them two at a time) or a file
-    with one example per line (a pair's two sentences separated by a tab)."""
-    spec = registered(task)
-    width = len(spec.text_columns)
-    examples: list[tuple[str, ...]] = []
-    if file:
-        path = Path(file)
-        if not path.is_file():
-            raise TrainedModelError(f"--file {file}: no such file")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            fields = tuple(f.strip() for f in line.split("\t")) if width == 2 else (line.strip(),)
-            if len(fields) != width or not all(fields):
-                expected = "two tab-separated sentences" if width == 2 else "a sentence"
-                raise TrainedModelError(f"{path}, line {number}: expected {expected} for task {task}, "
-                                        f"found {len(fields)} non-empty field(s)")
-            examples.append(fields)
-    if texts:
-        if len(texts) % width:
-            raise TrainedModelError(f"task {task} takes sentence pairs: give an even number of texts "
-                                    f"(each two one pair), got {len(texts)}")
-        examples.extend(tuple(texts[i:i + width]) for i in range(0, len(texts), width))
-    if not examples:
-        raise TrainedModelError("nothing to predict: give texts or --file")
-    return examples
-
-
-def predict_examples(trained: Trained, task: str, examples: list[tuple[str, ...]],
-                     accelerator=None) -> tuple[list[float], list[float]]:
-    """The prediction and score of each example (a tuple of the task's one or two texts) for `task`,
-    as `predict` (and the MLflow model, harness/mlflow_model.py) gives them: the class and its
-    probability, or a regression task's value (twice)."""
-    from harness.data import TaskRows, pad_id_of, tokenize_rows
-    from harness.evaluation import predict_dataset
-
-    spec, config = trained.model.specs[task], trained.config
-    rows = TaskRows(None, [str(i) for i in range(len(examples))], examples, [0.0] * len(examples))
-    dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding)
-    accelerator = accelerator or _accelerator()
-    trained.model.to(accelerator.device)
-    return predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
-
-
-def predict_run(run_id: str, task: str, texts: list[str], file: str | None = None, tracking_uri: str = "",
-                out=print, base: str = "") -> list[tuple[float, float]]:
-    """Prints `prediction <tab> score <tab> text` per example (score: the predicted class's
-    probability, or the predicted value of a regression task)."""
-    with downloaded_model(run_id, tracking_uri) as (model_folder, meta):
-        # First what the run trained: a task it did not train is refused whether or not it is registered here.
-        if task not in meta["tasks"]:
-            raise TrainedModelError(f"run {run_id} did not train task {task!r}; it trained "
-                                    f"{', '.join(meta['tasks'])} (--task)")
-        examples = read_inputs(task, texts, file)
-        trained = load_model(model_folder, base=base)
-    spec = trained.model.specs[task]
-    preds, scores = predict_examples(trained, task, examples)
-    for pred, score, example in zip(preds, scores, examples):
-        shown = int(pred) if spec.kind == "classification" else round(pred, 4)
-        out(f"{shown}\t{score:.4f}\t{' ||| '.join(example)}")
-    return list(zip(preds, scores))
-

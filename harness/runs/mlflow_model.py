@@ -1,11 +1,11 @@
 """A saved run as an MLflow model: a `mlflow.pyfunc` model that predicts as `mtl-bench predict` does.
 
-With --save-model a run logs, beside its `model/` artifact (harness/trained.py), the artifact
+With --save-model a run logs, beside its `model/` artifact (harness/runs/trained.py), the artifact
 `mlflow-model/`: an MLflow model folder (MLmodel, the pickled `HarnessModel`, its requirements)
 whose one artifact, `artifacts/model/`, is a copy of `model/`. It is loaded by
-harness.trained.load_model, so a frozen encoder's base is found as everywhere else
-(harness.trained.resolve_base), or from `base` in the model_config or $MTL_BENCH_BASE; its rows
-are predicted by harness.trained.predict_examples. Its requirements name the harness's
+harness.runs.trained.load_model, so a frozen encoder's base is found as everywhere else
+(harness.runs.trained.resolve_base), or from `base` in the model_config or $MTL_BENCH_BASE; its rows
+are predicted by harness.runs.use.predict_examples. Its requirements name the harness's
 distribution (bert-mtl-bench) and the variant plugin's, not a copy of their code.
 
 Its input and output columns, its refusals, serving and registering: docs/using-a-trained-run.md.
@@ -51,7 +51,8 @@ class HarnessModel(mlflow.pyfunc.PythonModel):
     """The pyfunc: loads the run's model once (load_context), predicts a frame's rows by task."""
 
     def load_context(self, context):
-        from harness.trained import TrainedModelError, _accelerator, load_model
+        from harness.runs.trained import TrainedModelError, load_model
+        from harness.runs.use import _accelerator
 
         base = (context.model_config or {}).get("base") or os.environ.get(BASE_ENV, "")
         try:
@@ -62,7 +63,7 @@ class HarnessModel(mlflow.pyfunc.PythonModel):
         self.accelerator = _accelerator()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from harness.trained import predict_examples
+        from harness.runs.use import predict_examples
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         tasks = self.trained.tasks
@@ -120,7 +121,7 @@ def requirements(variant: str) -> list[str]:
 # the class is the installed harness's, nothing is pickled.
 MODEL_CODE = """import mlflow
 
-from harness.mlflow_model import HarnessModel
+from harness.runs.mlflow_model import HarnessModel
 
 mlflow.models.set_model(HarnessModel())
 """
@@ -134,7 +135,7 @@ def input_example(meta: dict) -> pd.DataFrame:
 
 
 def save_mlflow_model(model_folder: Path, path: Path) -> Path:
-    """Writes the MLflow model of the harness artifact `model_folder` (harness.trained.save_model's)
+    """Writes the MLflow model of the harness artifact `model_folder` (harness.runs.trained.save_model's)
     to `path`, replacing what is there."""
     import json
     import tempfile
