@@ -69,6 +69,11 @@ class TaskAdapter(nn.Module):
     # Attributes the hooks read that one encoder pass sets: activation checkpointing recomputes a
     # layer in the backward pass, after later passes have changed them (see checkpoint_context).
     hook_state: ClassVar[tuple[str, ...]] = ("_task", "_attention_mask")
+    # The encoders (transformers `model_type`s) the variant can be built on; None: any encoder.
+    # `variants.registry.check_architecture` refuses the others before a model is built, saying
+    # what the variant needs (`architecture_needs`) and which variants support the encoder.
+    architectures: ClassVar[tuple[str, ...] | None] = None
+    architecture_needs: ClassVar[str] = ""
 
     def __init__(self, config: VariantConfig, encoder_config, tasks: tuple[str, ...]):
         super().__init__()

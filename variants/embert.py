@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from variants.base import TaskAdapter, VariantConfig, check_choice, check_positive
+from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS
 from variants.pals import PALsAdapter, PALsConfig
 from variants.registry import register_variant
 
@@ -63,6 +64,8 @@ class Embert(TaskAdapter):
     """Task-embedded attention: per-task vectors added to Q, K and V in every layer."""
 
     identity_options = {"embert_init": "zeros"}
+    architectures = BERT_STYLE
+    architecture_needs = BERT_STYLE_NEEDS
 
     def __init__(self, config: EmbertConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)

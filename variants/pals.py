@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from variants.base import TaskAdapter, VariantConfig, check_choice, check_positive
+from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS
 from variants.registry import register_variant
 
 INITS = ("bert", "zero-decoder")
@@ -192,6 +193,8 @@ class PALsAdapter(TaskAdapter):
     """Projected attention layers per task, on top and/or in parallel (configurable)."""
 
     identity_options = {"init": "zero-decoder", "top_mode": "residual"}
+    architectures = BERT_STYLE  # the parallel PALs hook into the layers (a top PAL alone would not need it)
+    architecture_needs = BERT_STYLE_NEEDS
     hook_state = TaskAdapter.hook_state + ("_layer_input",)  # a parallel PAL reads its layer's input
 
     def __init__(self, config: PALsConfig, encoder_config, tasks):

@@ -112,3 +112,25 @@ def make_config(name: str, options: dict[str, Any] | None = None):
         if isinstance(exc, VariantError):
             raise
         raise VariantError(f"variant {name!r}: {exc}") from exc
+
+
+def supports(variant: RegisteredVariant, model_type: str) -> bool:
+    """Whether `variant` can be built on an encoder of `model_type` (its adapter's `architectures`)."""
+    architectures = variant.adapter_class.architectures
+    return architectures is None or model_type in architectures
+
+
+def check_architecture(variant_name: str, model_type: str) -> None:
+    """Raises VariantError (a ValueError) if variant `variant_name` cannot be built on an encoder of
+    transformers `model_type` (e.g. 'deberta-v2'): the message says what the variant needs and
+    which variants support that encoder. Unknown variants raise get_variant's error."""
+    variant = get_variant(variant_name)
+    if supports(variant, model_type):
+        return
+    adapter = variant.adapter_class
+    if adapter.architecture_needs:
+        why = f"{adapter.architecture_needs}; model_type {model_type!r} has none"
+    else:
+        why = f"supports the model_types {', '.join(adapter.architectures)} only, not {model_type!r}"
+    others = ", ".join(v.name for v in list_variants() if supports(v, model_type)) or "none"
+    raise VariantError(f"variant {variant_name!r} {why}. Variants that support {model_type}: {others}")
