@@ -30,6 +30,15 @@ def macro_f1(predictions: Sequence[float], labels: Sequence[float]) -> float:
     return float(f1_score(labels, predictions, average="macro", zero_division=0.0))
 
 
+def f1(predictions: Sequence[float], labels: Sequence[float]) -> float:
+    """F1 of the positive class (label 1) of a binary task, scikit-learn's "binary" average (GLUE's F1
+    for MRPC and QQP); 0 when nothing is predicted positive or no label is."""
+    from sklearn.metrics import f1_score
+
+    predictions, labels = _arrays("f1", predictions, labels)
+    return float(f1_score(labels, predictions, average="binary", pos_label=1, zero_division=0.0))
+
+
 def mcc(predictions: Sequence[float], labels: Sequence[float]) -> float:
     """Matthews correlation (multiclass: scikit-learn's generalisation); 0 for a constant predictor."""
     from sklearn.metrics import matthews_corrcoef
@@ -69,6 +78,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(accuracy, "classification", False),
     "macro_f1": Metric(macro_f1, "classification", False),
+    "f1": Metric(f1, "classification", False),
     "mcc": Metric(mcc, "classification", True),
     "pearson": Metric(pearson, "regression", True),
     "spearman": Metric(spearman, "regression", True),

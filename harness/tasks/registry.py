@@ -19,9 +19,14 @@ anyone's; nothing here names a task.
 The overall score of a task set (`overall_formula`): a group's formula, for a set within that
 group's tasks that holds every task of its terms (the handout's: the CS224N formula mean(SST acc,
 Quora acc, (STS r + 1) / 2) for its four tasks, or SST, Quora and STS); for any other set, the mean
-of every task's primary metric, a correlation mapped to [0, 1] as (r + 1) / 2. A run records the
-formula it used (param `overall_formula`); `compare` compares overall scores only between runs of
-the same formula.
+of every task's primary metric, a correlation mapped to [0, 1] as (r + 1) / 2. A formula averages a
+task's terms first, then the tasks (GLUE's score: MRPC's F1 and accuracy make one task score). A
+run records the formula it used (param `overall_formula`); `compare` compares overall scores only
+between runs of the same formula.
+
+A task may have more labelled dev files than its `dev` split (`TaskSpec.extra_dev`: MNLI's
+mismatched dev set beside the matched one): one head, one training set, each extra dev file scored
+with every metric of the task and recorded as the metric `<metric>_<name>` (dev/mnli/accuracy_mismatched).
 """
 from __future__ import annotations
 
@@ -56,6 +61,8 @@ class TaskSpec:
     binary_logit: a 2-class task predicted by one logit and a sigmoid (the CS224N starter's
     paraphrase head) instead of two logits and a softmax.
     output_column: the prediction column's name in the test-prediction file (`output_file`).
+    extra_dev: more labelled dev files, name -> file in --data-dir, read by the same reader and scored
+    with the same head and metrics as `dev`; their metrics are named `<metric>_<name>` (`dev_metrics`).
     """
 
     name: str
@@ -74,6 +81,7 @@ class TaskSpec:
     output_column: str = "Predicted"
     title: str = ""  # its name in tables (default: the name)
     description: str = ""
+    extra_dev: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from harness.tasks.metrics import METRICS
@@ -117,6 +125,11 @@ class TaskSpec:
                                 f"(choose from {fitting})")
         if self.primary and self.primary not in self.metrics:
             raise TaskError(f"{where}: primary {self.primary!r} is not one of its metrics {list(self.metrics)}")
+        for name, file in dict(self.extra_dev).items():
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name) \
+                    or not isinstance(file, str) or not file:
+                raise TaskError(f"{where}: extra_dev {dict(self.extra_dev)}: expected names of lower-case letters, "
+                                "digits and '_' (they name metrics <metric>_<name>), each a file name")
 
     @property
     def is_pair(self) -> bool:
@@ -133,6 +146,11 @@ class TaskSpec:
             return self.num_classes
         return 1
 
+    @property
+    def dev_metrics(self) -> tuple[str, ...]:
+        """Every dev metric the task records: its metrics on `dev`, then `<metric>_<name>` per extra dev file."""
+        return self.metrics + tuple(extra_metric(m, name) for name in self.extra_dev for m in self.metrics)
+
     def file(self, split: str) -> str:
         if split not in self.files:
             raise TaskError(f"task {self.name!r} has no {split} split (its files: {dict(self.files)})")
@@ -140,6 +158,11 @@ class TaskSpec:
 
     def output_name(self, split: str) -> str:
         return (self.output_file or f"{self.name}-{{split}}-output.csv").format(split=split)
+
+
+def extra_metric(metric: str, dev_set: str) -> str:
+    """The name of `metric` scored on the extra dev file `dev_set` (TaskSpec.extra_dev)."""
+    return f"{metric}_{dev_set}"
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -186,24 +209,39 @@ def list_tasks() -> list[TaskSpec]:
 
 @dataclass(frozen=True)
 class OverallFormula:
-    """How a task set's dev metrics become one overall score."""
+    """How a task set's dev metrics become one overall score: each task's terms are averaged into its
+    task score, and the task scores are averaged (a task of one term scores that term)."""
 
     terms: tuple[tuple[str, str, bool], ...]  # (task, metric, a correlation mapped to [0, 1])
     name: str  # a group's formula name ("cs224n" for the handout's), or "mean"
 
+    def by_task(self) -> dict[str, list[tuple[str, bool]]]:
+        """task -> its terms (metric, mapped), in the order of the terms."""
+        out: dict[str, list[tuple[str, bool]]] = {}
+        for task, metric, correlation in self.terms:
+            out.setdefault(task, []).append((metric, correlation))
+        return out
+
     def describe(self) -> str:
-        parts = [f"({t}/{m} + 1) / 2" if corr else f"{t}/{m}" for t, m, corr in self.terms]
+        def term(task: str, metric: str, corr: bool) -> str:
+            return f"({task}/{metric} + 1) / 2" if corr else f"{task}/{metric}"
+
+        parts = [term(task, *terms[0]) if len(terms) == 1 else f"mean({', '.join(term(task, *t) for t in terms)})"
+                 for task, terms in self.by_task().items()]
         return f"{self.name}: mean({', '.join(parts)})"
 
     def score(self, metrics: Mapping[str, Mapping[str, float]]) -> float | None:
-        """`metrics`: task -> metric -> value. None if a term's task is absent."""
-        values = []
-        for task, metric, correlation in self.terms:
-            if task not in metrics or metric not in metrics[task]:
-                return None
-            value = metrics[task][metric]
-            values.append((value + 1.0) / 2.0 if correlation else value)
-        return float(sum(values) / len(values))
+        """`metrics`: task -> metric -> value. None if a term's task or metric is absent."""
+        task_scores = []
+        for task, terms in self.by_task().items():
+            values = []
+            for metric, correlation in terms:
+                if task not in metrics or metric not in metrics[task]:
+                    return None
+                value = metrics[task][metric]
+                values.append((value + 1.0) / 2.0 if correlation else value)
+            task_scores.append(sum(values) / len(values))
+        return float(sum(task_scores) / len(task_scores))
 
 
 @dataclass(frozen=True)
