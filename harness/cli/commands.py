@@ -46,23 +46,39 @@ def cmd_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_line(spec, verbose: bool) -> str:
+    shape = "sentence pair" if spec.is_pair else "sentence"
+    what = (f"{spec.num_classes} classes" if spec.kind == "classification"
+            else f"{spec.label_range[0]:g}-{spec.label_range[1]:g}")
+    extra = "".join(f"; dev also {file} (metrics {', '.join(f'{m}_{name}' for m in spec.metrics)})"
+                    for name, file in spec.extra_dev.items())
+    line = (f"  {spec.name:12s} {spec.kind} of a {shape} ({what}); metrics {', '.join(spec.metrics)} "
+            f"(primary {spec.primary_metric}); files {', '.join(spec.files.values())}{extra}")
+    return line + (f"\n  {'':12s} {spec.description}" if verbose and spec.description else "")
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
+    """Each group with its overall formula, and under it the tasks not listed under an earlier group;
+    then the tasks of no group."""
     from harness.tasks import list_groups, list_tasks, overall_formula
 
-    for spec in list_tasks():
-        shape = "sentence pair" if spec.is_pair else "sentence"
-        what = (f"{spec.num_classes} classes" if spec.kind == "classification"
-                else f"{spec.label_range[0]:g}-{spec.label_range[1]:g}")
-        print(f"{spec.name:12s} {spec.kind} of a {shape} ({what}); metrics {', '.join(spec.metrics)} "
-              f"(primary {spec.primary_metric}); files {', '.join(spec.files.values())}")
-        if args.verbose and spec.description:
-            print(f"{'':12s} {spec.description}")
+    specs = {spec.name: spec for spec in list_tasks()}
+    listed: set[str] = set()
     for group in list_groups():
         overall = overall_formula(group.tasks).describe()
         print(f"group {group.name}{' (the default set)' if group.default else ''}: {','.join(group.tasks)}; "
               f"overall {overall}")
         if args.verbose and group.description:
-            print(f"{'':12s} {group.description}")
+            print(f"  {group.description}")
+        for task in group.tasks:
+            if task in specs and task not in listed:
+                print(_task_line(specs[task], args.verbose))
+                listed.add(task)
+    others = [spec for name, spec in specs.items() if name not in listed]
+    if others:
+        print("tasks in no group:")
+        for spec in others:
+            print(_task_line(spec, args.verbose))
     return 0
 
 
@@ -142,7 +158,7 @@ def _add_use_parsers(sub) -> None:
 def cmd_params(args: argparse.Namespace) -> int:
     from harness.model.params import parameter_table
 
-    print(parameter_table(args.model, args.random_config, args.pair_encoding))
+    print(parameter_table(args.model, args.random_config, args.pair_encoding, args.arch))
     return 0
 
 
