@@ -108,7 +108,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             text += "; one of: %(choices)s"
         default = f"{f.default!r}" if f.default not in ("", None) else "none"
         text += f" (default: {default}" + (", or the profile's)" if f.name in in_profiles else ")")
-        if hints[f.name] is bool:
+        if f.metadata["listed"]:
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name.upper(),
+                               help=text + " (repeatable)")
+        elif hints[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=text.replace("%(choices)s", ""))
         else:
@@ -124,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     overrides = read_config(args.config) if getattr(args, "config", None) else {}
     options = dict(overrides.pop("variant_options", {}) or {})
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+    overrides.update({f.name: _flag_value(f, getattr(args, f.name)) for f in dataclasses.fields(TrainConfig)
                       if f.name != "variant_options" and getattr(args, f.name, None) is not None})
     overrides["variant_options"] = {**options, **_parse_options(args.option)}
     recorded = {}
@@ -137,6 +140,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         resume_changes(recorded, dataclasses.asdict(config), Path(config.resume))
     make_config(config.variant, config.variant_settings())  # unknown variant / bad option: fail now
     return config
+
+
+def _flag_value(f: dataclasses.Field, value):
+    """A flag's value as a setting: a repeatable flag's values (each maybe comma-separated) joined."""
+    return ",".join(value) if f.metadata["listed"] else value
+
+
+def add_task_file_flag(parser: argparse.ArgumentParser) -> None:
+    """--task-file for commands that list or use tasks without training (`mtl-bench tasks`)."""
+    parser.add_argument("--task-file", dest="task_file", action="append", default=[], metavar="FILE",
+                        help="a YAML file declaring tasks and groups, registered beside the installed ones "
+                             "(docs/writing-a-task.md; repeatable)")
+
+
+def register_task_files_of(args: argparse.Namespace) -> None:
+    """Registers the tasks of the command's --task-file flags (add_task_file_flag)."""
+    from harness.tasks.taskfile import register_task_files
+
+    register_task_files(",".join(args.task_file))
 
 
 def _resumed_settings(given: dict) -> dict:

@@ -46,12 +46,13 @@ class ConfigError(ValueError):
     """An invalid setting. The message names the field, the value and what would be valid."""
 
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs):
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None, listed: bool = False, **kwargs):
     """A TrainConfig field with its help text (shown by `mtl-bench train --help`) and, for a closed
-    set of values, the set (argparse choices, and checked by `validate`)."""
+    set of values, the set (argparse choices, and checked by `validate`). `listed`: a comma-separated
+    list of strings, its flag repeatable and a YAML list accepted (`convert_setting` joins them)."""
     if "default_factory" not in kwargs:
         kwargs["default"] = default
-    return field(metadata={"help": help, "choices": choices}, **kwargs)
+    return field(metadata={"help": help, "choices": choices, "listed": listed}, **kwargs)
 
 
 @dataclass
@@ -145,6 +146,11 @@ class TrainConfig:
     sweep_job: str = setting("", "the job's stable key within its sweep (set by `mtl-bench sweep`)")
     sweep_label: str = setting("", "what `mtl-bench compare` groups runs by: the variant and any grid values "
                                "(set by `mtl-bench sweep`)")
+    task_file: str = setting("", "YAML files declaring tasks and task groups (format, files, columns, labels; "
+                             "docs/writing-a-task.md, Tasks declared in a file), registered for the run beside the "
+                             "installed ones and recorded with its saved model; comma-separated or the flag "
+                             "repeated (a list in a config or sweep file), relative to the working folder",
+                             listed=True)
     tasks: str = setting("", "comma-separated task set (`mtl-bench tasks`); empty: the variant's own task "
                          "group (single-task's: sentiment), else the default group's (`mtl-bench tasks`)")
     variant_options: dict[str, Any] = setting(None, "the variant's options (--option NAME=VALUE; `mtl-bench "
@@ -225,6 +231,11 @@ def convert_setting(name: str, raw: Any, where: str = "") -> Any:
     hints = setting_types()
     if name not in hints:
         raise ConfigError(f"{where or 'setting'} {name!r}: not a setting; known: {sorted(hints)}")
+    if TrainConfig.__dataclass_fields__[name].metadata["listed"] and isinstance(raw, list):
+        if not all(isinstance(item, str) and item and "," not in item for item in raw):
+            raise ConfigError(f"{f'{where} {name}'.strip()}: expected a list of names or paths (none empty, none "
+                              f"holding a comma), got {raw!r}")
+        raw = ",".join(raw)
     return convert(hints[name], raw, f"{where} {name}".strip(), ConfigError)
 
 
@@ -297,7 +308,9 @@ def _parse_yaml(path: Path, text: str, what: str = "not valid YAML") -> Any:
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the profile's values, then explicit overrides; validated."""
+    """Defaults, then the profile's values, then explicit overrides; validated. Its task files
+    (--task-file) are loaded and their tasks registered in this process (harness/tasks/taskfile.py),
+    so that its task set may name them: every process that resolves a run's config knows its tasks."""
     profile = overrides.get("profile", TrainConfig.profile)
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
@@ -307,4 +320,8 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
     config = TrainConfig(**{**PROFILES[profile], **overrides})
     config.validate()
+    if config.task_file:
+        from harness.tasks.taskfile import register_task_files
+
+        register_task_files(config.task_file)
     return config

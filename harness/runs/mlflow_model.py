@@ -5,7 +5,10 @@ With --save-model a run logs, beside its `model/` artifact (harness/runs/trained
 whose one artifact, `artifacts/model/`, is a copy of `model/`. It is loaded by
 harness.runs.trained.load_model, so a frozen encoder's base is found as everywhere else
 (harness.runs.trained.resolve_base), or from `base` in the model_config or $MTL_BENCH_BASE; its rows
-are predicted by harness.runs.use.predict_examples. Its requirements name the harness's
+are predicted by harness.runs.use.predict_examples. Tasks the run declared in a task file
+(--task-file) are registered from the copies the artifact holds (`artifacts/model/task-files/`,
+harness.runs.trained.register_saved_task_files), so the model loads and serves them where that file
+is absent. Its requirements name the harness's
 distribution (bert-mtl-bench) and the variant plugin's, not a copy of their code.
 
 Its input and output columns, its refusals, serving and registering: docs/using-a-trained-run.md.

@@ -137,7 +137,12 @@ def _setting(name: str, value: Any) -> Any:
     if name in NOT_SETTINGS or name not in TrainConfig.__dataclass_fields__:
         allowed = sorted(set(TrainConfig.__dataclass_fields__) - NOT_SETTINGS)
         raise ConfigError(f"sweep setting {name!r}: not a setting a sweep can vary; known: {allowed}")
-    return convert_setting(name, value, "sweep setting")
+    value = convert_setting(name, value, "sweep setting")
+    if name == "task_file":  # absolute in every job's config.json: a job may start in another folder or node
+        from harness.tasks.taskfile import paths_of
+
+        value = ",".join(str(path) for path in paths_of(value))
+    return value
 
 
 def _not_an_option(name: str, variants: list[str], where: str) -> None:

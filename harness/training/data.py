@@ -169,7 +169,9 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
 
 
 def check_data_dir(data_dir: str | os.PathLike, tasks: list[str], splits: tuple[str, ...] = ("train", "dev")) -> None:
-    """Fails fast, before any model is loaded, if a needed file is missing or mis-headed."""
+    """Fails fast, before any model is loaded, if a needed file is missing or mis-headed. A task's
+    reader with a `check(path, spec, labelled)` method checks its splits itself (a task file's
+    datasets reader: the split is there, with the declared columns)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: not a directory")
@@ -177,6 +179,10 @@ def check_data_dir(data_dir: str | os.PathLike, tasks: list[str], splits: tuple[
         spec = get_task(name)
         for split in splits:
             path = data_dir / spec.file(split)
+            check = getattr(spec.reader, "check", None)
+            if check is not None:  # a reader that checks a split itself (a task file's: harness/tasks/sources.py)
+                check(path, spec, labelled=split != "test")
+                continue
             if not path.is_file():
                 needed = " and ".join(spec.file(s) for s in splits)
                 raise DataError(f"{path}: file not found (needed for task {name}; --data-dir must hold {needed})")
@@ -205,7 +211,13 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A file's SHA-256, or a folder's (a dataset saved with save_to_disk): its files' names and bytes."""
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".lock")):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:
