@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 
-from harness.cli.flags import config_from_args
+from harness.cli.flags import config_from_args, register_task_files_of
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -62,6 +62,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     then the tasks of no group."""
     from harness.tasks import list_groups, list_tasks, overall_formula
 
+    register_task_files_of(args)  # --task-file: its tasks listed beside the installed ones
     specs = {spec.name: spec for spec in list_tasks()}
     listed: set[str] = set()
     for group in list_groups():

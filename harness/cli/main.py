@@ -19,7 +19,7 @@ from harness.cli.commands import (
     cmd_train,
     cmd_variants,
 )
-from harness.cli.flags import _add_config_flags, _Parser
+from harness.cli.flags import _add_config_flags, _Parser, add_task_file_flag
 from harness.cli.study import _add_sweep_parser
 from harness.core.config import ConfigError
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_variants.set_defaults(func=cmd_variants)
     p_tasks = sub.add_parser("tasks", help="list the registered tasks (--tasks chooses a run's)")
     p_tasks.add_argument("--verbose", "-v", action="store_true", help="also describe each task")
+    add_task_file_flag(p_tasks)
     p_tasks.set_defaults(func=cmd_tasks)
     _add_use_parsers(sub)
     p_params = sub.add_parser("params", help="parameter counts of every variant, without training")

@@ -11,6 +11,9 @@ best one by default, as the CS224N starter keeps its best dev checkpoint):
   installed package, the name as a folder, the Hugging Face cache) and checked by that hash.
 - `encoder/`: the encoder's config and tokenizer files, so that a fine-tuned encoder loads
   without the base checkpoint.
+- `task-files/`: copies of the run's --task-file files (harness/tasks/taskfile.py), whose tasks
+  are registered again from them whenever the artifact is read (`_read_meta`), so that a run
+  trained on tasks declared in a file is evaluated, predicted and exported without that file.
 - `model.json`: the format, the resolved run and variant config, the tasks' specs as trained,
   the base checkpoint's reference (`base`: name, package, sha256), and the epoch, step and dev
   metrics of the weights. Version 1 (before `base`) named a frozen encoder's base by the absolute
@@ -174,9 +177,44 @@ def save_model(folder: Path, weights: dict[str, torch.Tensor], config, variant_c
         # machine's) and by its weights' hash, and found again where the artifact is loaded.
         "base": base_reference(config.model, with_hash=config.freeze_encoder),
         "epoch": epoch, "step": step, "dev_metrics": metrics,
+        "task_files": save_task_files(folder, config.task_file),
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+TASK_FILES = "task-files"  # the artifact's copies of the run's --task-file files
+
+
+def save_task_files(folder: Path, setting: str) -> list[dict[str, str]]:
+    """Copies the run's task files (--task-file, as registered when the run started) into
+    `folder`/task-files/; their entries for model.json: the copy, and the original path and folder
+    (the tasks' relative data paths are relative to it)."""
+    from harness.tasks.taskfile import records
+
+    entries = []
+    for index, record in enumerate(records(setting)):
+        copy = Path(TASK_FILES) / f"{index}-{Path(record['path']).name}"
+        (folder / copy).parent.mkdir(parents=True, exist_ok=True)
+        (folder / copy).write_text(record["content"], encoding="utf-8")
+        entries.append({"file": copy.as_posix(), "path": record["path"], "folder": record["folder"]})
+    return entries
+
+
+def register_saved_task_files(folder: Path, meta: dict) -> None:
+    """Registers the tasks of the task files a saved model recorded (save_task_files), read from its
+    own copies: the original files are not needed where the model is used."""
+    from harness.tasks.taskfile import register_recorded
+
+    recorded = []
+    for entry in meta.get("task_files", []):
+        try:
+            content = (folder / entry["file"]).read_text(encoding="utf-8")
+        except (OSError, KeyError, TypeError) as exc:
+            raise TrainedModelError(f"{folder / 'model.json'}: task file entry {entry!r}: its copy cannot be read "
+                                    f"({type(exc).__name__}: {exc})") from None
+        recorded.append({"path": entry["path"], "folder": entry["folder"], "content": content})
+    register_recorded(recorded)
 
 
 @dataclass
@@ -283,6 +321,7 @@ def _read_meta(meta_file: Path) -> dict:
                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
     if meta["version"] == 1:  # the base by the folder it resolved to where the run was trained
         meta["base"] = {"name": meta.pop("base_model"), "package": None, "sha256": meta.pop("base_sha256")}
+    register_saved_task_files(meta_file.parent, meta)  # its tasks known before they are looked up
     return meta
 
 
