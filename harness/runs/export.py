@@ -1,6 +1,7 @@
 """`mtl-bench export RUN_ID DIR`: a saved run's model as standard folders, usable without the harness.
 
-DIR holds `encoder/` (a plain transformers BertModel, unless the encoder was frozen), per task
+DIR holds `encoder/` (a plain transformers model of the encoder's own class, BertModel, RobertaModel,
+..., which `AutoModel.from_pretrained` loads; none if the encoder was frozen), per task
 `<task>/head.safetensors` and `head.json` (and, for lora and ia3, the task's peft adapter), and
 for every variant `parts.safetensors` (every weight that is not the encoder's own) and
 `export.json` (the variant, its options, the tasks, the base checkpoint by name, package and
@@ -48,13 +49,18 @@ def _contiguous(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
 
 
-def plain_encoder(model):
-    """The encoder's own weights in a plain BertModel (a peft variant's adapters left out and its
-    wrapped layers' `base_layer` names undone)."""
-    from transformers import BertModel
+def _bare_encoder(encoder):
+    """A new encoder of `encoder`'s class and config (with a pooler if it has one), randomly initialised."""
+    from harness.model.encoders import encoder_from_config
 
+    return encoder_from_config(encoder.config, pooler=getattr(encoder, "pooler", None) is not None)
+
+
+def plain_encoder(model):
+    """The encoder's own weights in a plain transformers model of its class (a peft variant's
+    adapters left out and its wrapped layers' `base_layer` names undone)."""
     encoder, variant = model.encoder, model.variant
-    plain = BertModel(encoder.config, add_pooling_layer=getattr(encoder, "pooler", None) is not None)
+    plain = _bare_encoder(encoder)
     own = {k.replace(".base_layer.", "."): v for k, v in encoder.state_dict().items()
            if variant.encoder_parameter_task(k) is None}
     plain.load_state_dict(own, strict=True)
@@ -64,11 +70,9 @@ def plain_encoder(model):
 def _peft_adapter(model, task: str, folder: Path, base_name: str) -> None:
     """Task `task`'s adapter as a standard peft folder (peft's save_pretrained, adapter "default")."""
     from peft import get_peft_model
-    from transformers import BertModel
 
     encoder, variant = model.encoder, model.variant
-    wrapped = get_peft_model(BertModel(encoder.config, add_pooling_layer=getattr(encoder, "pooler", None) is not None),
-                             variant.config.peft_config())
+    wrapped = get_peft_model(_bare_encoder(encoder), variant.config.peft_config())
     # Informational (PeftModel.from_pretrained takes the base model itself): the export's encoder/
     # folder, or the base checkpoint's name for a frozen encoder.
     wrapped.peft_config["default"].base_model_name_or_path = base_name
@@ -153,7 +157,6 @@ def load_export(folder: str | Path, base: str = "", device: str | torch.device =
     """The harness's MultitaskModel from an export folder (any variant installed here), in eval mode;
     a frozen encoder's base from `base` if given, else as harness.runs.trained.resolve_base finds it."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertModel
 
     from harness.core.config import resolve_config
     from harness.model.network import build_model, load_encoder
@@ -178,8 +181,7 @@ def load_export(folder: str | Path, base: str = "", device: str | torch.device =
                                     f"({recorded} then, {now} now)")
     pooler = manifest["head_input"] == "pooler"
     if manifest["encoder"]:
-        encoder = BertModel.from_pretrained(folder / manifest["encoder"], add_pooling_layer=pooler)
-        tokenizer = AutoTokenizer.from_pretrained(folder / manifest["encoder"])
+        encoder, tokenizer = load_encoder(str(folder / manifest["encoder"]), pooler=pooler)
     else:
         encoder, tokenizer = load_encoder(str(resolve_base(manifest["base"], base)), pooler=pooler)
     variant_config = make_config(manifest["variant"], {**manifest["options"], "tasks": list(manifest["tasks"])})

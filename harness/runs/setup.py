@@ -23,6 +23,7 @@ from harness.training.checkpoint import (
 from harness.core.config import TrainConfig
 from harness.training.data import load_task_data
 from harness.training.distributed import check_launch, make_accelerator, preflight_launch, resolve_precision
+from harness.model.encoders import check_max_length
 from harness.model.network import build_model, compile_model, load_encoder
 from harness.training.optim import TaskSteps, make_optimizer
 from harness.model.params import count_parameters
@@ -149,6 +150,7 @@ def _loop_state(config: TrainConfig, resume_from: Path | None) -> LoopState:
 def _model_and_data(config: TrainConfig, variant_config, accelerator, tasks: list[str]):
     """The model with the variant's adapter and its optimizer, prepared by Accelerate; the tokenised data."""
     encoder, tokenizer = load_encoder(config.model, pooler=config.head_input == "pooler")
+    check_max_length(encoder, config.max_length, config.model)  # before tokenising, not at the first long example
     with accelerator.main_process_first():
         data = load_task_data(config.data_dir, tasks, tokenizer, config.max_length, config.pair_encoding,
                               lenient=config.lenient_data, cache_dir=config.cache_dir or None,

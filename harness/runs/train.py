@@ -15,7 +15,7 @@ from harness.core.config import TrainConfig
 from harness.training.data import check_data_dir
 from harness.training.distributed import preflight_launch, resolve_precision
 from harness.training.evaluation import dev_metric_names
-from harness.model.network import check_model
+from harness.model.encoders import check_model, model_type
 from harness.tracking.tracker import check_reachable, resolve_tracking_uri
 from harness.runs.finish import finish
 from harness.runs.loop import NonFiniteLoss, StopSignals, TrainingStopped, resume_command, train_loop
@@ -27,6 +27,7 @@ def preflight(config: TrainConfig):
     Returns the variant's config, the checkpoint to resume from, and the settings a resume changes
     ({setting: (when started, now)}, only those that cannot change what is trained)."""
     from variants import make_config
+    from variants.registry import check_architecture
 
     variant_config = make_config(config.variant, config.variant_settings())
     resume_from, changes = None, {}
@@ -40,6 +41,7 @@ def preflight(config: TrainConfig):
                   "with (written by an earlier version); the settings given now are used")
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
+    check_architecture(config.variant, model_type(config.model))  # PALs, EmBERT: BERT-style layers only
     launch = preflight_launch(config)
     resolve_precision(config.mixed_precision, launch)  # fails here, not after loading
     if config.compile and launch["deepspeed"][0]:

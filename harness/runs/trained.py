@@ -9,8 +9,8 @@ best one by default, as the CS224N starter keeps its best dev checkpoint):
   name (--model as given; "default" also names its package) and the SHA-256 of its weight files,
   never by a folder of this machine's, and found again when loaded (`resolve_base`: --base, the
   installed package, the name as a folder, the Hugging Face cache) and checked by that hash.
-- `encoder/`: the encoder's config and tokenizer files, so that a fine-tuned encoder loads
-  without the base checkpoint.
+- `encoder/`: the encoder's config (its own class: BertConfig, RobertaConfig, ...) and tokenizer
+  files, so that a fine-tuned encoder of any architecture loads without the base checkpoint.
 - `task-files/`: copies of the run's --task-file files (harness/tasks/taskfile.py), whose tasks
   are registered again from them whenever the artifact is read (`_read_meta`), so that a run
   trained on tasks declared in a file is evaluated, predicted and exported without that file.
@@ -328,9 +328,10 @@ def _read_meta(meta_file: Path) -> dict:
 def load_model(folder: Path, device: str | torch.device = "cpu", base: str = "") -> Trained:
     """Rebuilds the model of an artifact folder (see the module docstring) and loads its weights;
     a frozen encoder's base from `base` (a folder) if given, else as `resolve_base` finds it."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoConfig
 
     from harness.core.config import TrainConfig
+    from harness.model.encoders import encoder_from_config, load_tokenizer
     from harness.model.network import build_model, load_encoder
     from harness.model.params import parameter_group
     from harness.tasks import spec_summary
@@ -350,8 +351,10 @@ def load_model(folder: Path, device: str | torch.device = "cpu", base: str = "")
     if meta["encoder"] == "base":
         encoder, tokenizer = load_encoder(str(resolve_base(meta["base"], base)), pooler=pooler)
     else:
-        encoder = BertModel(BertConfig.from_pretrained(folder / "encoder"), add_pooling_layer=pooler)
-        tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
+        # The encoder's own config class (BertConfig, RobertaConfig, ...), its weights from weights.pt.
+        where = folder / "encoder"
+        encoder = encoder_from_config(AutoConfig.from_pretrained(where), pooler, str(where))
+        tokenizer = load_tokenizer(where, encoder, str(where))
     model = build_model(encoder, config.variant, variant_config, config.pair_encoding, config.head_input)
     weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     result = model.load_state_dict(weights, strict=False)
