@@ -220,7 +220,7 @@ def test_mtl_bench_tasks_lists_the_glue_tasks_and_group(capsys):
 
     from harness.cli.commands import cmd_tasks
 
-    cmd_tasks(argparse.Namespace(verbose=False))
+    cmd_tasks(argparse.Namespace(verbose=False, task_file=[]))
     out = capsys.readouterr().out
     assert "dev also MNLI/dev_mismatched.tsv (metrics accuracy_mismatched)" in out
     assert "group glue: cola,sst2,mrpc,qqp,stsb,mnli,qnli,rte,wnli; overall glue: mean(cola/mcc" in out
@@ -264,3 +264,57 @@ def test_a_real_training_of_cola_mnli_and_mrpc_records_every_dev_metric(tmp_path
                                               + m["dev/mrpc/f1"]) / 3)
     predictions = tmp_path / "out"
     assert any(p.name == "dev-mnli_mismatched.csv" for p in predictions.rglob("*.csv"))
+
+
+def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri, tmp_path):
+    """Runs of the nine GLUE tasks logged as a training logs them (every dev metric, the prediction
+    files): compare's overall is the GLUE score of the logged metrics, MNLI's mismatched accuracy has
+    a column, and the paired bootstrap over dev examples scores the formula's every metric."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.analysis.run import compare
+    from harness.core import names
+    from harness.tasks.metrics import task_metrics
+    from harness.training.evaluation import dev_metric_names, write_predictions
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("glue")
+    rng = np.random.default_rng(0)
+    labels = {t: (rng.uniform(0, 5, 40).round(1) if t == "stsb" else rng.integers(0, get_task(t).num_classes, 40)
+                  .astype(float)) for t in glue.GLUE_TASKS}
+    labels["mnli_mismatched"] = rng.integers(0, 3, 30).astype(float)
+    logged = {}
+    for variant, correct in (("multitask", 0.6), ("pals", 0.9)):
+        for seed in (0, 1):
+            preds, metrics = {}, {}
+            for unit, y in labels.items():
+                task = "mnli" if unit == "mnli_mismatched" else unit
+                wrong = rng.random(len(y)) > correct
+                spec = get_task(task)
+                p = (np.where(wrong, (y + 1) % spec.num_classes, y) if spec.kind == "classification"
+                     else y + rng.normal(0, 2.0 - correct * 2, len(y)))
+                preds[unit] = list(zip([str(i) for i in range(len(y))], p.tolist(), y.tolist()))
+                scored = task_metrics(get_task(task), p, y)
+                metrics.setdefault(task, {}).update(scored if unit == task else
+                                                    {f"{m}_mismatched": v for m, v in scored.items()})
+            run = client.create_run(experiment, tags={names.VARIANT: variant, names.SEED: str(seed)})
+            client.log_param(run.info.run_id, names.TASKS_PARAM, ",".join(glue.GLUE_TASKS))
+            for key, value in {**dev_metric_names(metrics), names.TASK_SPECIFIC_TOTAL: 0}.items():
+                client.log_metric(run.info.run_id, key, value)
+            for path in write_predictions(preds, tmp_path / f"{variant}-{seed}"):
+                client.log_artifact(run.info.run_id, str(path), names.PREDICTIONS)
+            client.set_terminated(run.info.run_id)
+            logged[variant, seed] = metrics
+    rows = compare(experiment="glue", tracking_uri=tracking_uri, out_dir=str(tmp_path / "compare"), resamples=100,
+                   out=lambda *_: None)
+    formula = overall_formula(glue.GLUE_TASKS)
+    for row in rows:
+        seeds = [logged[row.variant, s] for s in (0, 1)]
+        assert row.overall.mean == pytest.approx(np.mean([formula.score(m) for m in seeds]))
+        assert row.extra["mnli/accuracy_mismatched"].mean == pytest.approx(
+            np.mean([m["mnli"]["accuracy_mismatched"] for m in seeds]))
+    pals = next(r for r in rows if r.variant == "pals")
+    assert 0 < pals.stats["ci"].low < pals.stats["ci"].high  # clearly better: the interval above 0
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert "| MNLI acc | MNLI acc (mismatched) |" in table
+    assert "mnli_accuracy_mismatched_mean" in (tmp_path / "compare" / "compare.csv").read_text()

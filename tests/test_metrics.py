@@ -73,3 +73,18 @@ def test_overall_is_the_cs224n_mean_for_handout_sets_and_the_primary_mean_otherw
     # Any other set: the mean of the primary metrics (the single-task baseline's set, a subset).
     assert overall_formula(["sst", "cfimdb"]).describe() == "mean: mean(sst/accuracy, cfimdb/accuracy)"
     assert overall_formula(["sts"]).score({"sts": {"pearson": 0.5}}) == pytest.approx(0.75)
+
+
+def test_a_formula_of_several_metrics_per_task_averages_each_tasks_terms_first():
+    """Two terms of one task make one task score (their mean), not two of the formula's equal terms;
+    the CS224N formula (one term per task) scores exactly what its flat mean did."""
+    from harness.tasks import OverallFormula
+
+    formula = OverallFormula((("pair", "f1", False), ("pair", "accuracy", False), ("sim", "pearson", True)), "two")
+    metrics = {"pair": {"f1": 0.9, "accuracy": 0.5}, "sim": {"pearson": 0.2}}
+    assert formula.score(metrics) == pytest.approx(((0.9 + 0.5) / 2 + (0.2 + 1) / 2) / 2)
+    assert formula.score(metrics) != pytest.approx((0.9 + 0.5 + 0.6) / 3)  # the flat mean: another value
+    assert formula.describe() == "two: mean(mean(pair/f1, pair/accuracy), (sim/pearson + 1) / 2)"
+    assert formula.score({"pair": {"f1": 0.9}, "sim": {"pearson": 0.2}}) is None  # a term's metric missing
+    handout = {"sst": {"accuracy": 0.51}, "quora": {"accuracy": 0.73}, "sts": {"pearson": 0.37}}
+    assert overall_formula(list(handout)).score(handout) == sum([0.51, 0.73, (0.37 + 1.0) / 2.0]) / 3  # bit for bit

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.core import names
-from harness.core.names import primary_key
+from harness.core.names import metric_key, primary_key
 from harness.tasks import TaskError, default_tasks, get_task, overall_formula
+from harness.tasks.registry import extra_metric
 from harness.tasks import task_order as ordered_tasks
 
 
@@ -38,6 +39,9 @@ class RunRecord:
     # What serving one more task stores: its task-specific parts and head (mean over the tasks), and,
     # when the encoder was fine-tuned, a whole encoder copy of its own (the single-task cost).
     stored_per_task: int = 0
+    # Every dev metric logged for its tasks (task -> metric -> value; an extra dev file's too, such as
+    # MNLI's accuracy_mismatched): what a formula of several metrics per task scores.
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def stored_per_task(metrics: dict[str, float], tasks: list[str], encoder_trained: bool) -> int:
@@ -130,6 +134,8 @@ def _record(run, label: str, seed: int) -> RunRecord:
     tasks = [t for t in run.data.params.get(names.TASKS_PARAM, ",".join(default_tasks())).split(",") if t]
     try:
         scores = {t: m[primary_key(t)] for t in tasks if primary_key(t) in m}
+        metrics = {t: {name: m[metric_key(t, name)] for name in get_task(t).dev_metrics if metric_key(t, name) in m}
+                   for t in scores}
     except TaskError as exc:
         raise CompareError(f"run {run.info.run_id} ({label} seed {seed}): {exc} (install the package that "
                            "registers it)") from None
@@ -138,12 +144,12 @@ def _record(run, label: str, seed: int) -> RunRecord:
     formula = overall_formula(tasks)
     encoder_trained = run.data.params.get("freeze_encoder", "False") != "True"
     return RunRecord(run.info.run_id, label, run.data.tags[names.VARIANT], seed, scores,
-                     formula.score(as_metrics(scores)), int(m[names.TASK_SPECIFIC_TOTAL]),
+                     formula.score(metrics), int(m[names.TASK_SPECIFIC_TOTAL]),
                      float(m.get(names.RATIO_TO_ENCODER, math.nan)), float(m.get(names.TRAIN_SECONDS, math.nan)),
                      formula.describe(), validation=m.get(names.overall_key(names.VALIDATION)),
                      trainable=int(m.get(names.params_key("trainable"), 0)),
                      encoder_params=int(m.get(names.params_key("encoder"), 0)),
-                     stored_per_task=stored_per_task(m, tasks, encoder_trained))
+                     stored_per_task=stored_per_task(m, tasks, encoder_trained), metrics=metrics)
 
 
 def task_order(records: list[RunRecord]) -> list[str]:
@@ -151,15 +157,22 @@ def task_order(records: list[RunRecord]) -> list[str]:
     return ordered_tasks(t for r in records for t in r.scores)
 
 
+def prediction_sets(tasks) -> list[str]:
+    """The dev prediction sets of these tasks: each task's (its name), then each of its extra dev files'
+    (`<task>_<name>`, harness.tasks.registry.extra_metric)."""
+    return [s for t in tasks for s in [t, *(extra_metric(t, name) for name in get_task(t).extra_dev)]]
+
+
 def load_predictions(client, record: RunRecord, folder: Path) -> dict[str, dict]:
-    """A run's dev predictions per task (artifacts predictions/dev-<task>.csv), read once and kept on the record."""
+    """A run's dev predictions per prediction set (artifacts predictions/dev-<set>.csv: a task's, and its
+    extra dev files'), read once and kept on the record."""
     if not record.predictions:
         local = Path(client.download_artifacts(record.run_id, names.PREDICTIONS, str(folder / record.run_id)))
-        for task in record.scores:
+        for task in prediction_sets(record.scores):
             path = local / names.predictions_file(task)
             if not path.is_file():
                 raise CompareError(f"run {record.run_id} ({record.label} seed {record.seed}): "
-                                   f"artifact predictions/dev-{task}.csv is missing")
+                                   f"artifact predictions/{path.name} is missing")
             with open(path, newline="") as fp:
                 rows = list(csv.DictReader(fp))
             record.predictions[task] = {"ids": [r["id"] for r in rows],

@@ -13,7 +13,7 @@ from harness.analysis.select import Choice
 from harness.analysis.statistics import ALPHA
 from harness.tasks import get_task
 
-METRIC_TITLES = {"accuracy": "acc", "pearson": "r", "spearman": "Spearman", "macro_f1": "macro-F1", "mcc": "MCC"}
+METRIC_TITLES = {"accuracy": "acc", "pearson": "r", "spearman": "Spearman", "macro_f1": "macro-F1", "mcc": "MCC", "f1": "F1"}
 
 
 def task_title(task: str) -> str:
@@ -23,6 +23,19 @@ def task_title(task: str) -> str:
 
 def _tasks(rows: list[Row]) -> list[str]:
     return list(rows[0].tasks) if rows else []
+
+
+def _score_columns(rows: list[Row]) -> list[tuple[str, Any]]:
+    """(title, the row's cell) per score column: each task's primary metric, followed by its extra dev
+    files' (MNLI: "MNLI acc", then "MNLI acc (mismatched)")."""
+    columns = []
+    for task in _tasks(rows):
+        columns.append((task_title(task), lambda r, task=task: r.tasks[task]))
+        spec = get_task(task)
+        for name in spec.extra_dev:
+            key = f"{task}/{spec.primary_metric}_{name}"
+            columns.append((f"{task_title(task)} ({name})", lambda r, key=key: r.extra[key]))
+    return columns
 
 
 def _count(n: int, fraction: float) -> str:
@@ -43,9 +56,9 @@ def markdown_table(rows: list[Row], baseline: str, test: str, detect: float | No
     """The table: per row its tasks and overall score (mean ± std over seeds), the registered
     statistics' columns, and its costs (with the statistics placed beside them)."""
     study = Study(baseline, test, detect=detect)
-    tasks = _tasks(rows)
+    scores = _score_columns(rows)
     results, by_cost = _columns(study, "result"), _columns(study, "cost")
-    header = (["variant", "n", *map(task_title, tasks), "overall", *(s.heading(study) for s in results),
+    header = (["variant", "n", *(title for title, _ in scores), "overall", *(s.heading(study) for s in results),
                "trainable params (x encoder)", "stored per added task (x encoder)", *(s.heading(study) for s in by_cost),
                "task-specific params", "ratio to encoder", "train min"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -53,7 +66,7 @@ def markdown_table(rows: list[Row], baseline: str, test: str, detect: float | No
     other = {r.overall_formula for r in rows if base_formula and r.overall_formula != base_formula}
     for r in rows:
         mark = " †" if r.overall_formula in other else ""
-        cells = [r.variant, str(r.n), *(_mean_std(r.tasks[t]) for t in tasks), _mean_std(r.overall) + mark,
+        cells = [r.variant, str(r.n), *(_mean_std(cell(r)) for _, cell in scores), _mean_std(r.overall) + mark,
                  *(s.cell(r.stats[s.name]) for s in results), _count(r.trainable_params, r.trainable_fraction),
                  _count(r.stored_per_task, r.stored_fraction), *(s.cell(r.stats[s.name]) for s in by_cost),
                  f"{r.task_specific_params:,}", f"{r.ratio_to_encoder:.4f}", f"{r.train_minutes_mean:.1f}"]

@@ -13,6 +13,8 @@ import harness.analysis.statistics  # noqa: F401  (registers the built-in statis
 from harness.analysis.collect import RunRecord, load_predictions, task_order
 from harness.analysis.registry import Study, compute
 from harness.sweeps.labels import Label, parse_label
+from harness.tasks import get_task
+from harness.tasks.registry import extra_metric
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Row:
     train_minutes_mean: float = math.nan
     stats: dict[str, Any] = field(default_factory=dict)  # each registered statistic's value, by its name
     runs: Pairing = field(default_factory=Pairing, repr=False)
+    # Each extra dev file's primary metric, "<task>/<metric>" (MNLI's "mnli/accuracy_mismatched"): shown
+    # beside its task's column; not part of the row's statistics (those read the tasks' primary metrics).
+    extra: dict[str, Cell] = field(default_factory=dict)
 
     @property
     def variant_name(self) -> str:
@@ -70,6 +75,8 @@ class Row:
     def description(self) -> dict[str, Any]:
         """The row's own CSV columns (those before the statistics')."""
         cells = {f"{t}_{what}": getattr(c, what) for t, c in self.tasks.items() for what in ("mean", "std")}
+        cells.update({f"{key.replace('/', '_')}_{what}": getattr(c, what) for key, c in self.extra.items()
+                      for what in ("mean", "std")})
         return {"variant": self.variant, "n": self.n, "seeds": self.seeds, "overall_formula": self.overall_formula,
                 **cells, "overall_mean": self.overall.mean, "overall_std": self.overall.std,
                 "task_specific_params": self.task_specific_params, "ratio_to_encoder": self.ratio_to_encoder,
@@ -86,7 +93,13 @@ def _row(label: str, group: list[RunRecord], tasks: list[str], pairing: Pairing)
                {t: Cell.of([r.scores.get(t) for r in group]) for t in tasks}, Cell.of([r.overall for r in group]),
                int(np.median([r.task_specific for r in group])), float(np.median([r.ratio for r in group])),
                trainable, stored, trainable / encoder, stored / encoder,
-               float(np.mean([r.train_seconds for r in group])) / 60, runs=pairing)
+               float(np.mean([r.train_seconds for r in group])) / 60, runs=pairing,
+               extra={f"{t}/{m}": Cell.of([r.metrics.get(t, {}).get(m) for r in group]) for t, m in extra_columns(tasks)})
+
+
+def extra_columns(tasks: list[str]) -> list[tuple[str, str]]:
+    """(task, metric): the primary metric of each extra dev file of these tasks (TaskSpec.extra_dev)."""
+    return [(t, extra_metric(get_task(t).primary_metric, name)) for t in tasks for name in get_task(t).extra_dev]
 
 
 def summarise(records: list[RunRecord], baseline: str, test: str, resamples: int, client=None,

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.analysis.collect import CompareError, RunRecord, as_metrics
+from harness.analysis.collect import CompareError, RunRecord
 from harness.analysis.registry import Study, statistic
 from harness.tasks.metrics import METRICS
 from harness.core.names import COSTS
 from harness.analysis.power import chance_level, detectable_difference, seeds_needed
 from harness.tasks import get_task, overall_formula
+from harness.tasks.registry import extra_metric
 
 ALPHA = 0.05  # the verdict's threshold for the Holm-adjusted t-test p-value (the bootstrap interval is 95%)
 
@@ -58,43 +59,62 @@ class Chance:
 
 # --- the methods --------------------------------------------------------------------------------
 
-def _primary(task: str, preds, labels) -> float:
-    return METRICS[get_task(task).primary_metric].fn(preds, labels)
+def _sources(needed: dict[str, list[str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(task, metric) -> (its prediction set, the metric computed on it): a task's own dev metrics on
+    its predictions, an extra dev file's (`accuracy_mismatched`) on that file's (`mnli_mismatched`)."""
+    out = {}
+    for task, metrics in needed.items():
+        for metric in metrics:
+            dev_set, base = get_task(task).metric_source(metric)
+            out[task, metric] = (extra_metric(task, dev_set) if dev_set else task, base)
+    return out
 
 
 def bootstrap_difference(pairs: list[tuple[dict, dict]], tasks: list[str], resamples: int = 1000,
                          seed: int = 0, score=None) -> tuple[float, float, float]:
     """Paired bootstrap over dev examples of score(variant) - score(baseline), mean over seeds.
 
-    `pairs` holds (variant predictions, baseline predictions) per common seed; `score` maps
-    {task: primary metric} to one number (default: the overall score of `tasks`). Each task's dev
-    examples are resampled (the same resample for every model and seed). Returns the observed
-    difference and the 95% percentile interval.
+    `pairs` holds (variant predictions, baseline predictions) per common seed, by prediction set
+    (a task's, and its extra dev files', harness.analysis.collect.prediction_sets). `score` maps
+    {task: primary metric} to one number (default: the overall score of `tasks`, from every metric
+    its formula names). Each prediction set's examples are resampled (the same resample for every
+    model and seed). Returns the observed difference and the 95% percentile interval.
     """
     from scipy import stats
 
+    tasks = list(dict.fromkeys(tasks))
     if score is None:
         formula = overall_formula(tasks)
+        needed = {t: [m for m, _ in terms] for t, terms in formula.by_task().items()}
+        score_of = formula.score
+    else:
+        needed = {t: [get_task(t).primary_metric] for t in tasks}
 
-        def score(values):
-            return formula.score(as_metrics(values))
-
+        def score_of(metrics):
+            return score({t: values[get_task(t).primary_metric] for t, values in metrics.items()})
+    sources = _sources(needed)
+    sets = list(dict.fromkeys(source for source, _ in sources.values()))
     for variant, baseline in pairs:
-        for task in tasks:
-            if variant[task]["ids"] != baseline[task]["ids"]:
-                raise CompareError(f"dev examples of task {task} differ between runs: not the same dev set")
+        for name in sets:
+            if variant[name]["ids"] != baseline[name]["ids"]:
+                raise CompareError(f"dev examples of {name} differ between runs: not the same dev set")
 
     def overall_difference(*indices):
+        at = dict(zip(sets, indices))
         diffs = []
         for variant, baseline in pairs:
             scores = {}
             for which, preds in (("v", variant), ("b", baseline)):
-                scores[which] = score({t: _primary(t, preds[t]["pred"][i], preds[t]["label"][i])
-                                       for t, i in zip(tasks, indices)})
+                metrics: dict[str, dict[str, float]] = {}
+                for (task, metric), (source, base) in sources.items():
+                    i = at[source]
+                    metrics.setdefault(task, {})[metric] = METRICS[base].fn(preds[source]["pred"][i],
+                                                                            preds[source]["label"][i])
+                scores[which] = score_of(metrics)
             diffs.append(scores["v"] - scores["b"])
         return float(np.mean(diffs))
 
-    data = tuple(np.arange(len(pairs[0][0][t]["ids"])) for t in tasks)
+    data = tuple(np.arange(len(pairs[0][0][name]["ids"])) for name in sets)
     observed = overall_difference(*data)
     result = stats.bootstrap(data, overall_difference, n_resamples=resamples, vectorized=False, paired=False,
                              method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
@@ -139,16 +159,19 @@ def chance_levels(records: list[RunRecord], predictions) -> dict[str, float]:
     """Each task's chance level (harness.analysis.power.chance_level) from one run's dev labels, and the
     overall score's at those levels for each overall formula of these runs ("overall <formula>")."""
     levels: dict[str, float] = {}
+    at_chance: dict[str, dict[str, float]] = {}  # task -> metric -> its chance level (the formula's metrics)
     for record in records:
-        missing = [t for t in record.scores if t not in levels]
+        formula = overall_formula(list(record.scores))
+        needed = {t: [get_task(t).primary_metric, *(m for m, _ in formula.by_task().get(t, ()))]
+                  for t in record.scores}
+        missing = {key: source for key, source in _sources(needed).items() if key[1] not in at_chance.get(key[0], {})}
         if missing:
             loaded = predictions(record)
-            for task in missing:
-                levels[task] = chance_level(get_task(task).primary_metric, loaded[task]["label"])
-    for record in records:
-        if all(t in levels for t in record.scores):
-            formula = overall_formula(list(record.scores))
-            levels[f"overall {record.formula}"] = formula.score(as_metrics({t: levels[t] for t in record.scores}))
+            for (task, metric), (source, base) in missing.items():
+                at_chance.setdefault(task, {})[metric] = chance_level(base, loaded[source]["label"])
+        for task in record.scores:
+            levels[task] = at_chance[task][get_task(task).primary_metric]
+        levels[f"overall {record.formula}"] = formula.score(at_chance)
     return levels
 
 
@@ -213,7 +236,7 @@ def bootstrap_interval(row, study: Study) -> Interval:
     if not row.runs.compared or study.test not in ("bootstrap", "both"):
         return Interval()
     pairs = [(study.predictions(r), study.predictions(b)) for r, b in paired]
-    tasks = [t for t, _, _ in overall_formula(list(paired[0][0].scores)).terms]
+    tasks = list(dict.fromkeys(t for t, _, _ in overall_formula(list(paired[0][0].scores)).terms))
     _, low, high = bootstrap_difference(pairs, tasks, study.resamples)
     return Interval(low, high)
 

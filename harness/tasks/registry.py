@@ -151,6 +151,18 @@ class TaskSpec:
         """Every dev metric the task records: its metrics on `dev`, then `<metric>_<name>` per extra dev file."""
         return self.metrics + tuple(extra_metric(m, name) for name in self.extra_dev for m in self.metrics)
 
+    def metric_source(self, metric: str) -> tuple[str, str]:
+        """Where a dev metric of `dev_metrics` is scored: ("", metric) on `dev`, or (name, base metric) on
+        the extra dev file `name`."""
+        for name in self.extra_dev:
+            for base in self.metrics:
+                if metric == extra_metric(base, name):
+                    return name, base
+        if metric not in self.metrics:
+            raise TaskError(f"task {self.name!r} has no dev metric {metric!r} (its dev metrics: "
+                            f"{list(self.dev_metrics)})")
+        return "", metric
+
     def file(self, split: str) -> str:
         if split not in self.files:
             raise TaskError(f"task {self.name!r} has no {split} split (its files: {dict(self.files)})")
@@ -249,7 +261,8 @@ class TaskGroup:
     """A named task set and, optionally, its overall score.
 
     tasks: the group's tasks, in the order tables show them. terms: the overall formula, (task,
-    metric, a correlation mapped to [0, 1]) per term, averaged; () gives the group no formula of
+    metric, a correlation mapped to [0, 1]) per term, averaged per task and then over the tasks (a
+    metric may be an extra dev file's, `<metric>_<name>`); () gives the group no formula of
     its own (its sets score the mean of primary metrics). formula: the formula's recorded name
     (default: the group's name). default: the task set of a run that names none (one group is).
     """
