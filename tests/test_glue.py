@@ -318,3 +318,48 @@ def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri,
     table = (tmp_path / "compare" / "compare.md").read_text()
     assert "| MNLI acc | MNLI acc (mismatched) |" in table
     assert "mnli_accuracy_mismatched_mean" in (tmp_path / "compare" / "compare.csv").read_text()
+
+
+DATASETS_GLUE = {  # the `datasets` GLUE configs' text columns and label names (nyu-mll/glue)
+    "cola": (("sentence",), ["unacceptable", "acceptable"]), "sst2": (("sentence",), ["negative", "positive"]),
+    "mrpc": (("sentence1", "sentence2"), ["not_equivalent", "equivalent"]),
+    "qqp": (("question1", "question2"), ["not_duplicate", "duplicate"]), "stsb": (("sentence1", "sentence2"), None),
+    "mnli": (("premise", "hypothesis"), ["entailment", "neutral", "contradiction"]),
+    "qnli": (("question", "sentence"), ["entailment", "not_entailment"]),
+    "rte": (("sentence1", "sentence2"), ["entailment", "not_entailment"]),
+    "wnli": (("sentence1", "sentence2"), ["not_entailment", "entailment"]),
+}
+
+
+@pytest.mark.parametrize("task", glue.GLUE_TASKS)
+def test_the_datasets_writer_writes_files_the_readers_read_with_the_same_labels(tmp_path, task):
+    """examples/write_glue_data.py on in-memory `datasets` splits shaped as nyu-mll/glue's (it cannot
+    download here): the files it writes read back with the labels' class ids unchanged."""
+    import importlib.util
+
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    loaded = importlib.util.spec_from_file_location("write_glue_data", REPO / "examples" / "write_glue_data.py")
+    writer = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(writer)
+    columns, names = DATASETS_GLUE[task]
+    label = Value("float32") if names is None else ClassLabel(names=names)
+    features = Features({**{c: Value("string") for c in columns}, "label": label, "idx": Value("int32")})
+    labels = [1.5, 4.0, 0.2, 3.25] if names is None else [i % len(names) for i in range(4)]
+
+    def split(rows_labels):
+        texts = {c: [f'a "{c}"\twith {i}\nlines' for i in range(len(rows_labels))] for c in columns}
+        return Dataset.from_dict({**texts, "label": rows_labels, "idx": list(range(len(rows_labels)))}, features)
+
+    dev = ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
+    test = "test_matched" if task == "mnli" else "test"
+    test_labels = [-1.0] * 3 if names is None else [-1] * 3
+    writer.write_task(tmp_path, task, {"train": split(labels), **{d: split(labels) for d in dev},
+                                       test: split(test_labels)})
+    spec = get_task(task)
+    for file in ("train", "dev", *spec.extra_dev):
+        path = tmp_path / (spec.extra_dev[file] if file in spec.extra_dev else spec.file(file))
+        rows = read_rows(path, spec)
+        assert rows.labels == pytest.approx(labels)
+        assert rows.texts[0] == tuple(f'a "{c}" with 0 lines' for c in columns)
+    assert len(read_rows(tmp_path / spec.file("test"), spec, labelled=False)) == 3
