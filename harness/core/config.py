@@ -200,13 +200,16 @@ class TrainConfig:
 
     def variant_settings(self) -> dict[str, Any]:
         """The variant's options, with the run's task set (--tasks) that the variant receives: the task
-        set is a run setting, not a variant option (empty: the variant's default, variants.registry)."""
+        set is a run setting, not a variant option (empty: the variant's default, variants.registry).
+        A task group's name in --tasks stands for its tasks (`--tasks shop`, `--tasks sentiment,sts`)."""
+        from harness.tasks.taskfile import task_set
+
         options = dict(self.variant_options)
         if "tasks" in options:
             raise ConfigError(f"tasks: the task set is the run setting --tasks (sweep files: tasks), not a variant "
                               f"option; use --tasks {options['tasks']}")
         if self.tasks:
-            options["tasks"] = self.tasks
+            options["tasks"] = ",".join(task_set(self.tasks))
         return options
 
     @property
