@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from variants.base import TaskAdapter, VariantConfig, check_choice, check_positive
-from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS
+from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS, bert_style_layers, encoder_sizes
 from variants.pals import PALsAdapter, PALsConfig
 from variants.registry import register_variant
 
@@ -39,7 +39,7 @@ class TaskVectors(nn.Module):
 
 def attach_task_vectors(adapter: TaskAdapter, encoder: nn.Module, key: str) -> None:
     """Hooks every layer's query/key/value Linear to add `adapter.per_task[task][key]`'s vectors."""
-    for layer_index, layer in enumerate(encoder.encoder.layer):
+    for layer_index, layer in enumerate(bert_style_layers(encoder, type(adapter).__name__)):
         attention = layer.attention.self
         for which, name in enumerate(PROJECTIONS):
             def add_vector(module, args, output, layer_index=layer_index, which=which):
@@ -69,9 +69,10 @@ class Embert(TaskAdapter):
 
     def __init__(self, config: EmbertConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
+        sizes = encoder_sizes(encoder_config)
         for task in self.tasks:
             self.per_task[task] = nn.ModuleDict({"embert": TaskVectors(
-                encoder_config.num_hidden_layers, encoder_config.hidden_size, config.embert_init, config.embert_std)})
+                sizes.layers, sizes.hidden, config.embert_init, config.embert_std)})
 
     def attach(self, encoder: nn.Module) -> None:
         attach_task_vectors(self, encoder, "embert")
@@ -95,9 +96,10 @@ class Combined(PALsAdapter):
 
     def __init__(self, config: CombinedConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
+        sizes = encoder_sizes(encoder_config)
         for task in self.tasks:
             self.per_task[task]["embert"] = TaskVectors(
-                encoder_config.num_hidden_layers, encoder_config.hidden_size, config.embert_init, config.embert_std)
+                sizes.layers, sizes.hidden, config.embert_init, config.embert_std)
 
     def attach(self, encoder: nn.Module) -> None:
         super().attach(encoder)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from variants.base import TaskAdapter, VariantConfig, check_choice, check_positive
-from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS
+from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS, bert_style_layers, encoder_sizes
 from variants.registry import register_variant
 
 INITS = ("bert", "zero-decoder")
@@ -199,9 +199,8 @@ class PALsAdapter(TaskAdapter):
 
     def __init__(self, config: PALsConfig, encoder_config, tasks):
         super().__init__(config, encoder_config, tasks)
-        hidden, layers = encoder_config.hidden_size, encoder_config.num_hidden_layers
-        dropout = encoder_config.attention_probs_dropout_prob
-        eps = encoder_config.layer_norm_eps
+        sizes = encoder_sizes(encoder_config)
+        hidden, layers, dropout, eps = sizes.hidden, sizes.layers, sizes.attention_dropout, sizes.eps
         self.num_layers = layers
         parallel_copies = {"per-layer": (layers, layers, layers), "projections": (1, layers, 1),
                            "shared": (1, 1, 1)}[config.parallel_sharing]
@@ -220,7 +219,7 @@ class PALsAdapter(TaskAdapter):
             if config.top and config.top_mode == "bert-layer":
                 parts["top_norm"] = nn.LayerNorm(hidden, eps=eps)
             self.per_task[task] = parts
-        self.dropout = nn.Dropout(encoder_config.hidden_dropout_prob)  # the top block's, as a BERT layer's
+        self.dropout = nn.Dropout(sizes.hidden_dropout)  # the top block's, as a BERT layer's
         self._layer_input: torch.Tensor | None = None
 
     def run_pal(self, pal: nn.ModuleDict, layer: int, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -236,7 +235,7 @@ class PALsAdapter(TaskAdapter):
         super().attach(encoder)
         if not self.config.parallel:
             return
-        for index, layer in enumerate(encoder.encoder.layer):
+        for index, layer in enumerate(bert_style_layers(encoder, type(self).__name__)):
             layer.register_forward_pre_hook(self._remember_layer_input, with_kwargs=True)
             layer.output.LayerNorm.register_forward_pre_hook(self._parallel_hook(index))
 
@@ -275,6 +274,8 @@ class PALsTopConfig(PALsConfig):
 @register_variant("pals-top", config=PALsTopConfig)
 class PALsTop(PALsAdapter):
     """A PAL per task between the last layer and the head."""
+
+    architectures = None  # a top PAL reads the last hidden states only (-o parallel=true needs BERT-style layers)
 
 
 @dataclass

@@ -21,9 +21,12 @@ What the harness's invariants need, and how they are kept:
 - Gradient checkpointing: the pre-hook reads the adapter's `_task`, which a recomputed layer
   gets back from `checkpoint_context`.
 
-Where in each BERT layer (`sites`): query, key, value (the attention's projections),
-attention-output (its output projection), ffn-in and ffn-out (the feed-forward block's two
-Linear layers).
+Where in each layer (`sites`): query, key, value (the attention's projections; qkv where one
+Linear computes all three), attention-output (its output projection), ffn-in and ffn-out (the
+feed-forward block's two Linear layers), found by module name in the encoder's architecture's table
+(variants/peft_sites.py: BERT-style encoders, DeBERTa-v2, DistilBERT, ModernBERT, MPNet). On
+another architecture, or to adapt other modules, `target_modules` names them (a regex of module
+names, peft's full match), and for (IA)^3 `feedforward_modules` those of them whose input is scaled.
 
 LoRA (Hu et al. 2021): W x + (alpha / r) B A x, B zero at initialisation (the pretrained
 function at the start). Defaults are the LoRA paper's and peft's: W_q and W_v, r = 8,
@@ -50,40 +53,14 @@ them yet.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
 
 from variants.base import TaskAdapter, VariantConfig, check_positive
+from variants.peft_sites import FEEDFORWARD_SITES, check_sites, site_pattern
 from variants.registry import register_variant
-
-# Module names inside a transformers BertModel, one pattern per site.
-SITES = {
-    "query": r"encoder\.layer\.\d+\.attention\.self\.query",
-    "key": r"encoder\.layer\.\d+\.attention\.self\.key",
-    "value": r"encoder\.layer\.\d+\.attention\.self\.value",
-    "attention-output": r"encoder\.layer\.\d+\.attention\.output\.dense",
-    "ffn-in": r"encoder\.layer\.\d+\.intermediate\.dense",
-    "ffn-out": r"encoder\.layer\.\d+\.output\.dense",
-}
-FEEDFORWARD_SITES = ("attention-output", "ffn-out")  # (IA)^3 scales these layers' inputs
-
-
-def site_pattern(sites: tuple[str, ...]) -> str:
-    """One regex (peft full-matches a string target against each module's name) for `sites`."""
-    return "(?:" + "|".join(SITES[s] for s in sites) + ")"
-
-
-def check_sites(config, name: str = "sites") -> None:
-    sites = getattr(config, name)
-    if not sites:
-        raise ValueError(f"{name}: at least one site is needed (one of {list(SITES)})")
-    unknown = [s for s in sites if s not in SITES]
-    if unknown:
-        raise ValueError(f"{name}: {unknown} not among the sites {list(SITES)}")
-    if len(set(sites)) != len(sites):
-        raise ValueError(f"{name}: {list(sites)} names a site twice")
-
 
 @dataclass
 class LoRAConfig(VariantConfig):
@@ -91,6 +68,7 @@ class LoRAConfig(VariantConfig):
     alpha: float = 8.0
     dropout: float = 0.0
     sites: tuple[str, ...] = ("query", "value")
+    target_modules: str = ""  # a regex of module names (peft full-matches it); given, it replaces sites
 
     def validate(self) -> None:
         super().validate()
@@ -100,31 +78,50 @@ class LoRAConfig(VariantConfig):
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
         check_sites(self)
+        check_regex(self, "target_modules")
 
-    def peft_config(self):
+    def peft_config(self, model_type: str = "bert"):
+        """peft's config for an encoder of `model_type` (whose table locates the sites)."""
         from peft import LoraConfig
 
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=site_pattern(self.sites), bias="none")
+                          target_modules=self.target_modules or site_pattern(self.sites, model_type), bias="none")
 
 
 @dataclass
 class IA3Config(VariantConfig):
     sites: tuple[str, ...] = ("key", "value", "ffn-out")
+    target_modules: str = ""  # a regex of module names; given, it replaces sites
+    feedforward_modules: str = ""  # with target_modules: those of them whose input is scaled ("": none)
 
     def validate(self) -> None:
         super().validate()
         check_sites(self)
+        check_regex(self, "target_modules", "feedforward_modules")
+        if self.feedforward_modules and not self.target_modules:
+            raise ValueError("feedforward_modules: given with target_modules only (sites decide it otherwise)")
 
-    def peft_config(self):
+    def peft_config(self, model_type: str = "bert"):
+        """peft's config for an encoder of `model_type` (whose table locates the sites)."""
         from peft import IA3Config as PeftIA3Config
 
-        feedforward = tuple(s for s in self.sites if s in FEEDFORWARD_SITES)
+        if self.target_modules:
+            target, feedforward = self.target_modules, self.feedforward_modules
+        else:
+            sites = tuple(s for s in self.sites if s in FEEDFORWARD_SITES)
+            target, feedforward = site_pattern(self.sites, model_type), sites and site_pattern(sites, model_type)
         # peft requires feedforward_modules to be a subset of target_modules; a pattern matching no
         # module stands for "none".
-        return PeftIA3Config(target_modules=site_pattern(self.sites),
-                             feedforward_modules=site_pattern(feedforward) if feedforward else r"(?!)",
+        return PeftIA3Config(target_modules=target, feedforward_modules=feedforward or r"(?!)",
                              init_ia3_weights=True)
+
+
+def check_regex(config, *names: str) -> None:
+    for name in names:
+        try:
+            re.compile(getattr(config, name))
+        except re.error as exc:
+            raise ValueError(f"{name}: {getattr(config, name)!r} is not a regular expression ({exc})") from None
 
 
 class PeftTaskAdapter(TaskAdapter):
@@ -140,15 +137,24 @@ class PeftTaskAdapter(TaskAdapter):
         from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer
 
+        model_type = getattr(encoder.config, "model_type", "?")
+        try:
+            peft_config = self.config.peft_config(model_type)
+        except ValueError as exc:
+            raise ValueError(f"variant {type(self).__name__} on the {type(encoder).__name__}: {exc}") from None
         trainable = {id(p): p.requires_grad for p in encoder.parameters()}
         for task in self.tasks:
-            inject_adapter_in_model(self.config.peft_config(), encoder, adapter_name=task)
+            try:
+                inject_adapter_in_model(peft_config, encoder, adapter_name=task)
+            except ValueError as exc:  # peft's own: no module matched, or one it cannot adapt
+                targets = (f"target_modules '{self.config.target_modules}'" if self.config.target_modules
+                           else f"sites {list(self.config.sites)}")
+                raise ValueError(f"variant {type(self).__name__}, {targets} on the {type(encoder).__name__} "
+                                 f"(model_type {model_type!r}): {exc}") from None
             # peft's record of its configs, which would make the next injection warn of several adapters
             # (what is meant here); the harness keeps its own record (the variant config).
             vars(encoder).pop("peft_config", None)
         layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
-        if not layers:
-            raise ValueError(f"sites {list(self.config.sites)}: no module of the encoder matched")
         names = set()
         for layer in layers:
             names.update(layer.adapter_layer_names)
