@@ -273,6 +273,7 @@ def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri,
     from mlflow.tracking import MlflowClient
 
     from harness.analysis.run import compare
+    from harness.analysis.statistics import bootstrap_difference
     from harness.core import names
     from harness.tasks.metrics import task_metrics
     from harness.training.evaluation import dev_metric_names, write_predictions
@@ -283,7 +284,7 @@ def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri,
     labels = {t: (rng.uniform(0, 5, 40).round(1) if t == "stsb" else rng.integers(0, get_task(t).num_classes, 40)
                   .astype(float)) for t in glue.GLUE_TASKS}
     labels["mnli_mismatched"] = rng.integers(0, 3, 30).astype(float)
-    logged = {}
+    logged, loaded = {}, {}
     for variant, correct in (("multitask", 0.6), ("pals", 0.9)):
         for seed in (0, 1):
             preds, metrics = {}, {}
@@ -294,6 +295,8 @@ def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri,
                 p = (np.where(wrong, (y + 1) % spec.num_classes, y) if spec.kind == "classification"
                      else y + rng.normal(0, 2.0 - correct * 2, len(y)))
                 preds[unit] = list(zip([str(i) for i in range(len(y))], p.tolist(), y.tolist()))
+                loaded.setdefault((variant, seed), {})[unit] = {"ids": [str(i) for i in range(len(y))], "pred": p,
+                                                                "label": y}
                 scored = task_metrics(get_task(task), p, y)
                 metrics.setdefault(task, {}).update(scored if unit == task else
                                                     {f"{m}_mismatched": v for m, v in scored.items()})
@@ -313,6 +316,11 @@ def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri,
         assert row.overall.mean == pytest.approx(np.mean([formula.score(m) for m in seeds]))
         assert row.extra["mnli/accuracy_mismatched"].mean == pytest.approx(
             np.mean([m["mnli"]["accuracy_mismatched"] for m in seeds]))
+    # The bootstrap's observed difference: the GLUE score of every metric, each from its own dev set.
+    observed, _, _ = bootstrap_difference([(loaded["pals", s], loaded["multitask", s]) for s in (0, 1)],
+                                          list(glue.GLUE_TASKS), resamples=20)
+    assert observed == pytest.approx(np.mean([formula.score(logged["pals", s]) - formula.score(logged["multitask", s])
+                                              for s in (0, 1)]))
     pals = next(r for r in rows if r.variant == "pals")
     assert 0 < pals.stats["ci"].low < pals.stats["ci"].high  # clearly better: the interval above 0
     table = (tmp_path / "compare" / "compare.md").read_text()
@@ -363,3 +371,18 @@ def test_the_datasets_writer_writes_files_the_readers_read_with_the_same_labels(
         assert rows.labels == pytest.approx(labels)
         assert rows.texts[0] == tuple(f'a "{c}" with 0 lines' for c in columns)
     assert len(read_rows(tmp_path / spec.file("test"), spec, labelled=False)) == 3
+
+
+def test_an_extra_dev_file_needs_a_metric_name_part_and_names_its_metrics():
+    from harness.tasks import TaskError, TaskSpec
+
+    def nli(**extra_dev):
+        return TaskSpec("toy-nli", "classification", ("a", "b"), "y", {"train": "t.tsv", "dev": "d.tsv"},
+                        num_classes=3, metrics=("accuracy", "mcc"), extra_dev=extra_dev)
+
+    assert nli(far="far.tsv").dev_metrics == ("accuracy", "mcc", "accuracy_far", "mcc_far")
+    assert nli(far="far.tsv").metric_source("mcc_far") == ("far", "mcc")
+    with pytest.raises(TaskError, match="has no dev metric 'f1_far'"):
+        nli(far="far.tsv").metric_source("f1_far")
+    with pytest.raises(TaskError, match=r"extra_dev \{'Far Away': 'far.tsv'\}: expected names of lower-case"):
+        nli(**{"Far Away": "far.tsv"})
