@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port, make_tiny_bert
-from harness.testing import launch, launch_command, run_cli
+from harness.testing import launch, launch_command, make_tiny_encoder, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -231,6 +231,36 @@ def test_two_ranks_with_accumulation_match_one_process(backend, tmp_path, tiny_b
                 == ("True", "False")
         for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall"):
             assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta_no_dropout(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("roberta-nodrop"), "roberta", dropout=0.0)
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero3"])
+def test_a_roberta_encoder_on_two_ranks_matches_one_process(backend, tmp_path, tiny_roberta_no_dropout, small_data):
+    """An encoder beyond BERT (RoBERTa: one token type, positions from the padding id, its own
+    config class in the saved model) with LoRA's adapters injected: 2 ranks x micro-batch 2 x
+    accumulation 2 give one process's batch-8 parameters and metrics, DDP and ZeRO-3 alike."""
+    def flags(out: Path, launch_config: str | None) -> list[str]:
+        layout = ["--batch-size", "2", "--grad-accum", "2", "--launch-config", launch_config] if launch_config \
+            else ["--batch-size", "8"]
+        return common_args(tiny_roberta_no_dropout, small_data, out, "lora") + STEPS + layout
+
+    reference = single(flags(tmp_path / "one", None))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    result = launch(BACKENDS[backend], flags(tmp_path / "two", BACKENDS[backend]))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    got, expected = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
+    assert set(got) == set(expected) and any(".lora_A." in k for k in got)
+    worst = max((got[k] - expected[k]).abs().max().item() for k in got)
+    assert worst < ATOL, f"{backend}/roberta: parameters differ by {worst:.2e}"
+    _, run = only_run(tmp_path / "two")
+    _, reference_run = only_run(tmp_path / "one")
+    assert run.data.tags["world_size"] == "2"
+    for name in ("dev/sst/accuracy", "dev/quora/accuracy", "dev/overall", "params/total", "params/encoder"):
+        assert run.data.metrics[name] == pytest.approx(reference_run.data.metrics[name], abs=1e-4), name
 
 
 @pytest.mark.parametrize("backend", ["ddp", "zero2"])

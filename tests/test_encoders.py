@@ -55,14 +55,20 @@ def test_each_architecture_trains_a_step_saves_and_loads_back_with_its_own_class
     check_model(str(folder))
     encoder, tokenizer = load_encoder(str(folder))
     assert type(encoder).__name__ == CLASSES[arch]
+    # ModernBERT's attention projects query, key and value in one layer (LoRA's default sites are query, value).
+    options = {"sites": "qkv"} if (arch, variant) == ("modernbert", "lora") else {}
     config = resolve_config({"model": str(folder), "variant": variant, "tasks": "sst,sts", "max_length": 32,
-                             "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "progress": False})
+                             "variant_options": options, "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
+                             "progress": False})
     variant_config = make_config(variant, config.variant_settings())
     model = build_model(encoder, variant, variant_config, "joint")
     model.train()
+    given = []  # what the encoder is called with: token types only where its forward names them
+    model.encoder.register_forward_pre_hook(lambda _, args, kwargs: given.append(set(kwargs)), with_kwargs=True)
     loss = model("sts", **batch_of(tokenizer, pair=True)).pow(2).mean() + model("sst", **batch_of(tokenizer, False)).sum()
     loss.backward()
     assert torch.isfinite(loss)
+    assert ("token_type_ids" in given[0]) is (arch != "modernbert")
     trained = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert any(n.startswith("heads.sts.") for n in trained) and any(n.startswith("encoder.") for n in trained)
 
@@ -147,6 +153,8 @@ def test_parameter_table_builds_random_encoders_of_other_architectures(tiny):
     assert f"| multitask | {expected:,} |" in table
     deberta = parameter_table(str(tiny("deberta-v2")))
     assert "| pals-parallel | not available on deberta-v2 |" in deberta
+    modernbert = parameter_table(str(tiny("modernbert")))  # LoRA's default sites (query, value) are fused there
+    assert "| lora | not with its default options: " in modernbert and "| multitask | " in modernbert
     with pytest.raises(ModelError, match=r"--arch gpt2: model_type 'gpt2' is not an encoder"):
         parameter_table(random_config="32,2,2", arch="gpt2")
 
@@ -170,3 +178,41 @@ def test_the_tiny_encoder_command_writes_a_model_folder(tmp_path):
     assert made.returncode == 0, made.stderr[-2000:]
     assert f"wrote a tiny random electra to {tmp_path / 'e'}" in made.stdout
     assert model_type(str(tmp_path / "e")) == "electra" and (tmp_path / "e" / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_roberta_lora_run_trains_saves_evaluates_exports_and_serves_as_an_mlflow_model(tiny, small_data, tmp_path,
+                                                                                        monkeypatch):
+    """`mtl-bench train` on a tiny RoBERTa (pair tasks jointly encoded, positions from the padding
+    id), then evaluate, export and the MLflow pyfunc on its saved model."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from harness.runs.export import load_export
+    from harness.runs.use import evaluate_run, predict_run
+    from harness.training.evaluation import dev_metric_names
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert cli_main(["train", "--model", str(tiny("roberta")), "--variant", "lora", "--data-dir", str(small_data),
+                     "--epochs", "1", "--batches-per-epoch", "6", "--batch-size", "4", "--max-length", "128",
+                     "--no-progress", "--save-model", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri,
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
+    run_id = run.info.run_id
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("dev/")}
+    assert logged["dev/sts/pearson"] == logged["dev/sts/pearson"]  # not NaN: the pair task was predicted
+    again = dev_metric_names(evaluate_run(run_id, "dev", str(small_data), uri, str(tmp_path / "eval"), log=False,
+                                          cache_dir=str(tmp_path / "cache")))
+    for name, value in again.items():
+        assert value == pytest.approx(logged[name], abs=1e-6), name
+    assert cli_main(["export", run_id, str(tmp_path / "exported"), "--tracking-uri", uri]) == 0
+    exported = load_export(tmp_path / "exported")
+    assert type(exported.model.encoder).__name__ == "RobertaModel"
+    pair = ["A man plays a guitar.", "A man is playing music."]
+    expected = predict_run(run_id, "sts", pair, tracking_uri=uri, out=lambda *_: None)
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/mlflow-model").predict(
+        pd.DataFrame({"task": ["sts"], "text": [pair[0]], "text_b": [pair[1]]}))
+    assert served["prediction"].tolist() == pytest.approx([p for p, _ in expected], abs=1e-5)

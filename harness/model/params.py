@@ -117,7 +117,8 @@ def random_encoder(random_config: str, arch: str = "bert"):
 def parameter_table(model: str = "default", random_config: str = "", pair_encoding: str = "joint",
                     arch: str = "bert") -> str:
     """A Markdown table of the counts of every registered variant that supports the encoder,
-    built without training (a variant that cannot hook into it is listed as such).
+    built without training with its default options (a variant that cannot hook into the
+    encoder, or whose default options do not fit it, is listed with the reason).
 
     `random_config` "H,L,A" builds a randomly initialised encoder of architecture `arch` and that
     shape instead of loading `model` (bert with hidden 768, 12 layers, 12 heads is BERT-base).
@@ -140,8 +141,13 @@ def parameter_table(model: str = "default", random_config: str = "", pair_encodi
         if not supports(variant, encoder.config.model_type):
             lines.append(f"| {variant.name} | not available on {encoder.config.model_type} | | | | |")
             continue
-        config = make_config(variant.name)
-        counts = count_parameters(build_model(copy.deepcopy(encoder), variant.name, config, pair_encoding))
+        try:
+            model = build_model(copy.deepcopy(encoder), variant.name, make_config(variant.name), pair_encoding)
+        except (ValueError, AttributeError) as exc:  # its defaults do not fit this encoder (LoRA's sites on
+            # ModernBERT), or a plugin that declares no architectures looks for BERT's modules
+            lines.append(f"| {variant.name} | not with its default options: {type(exc).__name__}: {exc} | | | | |")
+            continue
+        counts = count_parameters(model)
         per_task = ", ".join(f"{t} {n:,}" for t, n in counts.task_specific.items())
         lines.append(f"| {variant.name} | {counts.encoder:,} | {per_task} | {sum(counts.heads.values()):,} | "
                      f"{counts.total:,} | {counts.ratio:.4f}x |")
