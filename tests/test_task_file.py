@@ -278,6 +278,21 @@ def test_the_setting_from_flags_and_a_config_file(tmp_path):
     assert read_config(config_file)["task_file"] == f"{first},{second}"
 
 
+def test_a_saved_model_registers_its_task_files_without_the_originals(tmp_path, monkeypatch):
+    from harness.runs.trained import register_saved_task_files, save_task_files
+    from harness.tasks import get_task, registry
+
+    path = declared(tmp_path, "csv")
+    content = path.read_text()
+    spec, = register(path)[0].tasks
+    entries = save_task_files(tmp_path / "model", str(path))
+    assert [(tmp_path / "model" / e["file"]).read_text() for e in entries] == [content]
+    path.unlink()
+    monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items() if k != "reviews"})
+    register_saved_task_files(tmp_path / "model", {"task_files": json.loads(json.dumps(entries))})
+    assert get_task("reviews") == spec  # its data paths still relative to the file's original folder
+
+
 @pytest.mark.slow
 def test_a_sweep_job_config_carries_the_task_file(tmp_path):
     """A sweep file's `set: {task_file: ...}`: each job's config.json names the file (absolute), and a
