@@ -45,8 +45,15 @@ def batch_of(tokenizer, pair: bool) -> dict:
     return dict(tokenizer(PAIR[0], padding=True, return_tensors="pt", return_token_type_ids=False))
 
 
-@pytest.mark.parametrize("arch", OTHERS)
-@pytest.mark.parametrize("variant", ["multitask", "lora"])
+# The peft variants on every architecture (their sites differ); single-task is multitask's model on
+# another task set, tried once.
+CASES = [(arch, variant) for arch in OTHERS for variant in ("multitask", "lora", "ia3")] + [("roberta", "single-task")]
+# ModernBERT's attention projects query, key and value in one layer: the peft variants' default
+# sites name BERT's separate projections.
+MODERNBERT_SITES = {"lora": "qkv", "ia3": "qkv,ffn-out"}
+
+
+@pytest.mark.parametrize("arch, variant", CASES)
 def test_each_architecture_trains_a_step_saves_and_loads_back_with_its_own_class(arch, variant, tiny, tmp_path):
     from harness.runs.trained import load_model, save_model
 
@@ -55,8 +62,7 @@ def test_each_architecture_trains_a_step_saves_and_loads_back_with_its_own_class
     check_model(str(folder))
     encoder, tokenizer = load_encoder(str(folder))
     assert type(encoder).__name__ == CLASSES[arch]
-    # ModernBERT's attention projects query, key and value in one layer (LoRA's default sites are query, value).
-    options = {"sites": "qkv"} if (arch, variant) == ("modernbert", "lora") else {}
+    options = {"sites": MODERNBERT_SITES[variant]} if arch == "modernbert" and variant in MODERNBERT_SITES else {}
     config = resolve_config({"model": str(folder), "variant": variant, "tasks": "sst,sts", "max_length": 32,
                              "variant_options": options, "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
                              "progress": False})
@@ -76,7 +82,7 @@ def test_each_architecture_trains_a_step_saves_and_loads_back_with_its_own_class
     own = sum(p.numel() for n, p in model.encoder.named_parameters()
               if model.variant.encoder_parameter_task(n) is None)
     assert counts.encoder == own
-    assert (counts.task_specific["sst"] > 0) == (variant == "lora")
+    assert (counts.task_specific["sst"] > 0) == (variant in ("lora", "ia3"))
 
     with torch.no_grad():  # weights no initialisation gives, so a lost one shows
         for parameter in model.parameters():

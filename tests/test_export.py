@@ -71,27 +71,26 @@ def outputs(model, tokenizer, task: str, texts: list[str]) -> torch.Tensor:
         return model(task, **batch)
 
 
-@pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory) -> Path:
-    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+# The encoder's class in an export (a plain transformers model, as AutoModel loads it), by architecture.
+PLAIN_CLASSES = {"bert": "BertModel", "roberta": "RobertaModel", "deberta-v2": "DebertaV2Model"}
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
-def test_a_lora_export_is_a_transformers_encoder_and_a_peft_adapter_per_task(arch, tmp_path, request, tracking_uri):
+@pytest.mark.parametrize("arch", list(PLAIN_CLASSES))
+def test_a_lora_export_is_a_transformers_encoder_and_a_peft_adapter_per_task(arch, tmp_path, tiny_bert, tracking_uri):
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
     from harness.runs.export import load_export
 
-    model = request.getfixturevalue(f"tiny_{arch}")
+    model = tiny_bert if arch == "bert" else make_tiny_encoder(tmp_path / f"tiny-{arch}", arch)
     run_id = saved_run(tmp_path, str(model), tracking_uri, "lora", {"rank": "4", "sites": "query,value,ffn-in"})
     out = tmp_path / "exported"
     assert cli_main(["export", run_id, str(out), "--tracking-uri", tracking_uri]) == 0
     assert (out / "encoder" / "model.safetensors").is_file() and (out / "encoder" / "tokenizer.json").is_file()
     # A plain transformers model of the encoder's own class, which AutoModel loads as such.
-    plain_class = {"bert": "BertModel", "roberta": "RobertaModel"}[arch]
-    assert json.loads((out / "encoder" / "config.json").read_text())["architectures"] == [plain_class]
-    assert type(AutoModel.from_pretrained(out / "encoder")).__name__ == plain_class
+    assert json.loads((out / "encoder" / "config.json").read_text())["architectures"] == [PLAIN_CLASSES[arch]]
+    assert type(AutoModel.from_pretrained(out / "encoder")).__name__ == PLAIN_CLASSES[arch]
+    no_pooler = {"add_pooling_layer": False} if arch != "deberta-v2" else {}  # DeBERTa-v2 has none
     trained = load_run(run_id, tracking_uri)
     tokenizer = AutoTokenizer.from_pretrained(out / "encoder")
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
@@ -100,14 +99,14 @@ def test_a_lora_export_is_a_transformers_encoder_and_a_peft_adapter_per_task(arc
                {p.name for p in (out / task).iterdir()}
         assert json.loads((out / task / "adapter_config.json").read_text())["r"] == 4
         # peft's own loader on the exported encoder: the harness's encoder with the task's adapter active.
-        encoder = AutoModel.from_pretrained(out / "encoder", add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(out / "encoder", **no_pooler)
         peft_model = PeftModel.from_pretrained(encoder, out / task).eval()
         trained.model.variant.set_context(task, batch["attention_mask"])
         with torch.inference_mode():
             expected = trained.model.encoder(**batch).last_hidden_state
             got = peft_model(**batch).last_hidden_state
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    sst = PeftModel.from_pretrained(AutoModel.from_pretrained(out / "encoder", add_pooling_layer=False),
+    sst = PeftModel.from_pretrained(AutoModel.from_pretrained(out / "encoder", **no_pooler),
                                     out / "sst").eval()
     with torch.inference_mode():  # each task its own adapter
         assert not torch.allclose(sst(**batch).last_hidden_state, peft_model(**batch).last_hidden_state, atol=1e-3)

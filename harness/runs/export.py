@@ -72,7 +72,7 @@ def _peft_adapter(model, task: str, folder: Path, base_name: str) -> None:
     from peft import get_peft_model
 
     encoder, variant = model.encoder, model.variant
-    wrapped = get_peft_model(_bare_encoder(encoder), variant.config.peft_config())
+    wrapped = get_peft_model(_bare_encoder(encoder), variant.config.peft_config(encoder.config.model_type))
     # Informational (PeftModel.from_pretrained takes the base model itself): the export's encoder/
     # folder, or the base checkpoint's name for a frozen encoder.
     wrapped.peft_config["default"].base_model_name_or_path = base_name
