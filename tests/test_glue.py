@@ -386,3 +386,15 @@ def test_an_extra_dev_file_needs_a_metric_name_part_and_names_its_metrics():
         nli(far="far.tsv").metric_source("f1_far")
     with pytest.raises(TaskError, match=r"extra_dev \{'Far Away': 'far.tsv'\}: expected names of lower-case"):
         nli(**{"Far Away": "far.tsv"})
+
+
+def test_the_preflight_check_finds_a_missing_mismatched_dev_file_or_a_bad_header_before_training(glue_data):
+    from harness.training.data import check_data_dir
+
+    check_data_dir(glue_data, list(glue.GLUE_TASKS))
+    (glue_data / "MNLI" / "dev_mismatched.tsv").unlink()
+    with pytest.raises(DataError, match=re.escape(f"{glue_data / 'MNLI' / 'dev_mismatched.tsv'}: file not found")):
+        check_data_dir(glue_data, ["mnli"])
+    (glue_data / "QNLI" / "train.tsv").write_text("index\tquestion\ttext\tlabel\n0\tq\ts\tentailment\n")
+    with pytest.raises(DataError, match=r"QNLI/train.tsv, line 1: header .* lacks column\(s\) \['sentence'\]"):
+        check_data_dir(glue_data, ["qnli"])

@@ -35,8 +35,43 @@ def glue_reader(classes: Sequence[str] = (), columns: Sequence[str] = ()) -> Cal
     def read(path: Path, spec, lenient: bool = False, labelled: bool = True) -> TaskRows:
         return read_glue_file(path, spec, lenient, labelled, classes, columns)
 
+    def check(path: Path, spec, labelled: bool = True) -> None:
+        check_glue_file(Path(path), spec, labelled, columns)
+
     read.__qualname__ = f"glue_reader({', '.join(classes) or 'numeric labels'})"
+    read.check = check  # preflight (harness.training.data.check_data_dir), before any model loads
     return read
+
+
+def check_glue_file(path: Path, spec, labelled: bool, columns: tuple[str, ...]) -> None:
+    """The file is there with the columns the reader needs. The dev file's check checks the task's
+    extra dev files too (TaskSpec.extra_dev: under the same --data-dir), so that a missing MNLI
+    dev_mismatched.tsv stops the run before training, not at its first evaluation."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected the {spec.name} file {path.name} of GLUE's layout)")
+    with open(path, newline="", encoding="utf-8") as fp:
+        _columns(path, spec, labelled, columns, csv.reader(fp, delimiter="\t", quoting=csv.QUOTE_NONE))
+    dev = Path(spec.file("dev")).parts
+    if labelled and path.parts[-len(dev):] == dev:
+        root = path.parents[len(dev) - 1]
+        for file in spec.extra_dev.values():
+            check_glue_file(root / file, spec, True, columns)
+
+
+def _columns(path: Path, spec, labelled: bool, columns: tuple[str, ...], reader) -> tuple[list[str], dict[str, int],
+                                                                                          str]:
+    """The file's columns (its header, or `columns` for a headerless train/dev file), the index of each
+    column the reader needs, and the id column ("": the line number)."""
+    id_column = spec.id_column if labelled else (spec.id_column or TEST_ID)
+    needed = [c for c in (id_column, *spec.text_columns, spec.label_column if labelled else "") if c]
+    header = list(columns) if labelled and columns else next(reader, None)
+    if header is None:
+        raise DataError(f"{path}: file is empty (expected a header row)")
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise DataError(f"{path}, line 1: header {header} lacks column(s) {missing} (expected the columns "
+                        f"{needed} of GLUE's {spec.name} {'train/dev' if labelled else 'test'} file)")
+    return header, {c: header.index(c) for c in needed}, id_column
 
 
 def parse_label(spec, raw: str, classes: tuple[str, ...]) -> float:
@@ -66,19 +101,9 @@ def read_glue_file(path: Path, spec, lenient: bool, labelled: bool, classes: tup
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected the {spec.name} file {path.name} of GLUE's layout)")
     rows = TaskRows(path=path)
-    headerless = labelled and bool(columns)
-    id_column = spec.id_column if labelled else (spec.id_column or TEST_ID)
-    needed = [c for c in (id_column, *spec.text_columns, spec.label_column if labelled else "") if c]
     with open(path, newline="", encoding="utf-8") as fp:
         reader = csv.reader(fp, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = list(columns) if headerless else next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: file is empty (expected a header row)")
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise DataError(f"{path}, line 1: header {header} lacks column(s) {missing} (expected the columns "
-                            f"{needed} of GLUE's {spec.name} {'train/dev' if labelled else 'test'} file)")
-        index = {c: header.index(c) for c in needed}
+        header, index, id_column = _columns(path, spec, labelled, columns, reader)
         for record in reader:
             line = reader.line_num
             try:
