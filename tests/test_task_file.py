@@ -64,7 +64,8 @@ def cached_dataset(cache: Path, splits: dict[str, list], folder: Path) -> None:
     JSON Lines files by the json builder under that name; nothing downloaded)."""
     from datasets.packaged_modules.json.json import Json
 
-    files = {split: str(folder / write_rows(folder, "jsonl", f"cached-{split}", rows)) for split, rows in splits.items()}
+    files = {split: str(folder / write_rows(folder, "jsonl", f"cached-{split}", rows))
+             for split, rows in splits.items()}
     Json(cache_dir=str(cache), dataset_name="madeup", data_files=files, hash="0" * 8).download_and_prepare()
     config_folder, = (cache / "madeup").glob("default-*")  # the custom data files' config id, renamed to `default`
     config_folder.rename(config_folder.parent / "default")
@@ -233,6 +234,12 @@ def test_a_name_registered_with_another_spec_is_an_error_naming_both(tmp_path):
                                         rf"by task file {re.escape(str(first))}"):
         register(second)
     register(first)  # the same file again: the same specs, harmless
+    text = yaml.safe_load(first.read_text())
+    text["tasks"]["reviews"]["labels"] = ["positive", "negative"]  # the same spec, its labels read the other way
+    first.write_text(yaml.safe_dump(text))
+    with pytest.raises(TaskError, match=r"registered already by task file .*reader: DatasetReader\(format='csv', "
+                                        r"labels=\{'positive': 0, 'negative': 1\}.* here, DatasetReader"):
+        register(first)
 
 
 def test_a_group_of_the_file_is_a_task_set_with_its_formula(tmp_path):
@@ -267,8 +274,8 @@ def test_the_setting_from_flags_and_a_config_file(tmp_path):
     first = declared(tmp_path, "csv")
     other = tmp_path / "other"
     other.mkdir()
-    second = write_task_file(other, {"topics": {"format": "jsonl", "files": {
-        "train": write_rows(other, "jsonl", "train", ROWS), "dev": write_rows(other, "jsonl", "dev", ROWS)}, **REVIEWS}})
+    files = {split: write_rows(other, "jsonl", split, ROWS) for split in ("train", "dev")}
+    second = write_task_file(other, {"topics": {"format": "jsonl", "files": files, **REVIEWS}})
     args = build_parser().parse_args(["train", "--task-file", str(first), "--task-file", str(second),
                                       "--tasks", "sst,reviews,topics"])
     config = config_from_args(args)
@@ -374,7 +381,8 @@ def test_a_trained_run_is_used_without_its_task_file(tmp_path, tiny_bert, small_
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert re.fullmatch(r"[01]\t\d\.\d{4}\tadd more salt \|\|\| the team won", predicted.stdout.strip())
 
-    code = ("import sys, mlflow.pyfunc, pandas as pd; m = mlflow.pyfunc.load_model(f'runs:/{sys.argv[1]}/mlflow-model');"
+    code = ("import sys, mlflow.pyfunc, pandas as pd;"
+            "m = mlflow.pyfunc.load_model(f'runs:/{sys.argv[1]}/mlflow-model');"
             "print(m.predict(pd.DataFrame({'task': ['reviews'], 'text': ['this fan is great'], 'text_b': ['']}))"
             "['prediction'].tolist())")
     served = subprocess.run([sys.executable, "-c", code, run_id], capture_output=True, text=True, timeout=300,

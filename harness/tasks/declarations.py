@@ -113,7 +113,8 @@ def _yaml(content: str, path: Path) -> Any:
 
 
 class _Fields:
-    """One declaration's fields, each taken once and checked; what is left unread is unknown."""
+    """One declaration's fields (a task's or a group's): unknown ones refused at once, each known one
+    checked as it is taken (`get`, `names`, `splits`); `fail` names the file, the declaration, the field."""
 
     def __init__(self, where: str, fields: Any, known: dict[str, str]):
         if not isinstance(fields, dict):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class DatasetReader:
     None (labels are numbers). `dataset`, `dataset_config`: the `cache` format's dataset."""
 
     format: str
-    task_file: str  # where the task was declared, for messages
+    task_file: str = field(compare=False, repr=False)  # where the task was declared, for messages
     labels: Mapping[str, int] | None = None
     dataset: str = ""
     dataset_config: str = ""

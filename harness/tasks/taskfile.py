@@ -113,7 +113,7 @@ def _check_free(path: Path, what: str, item, lookup) -> None:
         existing = lookup(item.name)
     except TaskError:
         return
-    if existing == item:
+    if existing == item and getattr(item, "reader", None) == getattr(existing, "reader", None):  # (not in a spec's ==)
         return
     origin = _ORIGIN.get(f"{what} {item.name}")
     if origin is None:
@@ -122,6 +122,7 @@ def _check_free(path: Path, what: str, item, lookup) -> None:
     else:
         origin = f"by task file {origin}"
     differ = [f"{f.name}: {getattr(item, f.name)!r} here, {getattr(existing, f.name)!r} there"
-              for f in dataclasses.fields(item) if f.compare and getattr(item, f.name) != getattr(existing, f.name)]
+              for f in dataclasses.fields(item) if (f.compare or f.name == "reader")  # a reader: its labels, format
+              and getattr(item, f.name) != getattr(existing, f.name)]
     raise TaskFileError(f"task file {path}: {what} {item.name!r} is registered already {origin}, with a different "
                         f"declaration ({'; '.join(differ)}); rename it")
