@@ -398,3 +398,18 @@ def test_the_preflight_check_finds_a_missing_mismatched_dev_file_or_a_bad_header
     (glue_data / "QNLI" / "train.tsv").write_text("index\tquestion\ttext\tlabel\n0\tq\ts\tentailment\n")
     with pytest.raises(DataError, match=r"QNLI/train.tsv, line 1: header .* lacks column\(s\) \['sentence'\]"):
         check_data_dir(glue_data, ["qnli"])
+
+
+def test_the_validation_split_scores_the_glue_formula_without_the_mismatched_term():
+    """--validation-fraction holds rows out of train: no mismatched counterpart, so MNLI's score there is its
+    matched accuracy alone, and the best epoch is still chosen by a score (not -inf every epoch)."""
+    from harness.core import names
+    from harness.training.evaluation import dev_metric_names, selection_score
+
+    metrics = {t: {m: 0.5 for m in get_task(t).metrics} for t in glue.GLUE_TASKS}
+    metrics["mnli"]["accuracy"] = 0.8
+    expected = (8 * 0.5 + 0.8) / 9
+    assert dev_metric_names(metrics, names.VALIDATION)["val/overall"] == pytest.approx(expected)
+    assert selection_score(metrics) == pytest.approx(expected)
+    metrics["mnli"]["accuracy_mismatched"] = 0.2  # dev: the term is there, and counts
+    assert selection_score(metrics) == pytest.approx((8 * 0.5 + 0.5) / 9)

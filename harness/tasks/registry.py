@@ -242,6 +242,14 @@ class OverallFormula:
                  for task, terms in self.by_task().items()]
         return f"{self.name}: mean({', '.join(parts)})"
 
+    def held_out(self) -> OverallFormula:
+        """The formula on a split held out of train (--validation-fraction), where a task's extra dev files
+        (TaskSpec.extra_dev) have no counterpart: their terms are left out, a task keeps its others."""
+        def extra(task: str, metric: str) -> bool:
+            spec = get_task(task)
+            return metric not in spec.metrics and metric in spec.dev_metrics
+        return OverallFormula(tuple(t for t in self.terms if not extra(t[0], t[1])), self.name)
+
     def score(self, metrics: Mapping[str, Mapping[str, float]]) -> float | None:
         """`metrics`: task -> metric -> value. None if a term's task or metric is absent."""
         task_scores = []

@@ -127,13 +127,22 @@ def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
 def dev_metric_names(metrics: dict[str, dict[str, float]], prefix: str = names.DEV) -> dict[str, float]:
     """MLflow names: <prefix>/<task>/<metric> for every metric, and <prefix>/overall where the task set has one."""
     out = {metric_key(task, name, prefix): v for task, values in metrics.items() for name, v in values.items()}
-    overall = overall_formula(list(metrics)).score(metrics)
+    overall = overall_score(metrics)
     if overall is not None:
         out[names.overall_key(prefix)] = overall
     return out
 
 
+def overall_score(metrics: dict[str, dict[str, float]]) -> float | None:
+    """The task set's overall score. Metrics with none of an extra dev file's (the validation split, held
+    out of train, has no MNLI mismatched counterpart) score the formula without those terms
+    (OverallFormula.held_out); dev metrics always hold them (evaluate scores every extra dev file)."""
+    formula = overall_formula(list(metrics))
+    extra = any(name not in get_task(task).metrics for task, values in metrics.items() for name in values)
+    return formula.score(metrics) if extra else formula.held_out().score(metrics)
+
+
 def selection_score(metrics: dict[str, dict[str, float]]) -> float:
     """What picks the best epoch: the task set's overall score; NaN (a constant predictor's r) counts as worst."""
-    score = overall_formula(list(metrics)).score(metrics)
+    score = overall_score(metrics)
     return -np.inf if score is None or np.isnan(score) else score
