@@ -19,7 +19,7 @@ from harness.tasks import TaskError
 from harness.testing import environment, run_cli
 from harness.training.data import DataError, check_data_dir, read_rows
 
-ROWS = [("a1", "a fine kettle", "positive"), ("a2", "it broke at once", "negative"), ("a3", "works well", "positive")]
+ROWS = [("0041", "a fine kettle", "positive"), ("0042", "it broke at once", "negative"), ("0043", "works well", "positive")]
 REVIEWS = {"kind": "classification", "text_columns": ["text"], "label_column": "label", "id_column": "id",
            "labels": ["negative", "positive"]}
 
@@ -114,8 +114,8 @@ def test_each_format_reads_the_same_rows(tmp_path, monkeypatch, source):
     check_data_dir(tmp_path, ["reviews"])  # the preflight: every split there with its columns
     train = read_rows(tmp_path / spec.file("train"), spec)
     dev = read_rows(tmp_path / spec.file("dev"), spec)
-    assert (train.ids, train.texts, train.labels) == (["a1", "a2", "a3"], [(r[1],) for r in ROWS], [1.0, 0.0, 1.0])
-    assert (dev.ids, dev.labels) == (["a1", "a2"], [1.0, 0.0])
+    assert (train.ids, train.texts, train.labels) == (["0041", "0042", "0043"], [(r[1],) for r in ROWS], [1.0, 0.0, 1.0])
+    assert (dev.ids, dev.labels) == (["0041", "0042"], [1.0, 0.0])  # ids as written, not 41
     assert spec.num_classes == 2
 
 
@@ -190,18 +190,17 @@ def test_a_key_given_twice_and_an_unknown_group_task_are_refused(tmp_path):
 
 
 BAD_ROWS = [
-    ("label out of range", ("a2", "it broke", 7), {"labels": None, "num_classes": 2}, "label 7 is out of range"),
+    ("label out of range", ("a2", "it broke", 7), {"labels": None, "num_classes": 2}, r"label '?7'? is out of range"),
     ("empty text", ("a2", "", "negative"), {}, "empty text"),
-    ("unmapped label", ("a2", "so-so", "neutral"), {}, "label 'neutral' is not one of the declared labels"),
+    ("unmapped label", ("a2", "so-so", "neutral"), {}, r"label 'neutral' is not one of the declared labels"),
 ]
 
 
 @pytest.mark.parametrize("format", ["csv", "jsonl"])
 @pytest.mark.parametrize("problem, bad, fields, expected", BAD_ROWS, ids=[b[0] for b in BAD_ROWS])
 def test_a_bad_row_names_the_file_and_row(tmp_path, format, problem, bad, fields, expected):
-    rows = [("a1", "fine", 1 if "labels" in fields else "positive"), bad, ROWS[2]]
-    if "labels" in fields:
-        rows[2] = ("a3", "works", 1)
+    numbers = "labels" in fields  # labels as class numbers, not names
+    rows = [("a1", "fine", 1 if numbers else "positive"), bad, ("a3", "works", 1 if numbers else "positive")]
     path = declared(tmp_path, format, train=rows, **fields)
     if fields.get("labels", "") is None:
         text = yaml.safe_load(path.read_text())
@@ -209,11 +208,11 @@ def test_a_bad_row_names_the_file_and_row(tmp_path, format, problem, bad, fields
         path.write_text(yaml.safe_dump(text))
     spec, = register(path)[0].tasks
     train = tmp_path / spec.file("train")
-    with pytest.raises(DataError, match=rf"{re.escape(str(train))}, row 1: {re.escape(expected)}.* \(task reviews"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(train))}, row 1: {expected}.* \(task reviews"):
         read_rows(train, spec)
     lenient = read_rows(train, spec, lenient=True)
     assert lenient.ids == ["a1", "a3"] and lenient.skipped == [(1, lenient.skipped[0][1])]
-    assert expected in lenient.skipped[0][1]
+    assert re.match(expected, lenient.skipped[0][1])
 
 
 def test_a_name_registered_with_another_spec_is_an_error_naming_both(tmp_path):

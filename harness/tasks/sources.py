@@ -13,6 +13,7 @@ naming the task file, the task and the field. No torch; `datasets` is imported o
 """
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,8 +82,7 @@ class DatasetReader:
             if self.format == "disk":
                 table = datasets.load_from_disk(str(path))
             else:
-                options = {"csv": {"keep_default_na": False},  # an empty cell is "", not NaN
-                           "tsv": {"keep_default_na": False, "delimiter": "\t"}}.get(self.format, {})
+                options = _text_file_options(path, self.format == "tsv") if self.format in ("csv", "tsv") else {}
                 loader = {"tsv": "csv", "jsonl": "json"}.get(self.format, self.format)
                 table = datasets.load_dataset(loader, data_files=str(path), split="train", **options)
         except Exception as exc:  # the loaders' own errors (a parser's, pyarrow's) say what is wrong
@@ -153,6 +153,18 @@ class DatasetReader:
         if not ok:
             raise ValueError(f"{column} {value!r} is out of range (expected {expected})")
         return number
+
+
+def _text_file_options(path: Path, tabs: bool) -> dict[str, Any]:
+    """The csv loader's options for a CSV or TSV file: every column read as text, as written (an id
+    0042 stays 0042, not the integer 42; a label column's numbers are parsed by the reader), and an
+    empty cell as "" (not NaN, so that it is named as empty). The header names the columns."""
+    import datasets
+
+    with open(path, newline="", encoding="utf-8") as fp:
+        header = next(csv.reader(fp, delimiter="\t" if tabs else ","), [])
+    return {"features": datasets.Features({column: datasets.Value("string") for column in header}),
+            "keep_default_na": False, **({"delimiter": "\t"} if tabs else {})}
 
 
 def _text(value: Any, column: str) -> str:
