@@ -191,6 +191,8 @@ class TrainConfig:
                               "context_fn gives a recomputed layer the variant's hook state; torch 2.13's dynamo: "
                               "'checkpoint not implemented for ... context_fn'); use --compile or "
                               "--gradient-checkpointing, not both")
+        if not isinstance(self.task_file, str):
+            raise ConfigError(f"task_file: expected a string of comma-separated paths, got {self.task_file!r}")
         if self.register_model and not self.save_model:
             raise ConfigError(f"register_model: --register-model {self.register_model} registers the model the run "
                               "saves; add --save-model")
