@@ -29,7 +29,7 @@ TEST_ID = "index"  # the id column of a test file, where the task's own is "" (n
 def glue_reader(classes: Sequence[str] = (), columns: Sequence[str] = ()) -> Callable:
     """A TaskSpec.reader for one GLUE task. `classes`: the label strings in class-id order (none: the
     label is a number, checked against the spec); `columns`: the names of the columns of a train or
-    dev file without a header (CoLA's), which is then read from its first line."""
+    dev file without a header (CoLA's), whose first line is then a record."""
     classes, columns = tuple(classes), tuple(columns)
 
     def read(path: Path, spec, lenient: bool = False, labelled: bool = True) -> TaskRows:
@@ -58,8 +58,7 @@ def check_glue_file(path: Path, spec, labelled: bool, columns: tuple[str, ...]) 
             check_glue_file(root / file, spec, True, columns)
 
 
-def _columns(path: Path, spec, labelled: bool, columns: tuple[str, ...], reader) -> tuple[list[str], dict[str, int],
-                                                                                          str]:
+def _columns(path: Path, spec, labelled: bool, columns: tuple[str, ...], reader) -> tuple[list, dict, str]:
     """The file's columns (its header, or `columns` for a headerless train/dev file), the index of each
     column the reader needs, and the id column ("": the line number)."""
     id_column = spec.id_column if labelled else (spec.id_column or TEST_ID)
