@@ -131,6 +131,18 @@ def test_label_mapping_as_a_mapping_and_the_row_index_as_id(tmp_path):
     assert rows_read.labels == [0.0, 2.0, 1.0] and rows_read.ids == ["0", "1", "2"]
 
 
+def test_a_test_split_needs_no_label_column(tmp_path):
+    path = declared(tmp_path, "csv")
+    (tmp_path / "test.csv").write_text("id,text\nq1,unseen words\n")
+    text = yaml.safe_load(path.read_text())
+    text["tasks"]["reviews"]["files"]["test"] = "test.csv"
+    path.write_text(yaml.safe_dump(text))
+    spec, = register(path)[0].tasks
+    check_data_dir(tmp_path, ["reviews"], ("test",))
+    rows = read_rows(tmp_path / spec.file("test"), spec, labelled=False)
+    assert (rows.ids, rows.texts, rows.labels) == (["q1"], [("unseen words",)], [0.0])
+
+
 def test_the_handout_format_reads_as_the_handout_tasks_do(tmp_path):
     lines = ["\tid\tsentence\tsentiment", "0\th1\tgood\t1", "1\th2\tbad\t0"]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")

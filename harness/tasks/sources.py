@@ -41,15 +41,14 @@ class DatasetReader:
     def __call__(self, path, spec, lenient: bool = False, labelled: bool = True) -> TaskRows:
         table, where, source = self._load(Path(path), spec)
         self._check_columns(table, spec, labelled, where)
-        has_labels = labelled and spec.label_column in table.column_names
-        columns = [*spec.text_columns, *([spec.label_column] if has_labels else []),
+        columns = [*spec.text_columns, *([spec.label_column] if labelled else []),
                    *([spec.id_column] if spec.id_column else [])]
         values = table.select_columns(list(dict.fromkeys(columns))).to_dict()
         rows = TaskRows(path=source)
         for i in range(len(table)):
             try:
                 texts = tuple(_text(values[c][i], c) for c in spec.text_columns)
-                label = self._label(values[spec.label_column][i], spec) if has_labels else 0.0
+                label = self._label(values[spec.label_column][i], spec) if labelled else 0.0
                 example_id = _text(values[spec.id_column][i], spec.id_column) if spec.id_column else str(i)
             except ValueError as exc:
                 if not lenient:
