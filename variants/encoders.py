@@ -6,11 +6,20 @@ of the hidden size, whose outputs EmBERT's task vectors are added to) and `outpu
 (the layer's final LayerNorm, post-LN: its output is the layer's output and its input is
 FFN(a) + a, to which a parallel PAL's output is added). `BERT_STYLE` names the transformers
 model types checked to have exactly that (tests/test_variant_architectures.py builds a tiny
-random one of each, finds its layers and checks the LayerNorm's place by running it). Others
-with the same module names but another layer (checked in transformers 5.25 and left out):
-MobileBERT (bottleneck layers, `output.LayerNorm` of the bottleneck width), Canine (two stacks
-of layers), RoBERTa-PreLayerNorm, XLM-RoBERTa-XL and Megatron-BERT (pre-LN: no LayerNorm at the
-layer's end); DeBERTa, DistilBERT, ModernBERT, ALBERT, MPNet have other module names.
+random one of each, finds its layers, checks the LayerNorm's place by running it, and runs every
+variant on it). RoFormer rotates the query and key after their Linear, so EmBERT's vectors are
+rotated with them; YOSO approximates the attention of the encoder's own heads (not a PAL's).
+Left out, checked in transformers 5.25:
+- the same module names, another layer: MobileBERT (bottleneck layers, `output.LayerNorm` of the
+  bottleneck width), Canine (three stacks of layers), RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, ESM and
+  Megatron-BERT (pre-LN: no LayerNorm at the layer's end), ConvBERT (a narrower query), I-BERT
+  (quantised Linear and LayerNorm): `bert_style_layers` finds none;
+- BERT-style layers, other inputs: Longformer (pads the sequence to its attention window inside,
+  so a parallel PAL's padding mask no longer fits), Nystromformer (failed on a tiny config here,
+  not investigated), MRA (its attention gave the query, key and value no gradient here, on CPU),
+  BigBird (untested in its block-sparse attention), and task-specific
+  inputs (LayoutLM, TAPAS, LUKE, MarkupLM, VisualBERT, X-MOD's languages);
+- other module names: DeBERTa(-v2), DistilBERT, ModernBERT, ALBERT, MPNet.
 """
 from __future__ import annotations
 
@@ -19,7 +28,8 @@ from dataclasses import dataclass
 from torch import nn
 
 # transformers model_types whose layers have BERT's structure (checked in transformers 5.25).
-BERT_STYLE = ("bert", "camembert", "data2vec-text", "electra", "ernie", "roberta", "xlm-roberta")
+BERT_STYLE = ("bert", "camembert", "data2vec-text", "electra", "ernie", "rembert", "roberta", "roformer",
+              "xlm-roberta", "yoso")
 
 BERT_STYLE_NEEDS = ("hooks into BERT-style layers (encoder.layer[i].attention.self.query/key/value, "
                     "encoder.layer[i].output.LayerNorm)")
