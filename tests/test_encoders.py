@@ -178,6 +178,7 @@ def test_a_variant_that_cannot_hook_into_the_architecture_is_refused_before_trai
     assert not out.exists() and not (tmp_path / "db").exists()  # nothing set up, nothing trained
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_tiny_encoder_command_writes_a_model_folder(tmp_path):
     made = subprocess.run([sys.executable, "-m", "harness.testing", "tiny-encoder", "--arch", "electra",
                            str(tmp_path / "e")], cwd=REPO, capture_output=True, text=True, timeout=300)
