@@ -31,7 +31,7 @@ def spec(**changes) -> TaskSpec:
     ({"num_classes": 1}, r"num_classes 1: a classification task needs 2 or more"),
     ({"binary_logit": True}, r"binary_logit needs num_classes 2, not 3"),
     ({"metrics": ("pearson",)}, r"metric 'pearson' scores regression, not classification \(choose from "
-                                r"\['accuracy', 'macro_f1', 'mcc'\]\)"),
+                                r"\['accuracy', 'f1', 'macro_f1', 'mcc'\]\)"),
     ({"metrics": ("auc",)}, r"metric 'auc' is not one of"),
     ({"metrics": ("accuracy",), "primary": "mcc"}, r"primary 'mcc' is not one of its metrics \['accuracy'\]"),
     ({"kind": "regression", "label_range": (5.0, 0.0), "metrics": ("pearson",)}, r"label_range \(5.0, 0.0\)"),
