@@ -157,6 +157,13 @@ def test_look_alikes_with_another_layer_are_refused_by_the_structure(model_type,
         bert_style_layers(encoder, "pals-parallel")
 
 
+def test_a_top_pal_runs_on_any_encoder_but_parallel_ones_need_bert_style_layers(encoders):
+    model = attached(encoders["deberta-v2"], "pals-top", "deberta-v2")
+    assert count_parameters(model).task_specific["sst"] > 0
+    with pytest.raises(ValueError, match=r"variant 'PALsTop' hooks into BERT-style layers .* DistilBertModel"):
+        attached(encoders["distilbert"], "pals-top", "distilbert", parallel=True)
+
+
 def test_a_variant_for_any_encoder_accepts_any_model_type():
     for name in ("multitask", "single-task", "lora", "ia3", "pals-top"):
         assert check_architecture(name, "deberta-v2") is None
@@ -165,13 +172,24 @@ def test_a_variant_for_any_encoder_accepts_any_model_type():
         check_architecture("pals", "bert")
 
 
+# (in, out) features of each site's Linear: I the intermediate size (ModernBERT's ffn-in is gated: 2 I).
+I = SMALL["intermediate_size"]
+SHAPES = {"query": {(H, H)}, "key": {(H, H)}, "value": {(H, H)}, "qkv": {(H, 3 * H)}, "attention-output": {(H, H)},
+          "ffn-in": {(H, I), (H, 2 * I)}, "ffn-out": {(I, H)}}
+
+
 @pytest.mark.parametrize("model_type", [t for t in ARCHITECTURES if t in SITES_BY_ARCHITECTURE])
-def test_each_peft_site_is_one_linear_per_layer(encoders, model_type):
+def test_each_peft_site_is_one_linear_per_layer_of_its_shape(encoders, model_type):
     names = dict(encoders[model_type].named_modules())
+    seen = set()
     for site, pattern in SITES_BY_ARCHITECTURE[model_type].items():
         found = [n for n in names if re.fullmatch(pattern, n)]
         assert len(found) == L and all(isinstance(names[n], nn.Linear) for n in found), (site, found)
         assert len({re.search(r"\.(\d+)\.", n).group(1) for n in found}) == L, f"{site}: not one per layer"
+        shapes = {(names[n].in_features, names[n].out_features) for n in found}
+        assert shapes <= SHAPES[site], f"{model_type} {site}: {found} are {shapes}"
+        assert not seen & set(found), f"{site}: {found} is another site's too"
+        seen |= set(found)
 
 
 @pytest.mark.parametrize("name", ["lora", "ia3"])
