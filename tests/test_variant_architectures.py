@@ -221,3 +221,5 @@ def test_target_modules_adapt_an_architecture_without_a_site_table():
         attached(encoder, "ia3", "albert", target_modules=r"attention\.qq")
     with pytest.raises(VariantError, match=r"target_modules: '\(' is not a regular expression"):
         make_config("lora", {"target_modules": "("})
+    with pytest.raises(VariantError, match=r"target_modules: replaces sites, so it is not given with sites \['key'\]"):
+        make_config("ia3", {"target_modules": "attention", "sites": "key"})

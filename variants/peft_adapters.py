@@ -78,7 +78,7 @@ class LoRAConfig(VariantConfig):
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
         check_sites(self)
-        check_regex(self, "target_modules")
+        check_targets(self, "target_modules")
 
     def peft_config(self, model_type: str = "bert"):
         """peft's config for an encoder of `model_type` (whose table locates the sites)."""
@@ -97,7 +97,7 @@ class IA3Config(VariantConfig):
     def validate(self) -> None:
         super().validate()
         check_sites(self)
-        check_regex(self, "target_modules", "feedforward_modules")
+        check_targets(self, "target_modules", "feedforward_modules")
         if self.feedforward_modules and not self.target_modules:
             raise ValueError("feedforward_modules: given with target_modules only (sites decide it otherwise)")
 
@@ -108,15 +108,20 @@ class IA3Config(VariantConfig):
         if self.target_modules:
             target, feedforward = self.target_modules, self.feedforward_modules
         else:
-            sites = tuple(s for s in self.sites if s in FEEDFORWARD_SITES)
-            target, feedforward = site_pattern(self.sites, model_type), sites and site_pattern(sites, model_type)
+            scaled_inputs = tuple(s for s in self.sites if s in FEEDFORWARD_SITES)
+            target = site_pattern(self.sites, model_type)
+            feedforward = site_pattern(scaled_inputs, model_type) if scaled_inputs else ""
         # peft requires feedforward_modules to be a subset of target_modules; a pattern matching no
         # module stands for "none".
         return PeftIA3Config(target_modules=target, feedforward_modules=feedforward or r"(?!)",
                              init_ia3_weights=True)
 
 
-def check_regex(config, *names: str) -> None:
+def check_targets(config, *names: str) -> None:
+    """Each named option compiles as a regex; target_modules, given, is not meant beside sites."""
+    if config.target_modules and config.sites != type(config).sites:
+        raise ValueError(f"target_modules: replaces sites, so it is not given with sites {list(config.sites)} "
+                         "(name every module in target_modules)")
     for name in names:
         try:
             re.compile(getattr(config, name))
