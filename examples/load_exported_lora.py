@@ -12,13 +12,14 @@ Only the joint pair encoding (the default) is handled here.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 
 def load(export: Path, task: str, base: str = ""):
@@ -28,7 +29,12 @@ def load(export: Path, task: str, base: str = ""):
                          f"{head_config['pair_encoding']!r}) is not handled by this example")
     base_folder = base or export / "encoder"
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    encoder = BertModel.from_pretrained(base_folder, add_pooling_layer=head_config["input"] == "pooler")
+    # The encoder's own class (BertModel, RobertaModel, DebertaV2Model, ...), with its pooler only
+    # where the head reads it and the class has one.
+    encoder_class = AutoModel._model_mapping[type(AutoConfig.from_pretrained(base_folder))]
+    pooler = {"add_pooling_layer": head_config["input"] == "pooler"} \
+        if "add_pooling_layer" in inspect.signature(encoder_class.__init__).parameters else {}
+    encoder = AutoModel.from_pretrained(base_folder, **pooler)
     model = PeftModel.from_pretrained(encoder, export / task).eval()  # the task's adapter on the encoder
     head = load_file(export / task / "head.safetensors")  # the Linear head: weight, bias
     return tokenizer, model, head, head_config

@@ -247,11 +247,13 @@ def test_a_version_1_artifact_still_loads_from_its_recorded_folder(tmp_path, tin
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_the_readme_example_loads_a_trained_lora_task_without_the_harness_and_predicts_as_predict(
-        tmp_path, tiny_bert, small_data, tracking_uri):
+        arch, tmp_path, tiny_bert, small_data, tracking_uri):
     from harness.runs.train import train
 
-    config = resolve_config(dict(model=str(tiny_bert), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
+    model = tiny_bert if arch == "bert" else make_tiny_encoder(tmp_path / f"tiny-{arch}", arch)
+    config = resolve_config(dict(model=str(model), data_dir=str(small_data), output_dir=str(tmp_path / "out"),
                                  cache_dir=str(tmp_path / "cache"), tracking_uri=tracking_uri, epochs=1,
                                  batches_per_epoch=6, batch_size=8, lr=1e-2, max_length=32, progress=False,
                                  variant="lora", tasks="sst,sts", save_model=True, run_name="export"))
