@@ -455,3 +455,40 @@ def test_every_markdown_table_has_as_many_cells_in_each_line_as_in_its_header():
         lines = [line for line in table.splitlines() if line.startswith("|")]
         widths = {line.strip().strip("|").count("|") for line in lines}
         assert len(lines) == shown + 2 and len(widths) == 1, table
+
+
+def test_compare_takes_the_task_file_of_runs_that_trained_file_tasks(tmp_path, tracking_uri, capsys):
+    """Runs of tasks declared in a file (--task-file) are compared once that file is given; without it
+    the error names the run's recorded task file."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.cli import main as cli_main
+    from harness.core import names
+
+    task_file = tmp_path / "tasks.yaml"
+    task_file.write_text("tasks:\n  notes:\n    format: csv\n    files: {train: t.csv, dev: d.csv}\n"
+                         "    kind: classification\n    num_classes: 2\n    text_columns: [text]\n"
+                         "    label_column: label\n    title: Notes\n")
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("file-tasks")
+    for seed in (0, 1):
+        run = client.create_run(experiment_id, tags={names.VARIANT: "multitask", names.SEED: str(seed)})
+        client.log_param(run.info.run_id, names.TASKS_PARAM, "sst,notes")
+        client.log_param(run.info.run_id, "task_file", str(task_file))
+        client.log_metric(run.info.run_id, names.primary_key("sst"), 0.3 + seed / 10)
+        client.log_metric(run.info.run_id, "dev/notes/accuracy", 0.8)  # its task not registered here
+        client.log_metric(run.info.run_id, names.TASK_SPECIFIC_TOTAL, 0)
+        predictions = tmp_path / f"predictions-{seed}"
+        predictions.mkdir()
+        for task in ("sst", "notes"):  # the dev predictions compare reads for chance levels
+            (predictions / f"dev-{task}.csv").write_text("id,prediction,label\n0,1,1\n1,0,1\n2,1,0\n")
+        client.log_artifacts(run.info.run_id, str(predictions), names.PREDICTIONS)
+        client.set_terminated(run.info.run_id)
+    common = ["compare", "--experiment", "file-tasks", "--tracking-uri", tracking_uri, "--test", "seeds",
+              "--out", str(tmp_path / "out")]
+    assert cli_main(common) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'notes'" in err and f"--task-file (the run's: {task_file})" in err
+    assert cli_main([*common, "--task-file", str(task_file)]) == 0
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| Notes acc |" in table and "| multitask | 2 | 0.350 ± 0.071 | 0.800 ± 0.000 |" in table

@@ -137,8 +137,10 @@ def _record(run, label: str, seed: int) -> RunRecord:
         metrics = {t: {name: m[metric_key(t, name)] for name in get_task(t).dev_metrics if metric_key(t, name) in m}
                    for t in scores}
     except TaskError as exc:
-        raise CompareError(f"run {run.info.run_id} ({label} seed {seed}): {exc} (install the package that "
-                           "registers it)") from None
+        recorded = run.data.params.get("task_file", "")
+        hint = f"give its task file with --task-file (the run's: {recorded})" if recorded else \
+            "install the package that registers it"
+        raise CompareError(f"run {run.info.run_id} ({label} seed {seed}): {exc} ({hint})") from None
     if names.TASK_SPECIFIC_TOTAL not in m:
         raise CompareError(f"run {run.info.run_id} ({label} seed {seed}) has no {names.TASK_SPECIFIC_TOTAL} metric")
     formula = overall_formula(tasks)

@@ -154,11 +154,12 @@ def add_task_file_flag(parser: argparse.ArgumentParser) -> None:
                              "(docs/writing-a-task.md; repeatable)")
 
 
-def register_task_files_of(args: argparse.Namespace) -> None:
-    """Registers the tasks of the command's --task-file flags (add_task_file_flag)."""
+def register_task_files_of(args: argparse.Namespace, check_files: bool = True) -> None:
+    """Registers the tasks of the command's --task-file flags (add_task_file_flag); without
+    `check_files` their data files need not exist."""
     from harness.tasks.taskfile import register_task_files
 
-    register_task_files(",".join(args.task_file))
+    register_task_files(",".join(args.task_file), check_files=check_files)
 
 
 def _resumed_settings(given: dict) -> dict:

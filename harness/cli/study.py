@@ -24,7 +24,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.analysis import compare
+    from harness.cli.flags import register_task_files_of
 
+    register_task_files_of(args, check_files=False)  # --task-file: tasks the runs trained (their data not read)
     compare(sweep=args.sweep, experiment=args.experiment, tracking_uri=args.tracking_uri, out_dir=args.out,
             baseline=args.baseline, test=args.test, resamples=args.resamples, select_best_by=args.select_best_by,
             select_over=tuple(x.strip() for x in args.select_over.split(",") if x.strip()), detect=args.detect,
@@ -105,4 +107,7 @@ def _add_sweep_parser(sub) -> None:
     c.add_argument("--detect", type=float, default=None, metavar="D",
                    help="also report the seeds a paired t-test needs to detect a difference D of the overall "
                         "score at 80%% power, from each comparison's spread of per-seed differences")
+    from harness.cli.flags import add_task_file_flag
+
+    add_task_file_flag(c)
     c.set_defaults(func=cmd_compare)

@@ -47,15 +47,16 @@ def paths_of(setting: str) -> list[Path]:
     return [Path(p.strip()).resolve() for p in setting.split(",") if p.strip()]
 
 
-def register_task_files(setting: str) -> list[TaskFile]:
-    """Loads, checks and registers every file of a --task-file setting (comma-separated paths)."""
+def register_task_files(setting: str, check_files: bool = True) -> list[TaskFile]:
+    """Loads, checks and registers every file of a --task-file setting (comma-separated paths);
+    without `check_files` its data files need not exist (`mtl-bench compare` reads none)."""
     loaded = []
     for path in paths_of(setting):
         try:
             content = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise TaskFileError(f"task file {path}: cannot read it ({exc.strerror or exc})") from None
-        loaded.append(register(parse(content, path, path.parent)))
+        loaded.append(register(parse(content, path, path.parent, check_files=check_files)))
     return loaded
 
 
