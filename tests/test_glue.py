@@ -226,6 +226,16 @@ def test_mtl_bench_tasks_lists_the_glue_tasks_and_group(capsys):
     assert "group glue: cola,sst2,mrpc,qqp,stsb,mnli,qnli,rte,wnli; overall glue: mean(cola/mcc" in out
 
 
+
+def test_the_cli_lists_the_default_group_first_whatever_registered_first(tmp_path):
+    from harness.testing import run_cli
+
+    listed = run_cli("tasks", env=glue_entry_point(tmp_path / "site"), timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    groups = [line.split(":")[0] for line in listed.stdout.splitlines() if line.startswith("group ")]
+    assert groups[0] == "group handout (the default set)" and "group glue" in groups
+
+
 def glue_entry_point(folder: Path) -> dict:
     """pyproject.toml's task entry points as an installed distribution's metadata on PYTHONPATH: what a
     fresh install of the project gives the CLI (the shared venv's editable install predates `glue`)."""

@@ -58,14 +58,14 @@ def _task_line(spec, verbose: bool) -> str:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    """Each group with its overall formula, and under it the tasks not listed under an earlier group;
-    then the tasks of no group."""
+    """Each group with its overall formula (the default group first), and under it the tasks not
+    listed under an earlier group; then the tasks of no group."""
     from harness.tasks import list_groups, list_tasks, overall_formula
 
     register_task_files_of(args)  # --task-file: its tasks listed beside the installed ones
     specs = {spec.name: spec for spec in list_tasks()}
     listed: set[str] = set()
-    for group in list_groups():
+    for group in sorted(list_groups(), key=lambda g: not g.default):  # stable: the others in registration order
         overall = overall_formula(group.tasks).describe()
         print(f"group {group.name}{' (the default set)' if group.default else ''}: {','.join(group.tasks)}; "
               f"overall {overall}")
