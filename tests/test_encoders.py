@@ -131,7 +131,7 @@ def test_roberta_positions_start_after_the_padding_id_and_max_length_is_checked_
 def test_a_tokenizer_that_gives_token_types_the_model_lacks_is_refused(tiny, tmp_path):
     roberta = shutil.copytree(tiny("roberta"), tmp_path / "roberta-with-bert-tokenizer")
     encoder, tokenizer = load_encoder(str(roberta))  # its own tokenizer: one type for a pair, asked for
-    assert set(tokenizer(*PAIR)["token_type_ids"][0]) == {0}
+    assert set(tokenizer(*PAIR, return_token_type_ids=True)["token_type_ids"][0]) == {0}
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         (roberta / name).unlink(missing_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):

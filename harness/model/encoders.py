@@ -161,10 +161,8 @@ def check_max_length(encoder, max_length: int, model: str) -> None:
 
 def check_token_types(tokenizer, encoder, model: str) -> None:
     """The tokenizer's token types for a pair, against the model's: every type id it gives must
-    have an embedding. A tokenizer that returns none by default (RoBERTa's) is asked for them
-    (all type 0), since the joint pair encoding reads them (harness/training/data.py)."""
-    if "token_type_ids" not in tokenizer.model_input_names:
-        tokenizer.model_input_names = [*tokenizer.model_input_names, "token_type_ids"]
+    have an embedding. (A tokenizer that returns none by default, RoBERTa's, gives all type 0 when
+    asked, as the joint pair encoding asks: harness/training/data.py.)"""
     types = getattr(encoder.config, "type_vocab_size", None)
     if not takes_token_types(encoder) or not types:
         return  # the model reads no token types; the ids are not passed to it (MultitaskModel)

@@ -245,7 +245,7 @@ def tokenize_rows(rows: TaskRows, spec: TaskSpec, tokenizer, max_length: int, pa
     def encode(batch):
         if joint:
             enc = tokenizer(batch["text0"], batch["text1"], truncation="longest_first", max_length=max_length,
-                            return_attention_mask=False)
+                            return_attention_mask=False, return_token_type_ids=True)  # RoBERTa's gives none unasked
             return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
         out = {"input_ids": tokenizer(batch["text0"], truncation=True, max_length=max_length,
                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]}
