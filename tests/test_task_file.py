@@ -400,3 +400,13 @@ def test_a_trained_run_is_used_without_its_task_file(tmp_path, tiny_bert, small_
                             env=environment({"MLFLOW_TRACKING_URI": uri}))
     assert served.returncode == 0, served.stderr[-3000:]
     assert re.search(r"^\[[01]\.0\]$", served.stdout.strip(), re.M), served.stdout
+
+    # An export carries copies of the task file too: the harness rebuilds the model from it elsewhere.
+    exported = run_cli("export", run_id, str(tmp_path / "exported"), "--tracking-uri", uri)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    code = ("import sys; from harness.runs.export import load_export; t = load_export(sys.argv[1]);"
+            "print(sorted(t.model.specs))")
+    rebuilt = subprocess.run([sys.executable, "-c", code, str(tmp_path / "exported")], capture_output=True,
+                             text=True, timeout=300, env=environment({}))
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert rebuilt.stdout.strip() == "['reviews', 'sst', 'topics']"

@@ -5,8 +5,9 @@ DIR holds `encoder/` (a plain transformers model of the encoder's own class, Ber
 `<task>/head.safetensors` and `head.json` (and, for lora and ia3, the task's peft adapter), and
 for every variant `parts.safetensors` (every weight that is not the encoder's own) and
 `export.json` (the variant, its options, the tasks, the base checkpoint by name, package and
-SHA-256). `load_export(DIR)` rebuilds the harness's model from these wherever the variant (and
-the tasks) are installed. The layout in full: docs/using-a-trained-run.md.
+SHA-256; and copies of the run's --task-file files in `task-files/`). `load_export(DIR)` rebuilds
+the harness's model from these wherever the variant (and the tasks, unless a task file declared
+them) are installed. The layout in full: docs/using-a-trained-run.md.
 
 examples/load_exported_lora.py loads a LoRA task with transformers, peft and safetensors alone.
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from harness.runs.trained import FORMAT_VERSION, TrainedModelError, Trained, downloaded_model, load_model, resolve_base
+from harness.runs.trained import (FORMAT_VERSION, TrainedModelError, Trained, downloaded_model, load_model, resolve_base,
+                                  save_task_files)
 
 EXPORT_FORMAT = "bert-mtl-bench-export"
 EXPORT_VERSION = 1
@@ -148,6 +150,8 @@ def export_model(trained: Trained, dst: Path, run_id: str = "") -> Path:
         "pair_encoding": config.pair_encoding, "head_input": config.head_input, "max_length": config.max_length,
         "encoder": "encoder" if saved_encoder else None, "base": base,
         "peft_adapters": peft, "epoch": meta.get("epoch"), "dev_metrics": meta.get("dev_metrics", {}),
+        # copies of the run's --task-file files (task-files/), so its tasks are known where the export goes
+        "task_files": save_task_files(dst, config.task_file) if config.task_file else [],
     }
     (dst / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return dst
@@ -162,7 +166,7 @@ def load_export(folder: str | Path, base: str = "", device: str | torch.device =
     from harness.model.network import build_model, load_encoder
     from harness.model.params import parameter_group
     from harness.tasks import spec_summary
-    from harness.runs.trained import registered
+    from harness.runs.trained import register_saved_task_files, registered
     from variants import make_config
 
     folder = Path(folder)
@@ -174,6 +178,7 @@ def load_export(folder: str | Path, base: str = "", device: str | torch.device =
         raise TrainedModelError(f"{folder / 'export.json'}: format {manifest.get('format')!r} version "
                                 f"{manifest.get('version')!r}; this harness reads {EXPORT_FORMAT!r} version "
                                 f"{EXPORT_VERSION}")
+    register_saved_task_files(folder, manifest)  # tasks declared in a file: from the export's copies
     for task, recorded in manifest["tasks"].items():
         now = spec_summary(registered(task))
         if now != recorded:
