@@ -223,3 +223,11 @@ def test_target_modules_adapt_an_architecture_without_a_site_table():
         make_config("lora", {"target_modules": "("})
     with pytest.raises(VariantError, match=r"target_modules: replaces sites, so it is not given with sites \['key'\]"):
         make_config("ia3", {"target_modules": "attention", "sites": "key"})
+
+
+def test_the_installed_plugin_example_declares_the_encoders_it_hooks():
+    """docs/writing-a-variant.md's `lowrank` (registered by the test session) reaches into the layers:
+    it declares BERT-style encoders, so any other is refused before a model is built."""
+    assert check_architecture("lowrank", "roberta") is None
+    with pytest.raises(VariantError, match=r"variant 'lowrank' hooks into BERT-style layers.*'deberta-v2'"):
+        check_architecture("lowrank", "deberta-v2")

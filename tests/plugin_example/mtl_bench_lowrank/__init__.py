@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from variants import TaskAdapter, VariantConfig, register_variant
+from variants.encoders import BERT_STYLE, BERT_STYLE_NEEDS, bert_style_layers
 
 
 @dataclass
@@ -20,6 +21,8 @@ class LowRankConfig(VariantConfig):
 class LowRank(TaskAdapter):
     """A rank-r adapter per task per layer, added inside each layer's output residual."""
 
+    architectures = BERT_STYLE  # the encoders whose layers it hooks: bert, roberta, electra, ...
+    architecture_needs = BERT_STYLE_NEEDS  # what the refusal of any other encoder says it needs
     identity_options = {}  # the up-projection starts at zero
 
     def __init__(self, config, encoder_config, tasks):
@@ -34,7 +37,7 @@ class LowRank(TaskAdapter):
             self.per_task[task] = adapters
 
     def attach(self, encoder):
-        for index, layer in enumerate(encoder.encoder.layer):
+        for index, layer in enumerate(bert_style_layers(encoder, "lowrank")):
             def add(module, args, index=index):
                 return (args[0] + self.per_task[self.task][index](args[0]),)
 
