@@ -104,8 +104,11 @@ def run_sweep(spec: SweepSpec, executor: Executor, wait: bool = True, dry_run: b
     runs = job_runs(client, experiment_id, spec.name)
     states = {j.key: job_state(runs.get(j.key, [])) for j in jobs}
     if search:
-        lines = search.summary(search.results(runs))
+        results = search.results(runs)
+        lines = search.summary(results)
         client.log_text(parent_id, "\n".join(lines) + "\n", "search.txt")
+        if len(spec.search.metrics) > 1:  # a multi-objective search: its Pareto sets, readable by a script
+            client.log_dict(parent_id, search.pareto(results), "search_pareto.json")
         for line in lines:
             out(line)
     if waits:

@@ -82,9 +82,8 @@ class Search:
         model stage too (past its random start)."""
         import optuna
 
-        metric = self.search.metric
-        without = [start.run_name for start in starts
-                   if metric.startswith("val/") and not start.settings.get("validation_fraction")]
+        metric = next((m for m in self.search.metrics if m.startswith("val/")), None)
+        without = [start.run_name for start in starts if metric and not start.settings.get("validation_fraction")]
         if without:
             raise ConfigError(f"sweep {self.spec.name}: search: metric {metric}: the jobs need a validation split "
                               f"({', '.join(without[:3])} have none); set validation_fraction (e.g. 0.1) under set:")
@@ -103,9 +102,10 @@ class Search:
                     raise ConfigError(f"search space {sorted(values)}, values {shown}: {exc}") from None
         startup = self.search.sampler_options.get("n_startup_trials", 10)
         try:
-            study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(0))
+            study = optuna.create_study(directions=self.search.directions, sampler=self._sampler(0))
             first = {name: values[0] for name, values in ends.items()}
-            study.add_trials([optuna.trial.create_trial(params=first, distributions=self.distributions, value=i)
+            study.add_trials([optuna.trial.create_trial(params=first, distributions=self.distributions,
+                                                        values=[i] * len(self.search.metrics))
                               for i in range(int(startup) + 2)])
             study.ask(self.distributions)
         except Exception as exc:  # any failure of the sampler's own code on these options
@@ -164,14 +164,25 @@ class Search:
             return raw
         return min(max(float(f"{raw:.3g}"), bounds["low"]), bounds["high"])
 
-    def next_round(self, results: dict[str, float]) -> list[Job]:
-        """Up to `batch` new trials of every study with trials left, as jobs (added to `jobs`).
+    def _told(self, result: float | tuple) -> list[float]:
+        """A finished job's values as its study is told them: a NaN is the worst for its direction."""
+        values = result if isinstance(result, tuple) else (result,)
+        return [(-math.inf if direction == "maximize" else math.inf) if math.isnan(value) else value
+                for value, direction in zip(values, self.search.directions)]
 
-        `results`: the metric of each finished job, by job key. A study with a trial not in
-        `results` (not finished) gets none: that trial runs again first."""
+    def _study(self, sampler=None):
         import optuna
 
-        worst = -math.inf if self.search.direction == "maximize" else math.inf
+        return optuna.create_study(directions=self.search.directions, sampler=sampler)
+
+    def next_round(self, results: dict[str, float | tuple]) -> list[Job]:
+        """Up to `batch` new trials of every study with trials left, as jobs (added to `jobs`).
+
+        `results`: each finished job's metric (a tuple of its metrics' values where the search has
+        several), by job key. A study with a trial not in `results` (not finished) gets none: that
+        trial runs again first."""
+        import optuna
+
         new = []
         by_study = self._by_study()
         for study_id, start in self.starts.items():
@@ -183,10 +194,10 @@ class Search:
                 self.used_up.add(study_id)
                 continue
             seed = int(hashlib.sha256(f"{self.spec.name}|{study_id}|{len(mine)}".encode()).hexdigest()[:8], 16)
-            study = optuna.create_study(direction=self.search.direction, sampler=self._sampler(seed))
+            study = self._study(self._sampler(seed))
             study.add_trials([optuna.trial.create_trial(
                 params={k: searched(j, k) for k in self.space}, distributions=self.distributions,
-                value=worst if math.isnan(results[j.key]) else results[j.key]) for j in mine])
+                values=self._told(results[j.key])) for j in mine])
             keys = {j.key for j in self.jobs}
             added = 0
             for _ in range(wanted * ATTEMPTS):
@@ -206,22 +217,51 @@ class Search:
                 self.used_up.add(study_id)
         return new
 
-    def results(self, runs_by_key: dict[str, list]) -> dict[str, float]:
-        """Each finished job's metric from its MLflow run; a finished job without it is an error."""
+    def results(self, runs_by_key: dict[str, list]) -> dict[str, float | tuple]:
+        """Each finished job's metric from its MLflow run (a tuple of the metrics' values where the
+        search has several); a finished job without one is an error."""
         out = {}
         for job in self.current():
             finished = [r for r in runs_by_key.get(job.key, []) if r.info.status == "FINISHED"]
             if not finished:
                 continue
-            value = finished[-1].data.metrics.get(self.search.metric)
-            if value is None:
-                raise ConfigError(f"sweep {self.spec.name}: job {job.run_name} (run {finished[-1].info.run_id}) "
-                                  f"finished without the search metric {self.search.metric!r} (search: metric)")
-            out[job.key] = value  # NaN (a constant predictor's correlation) stays NaN: the worst value
+            values = []
+            for metric in self.search.metrics:
+                value = finished[-1].data.metrics.get(metric)
+                if value is None:
+                    raise ConfigError(f"sweep {self.spec.name}: job {job.run_name} (run {finished[-1].info.run_id}) "
+                                      f"finished without the search metric {metric!r} (search: metric)")
+                values.append(value)  # NaN (a constant predictor's correlation) stays NaN: the worst value
+            out[job.key] = values[0] if isinstance(self.search.metric, str) else tuple(values)
         return out
 
-    def summary(self, results: dict[str, float]) -> list[str]:
-        """One line per study: its best trial and how many finished."""
+    def pareto(self, results: dict[str, tuple]) -> dict[str, dict]:
+        """A multi-objective search's Pareto set per study (by its starting job's run name): the
+        finished trials no other one is at least as good as in every metric and better in one
+        (Optuna's `best_trials`), each with its values and the space's. A trial with a NaN value is
+        in none (as a NaN score is never a single metric's best)."""
+        import optuna
+
+        out = {}
+        for study_id, start in self.starts.items():
+            scored = [j for j in self._by_study()[study_id]
+                      if j.key in results and not any(map(math.isnan, results[j.key]))]
+            study = self._study()
+            study.add_trials([optuna.trial.create_trial(params={}, distributions={}, values=list(results[j.key]),
+                                                        user_attrs={"index": i}) for i, j in enumerate(scored)])
+            best = sorted((scored[t.user_attrs["index"]] for t in study.best_trials), key=lambda j: results[j.key])
+            out[start.run_name] = {
+                "metrics": self.search.metrics, "directions": self.search.directions,
+                "trials": [{"run_name": j.run_name, "key": j.key,
+                            "values": dict(zip(self.search.metrics, results[j.key])),
+                            "space": {k: searched(j, k) for k in self.space}} for j in best]}
+        return out
+
+    def summary(self, results: dict[str, float | tuple]) -> list[str]:
+        """One line per study: its best trial and how many finished; with several metrics, how
+        many finished and then a line per trial of its Pareto set."""
+        if not isinstance(self.search.metric, str):
+            return self._pareto_summary(results)
         lines = []
         sign = 1 if self.search.direction == "maximize" else -1
         by_study = self._by_study()
@@ -236,4 +276,20 @@ class Search:
             values = ", ".join(f"{k}={searched(best, k)}" for k in self.space)
             lines.append(f"{start.run_name}: best {self.search.metric} {results[best.key]:.4f} at {values} "
                          f"({len(done)} of {self.search.trials} trials finished{used_up})")
+        return lines
+
+    def _pareto_summary(self, results: dict[str, tuple]) -> list[str]:
+        lines = []
+        pareto = self.pareto(results)
+        objectives = ", ".join(f"{m} ({d[:3]})" for m, d in zip(self.search.metrics, self.search.directions))
+        for study_id, start in self.starts.items():
+            done = [j for j in self._by_study()[study_id] if j.key in results]
+            used_up = "; the sampler proposed only values already tried" if study_id in self.used_up else ""
+            trials = pareto[start.run_name]["trials"]
+            lines.append(f"{start.run_name}: Pareto set of {objectives}: {len(trials)} trial(s) "
+                         f"({len(done)} of {self.search.trials} trials finished{used_up})")
+            for trial in trials:
+                values = ", ".join(f"{m} {v:.6g}" for m, v in trial["values"].items())
+                space = ", ".join(f"{k}={v}" for k, v in trial["space"].items())
+                lines.append(f"  {values} at {space}")
         return lines

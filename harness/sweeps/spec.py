@@ -55,10 +55,22 @@ class SearchSpec:
     # which every variant of the sweep must have
     space: dict[str, Any]
     batch: int = 1  # trials run at a time per study (one round of jobs)
-    metric: str = "val/overall"  # a metric every job logs; choose on validation, report dev
-    direction: str = "maximize"
+    # A metric every job logs (choose on validation, report dev), or a list of two or more with a
+    # direction each: a multi-objective search, whose result is each study's Pareto set.
+    metric: str | list[str] = "val/overall"
+    direction: str | list[str] = "maximize"
     sampler: str = "tpe"  # one of SAMPLERS
     sampler_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+
+    @property
+    def metrics(self) -> list[str]:
+        """The searched metrics: one, or several for a multi-objective search."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def directions(self) -> list[str]:
+        """Each metric's direction, in the order of `metrics`."""
+        return [self.direction] if isinstance(self.direction, str) else list(self.direction)
 
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "gp": "GPSampler"}
@@ -279,8 +291,7 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
         value = getattr(search, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where}: {name}: expected a positive whole number, got {value!r}")
-    if search.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"{where}: direction: expected maximize or minimize, got {search.direction!r}")
+    _check_objectives(search, where)
     if search.sampler not in SAMPLERS:
         raise ConfigError(f"{where}: sampler: expected one of {list(SAMPLERS)}, got {search.sampler!r}")
     if not isinstance(search.sampler_options, dict):
@@ -288,8 +299,6 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
     if "seed" in search.sampler_options:
         raise ConfigError(f"{where}: sampler_options: seed is not an option here: each study's sampler is seeded "
                           "from the study and its number of trials (so a re-run asks for the same trials)")
-    if not isinstance(search.metric, str) or not search.metric:
-        raise ConfigError(f"{where}: metric: expected a metric name such as val/overall, got {search.metric!r}")
     if not isinstance(search.space, dict) or not search.space:
         raise ConfigError(f"{where}: space: expected a mapping of setting: {{low, high, log}} or [values], "
                           f"got {search.space!r}")
@@ -317,6 +326,25 @@ def load_search(raw: Any, where: str, data: dict[str, Any]) -> SearchSpec:
         space[name] = {"low": low, "high": high, "log": log}
     search.space = space
     return search
+
+
+def _check_objectives(search: SearchSpec, where: str) -> None:
+    """`metric` and `direction`: a name and maximize/minimize, or lists of two or more distinct
+    names and one direction each (a multi-objective search)."""
+    several = isinstance(search.metric, list)
+    if several and (len(search.metric) < 2 or len(set(map(str, search.metric))) != len(search.metric)):
+        raise ConfigError(f"{where}: metric: expected a metric name or a list of two or more distinct metric "
+                          f"names (e.g. [val/overall, params/trainable]), got {search.metric!r}")
+    if not all(isinstance(m, str) and m for m in search.metrics):
+        raise ConfigError(f"{where}: metric: expected a metric name such as val/overall (or a list of them), "
+                          f"got {search.metric!r}")
+    if several != isinstance(search.direction, list) or len(search.directions) != len(search.metrics):
+        want = f"a list of {len(search.metrics)} directions, one per metric" if several else "maximize or minimize"
+        raise ConfigError(f"{where}: direction: expected {want} (metric: {search.metric!r}), "
+                          f"got {search.direction!r}")
+    bad = [d for d in search.directions if d not in ("maximize", "minimize")]
+    if bad:
+        raise ConfigError(f"{where}: direction: expected maximize or minimize, got {bad[0]!r}")
 
 
 def expand(spec: SweepSpec) -> list[Job]:
