@@ -1,5 +1,7 @@
 """Optuna search sweeps (harness/sweeps/search.py): the sweep file's `search:`, the rounds of
 trials, and a real search on the local executor with a real MLflow store."""
+import json
+import math
 import re
 
 import pytest
@@ -8,8 +10,9 @@ from mlflow.tracking import MlflowClient
 from test_sweep import child_runs, sweep_cli
 
 from harness.analysis import compare
+from harness.core import names
 from harness.core.config import ConfigError
-from harness.sweeps import expand, load_spec
+from harness.sweeps import Executor, expand, load_spec
 from harness.sweeps.search import Search, study_of
 
 SEARCH = """name: search
@@ -49,6 +52,19 @@ def spec_of(tmp_path, text=SEARCH):
     ("{trials: 2, space: {freeze_encoder: [true, 'true']}}", "expected a list of distinct values"),
     ("{trials: 2, space: {epochs: [1, 2]}, sampler: qmc}", "sampler: expected one of ['tpe', 'random', 'gp']"),
     ("{trials: 2, space: {epochs: [1, 2]}, sampler_options: {seed: 3}}", "seed is not an option here"),
+    # a multi-objective search: a list of metrics, one direction each
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall, params/trainable]}", "direction: expected a list of 2 directions, one per metric"),
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall, params/trainable], direction: [maximize]}", "expected a list of 2 directions"),
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall, params/trainable], direction: [maximize, up]}",
+     "direction: expected maximize or minimize, got 'up'"),
+    ("{trials: 2, space: {epochs: [1, 2]}, direction: [maximize, minimize]}",
+     "direction: expected maximize or minimize (metric: 'val/overall'), got ['maximize', 'minimize']"),
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall], direction: [maximize]}",
+     "metric: expected a metric name or a list of two or more distinct metric names"),
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall, val/overall], direction: [maximize, minimize]}",
+     "a list of two or more distinct metric names"),
+    ("{trials: 2, space: {epochs: [1, 2]}, metric: [val/overall, 3], direction: [maximize, minimize]}",
+     "metric: expected a metric name such as val/overall (or a list of them), got ['val/overall', 3]"),
 ])
 def test_a_bad_search_section_is_refused_naming_the_field(tmp_path, search, message):
     text = (f"name: s\nvariants: [multitask]\nseeds: [0]\nset: {{validation_fraction: 0.1, max_length: 32}}\n"
@@ -206,49 +222,56 @@ def test_a_study_of_a_small_choice_tries_every_value_then_says_it_is_used_up(tmp
     assert all("(2 of 6 trials finished; the sampler proposed only values already tried)" in line for line in summary)
 
 
-def test_the_rounds_stop_at_a_failed_trial_and_a_re_run_runs_it_again_before_asking_for_more(tmp_path, monkeypatch):
-    """run_sweep's rounds with an executor that records each job's run in a real MLflow store
-    (a score from its lr) instead of training, failing one trial the first time it runs."""
-    import json
+class ScriptedExecutor(Executor):
+    """Records each job's run in a real MLflow store, its metrics `score(job)`, instead of training;
+    a job in `fail` fails the first time it runs."""
 
-    from harness.core import names
-    from harness.sweeps import Executor, run_sweep
+    name = "scripted"
+    description = "records a run per job"
 
-    class ScriptedExecutor(Executor):
-        name = "scripted"
-        description = "records a run per job"
+    def __init__(self, score, fail: set = frozenset()):
+        self.score, self.fail, self.rounds = score, set(fail), []
 
-        def __init__(self, fail: set):
-            self.fail, self.rounds = fail, []
+    def submit(self, jobs_file, jobs, report):
+        meta = json.loads(jobs_file.read_text())
+        assert [j["key"] for j in meta["jobs"]][jobs[0].index] == jobs[0].key  # runners find jobs by index
+        client = MlflowClient(meta["env"]["MLFLOW_TRACKING_URI"])
+        experiment = client.get_experiment_by_name(meta["experiment"]).experiment_id
+        self.rounds.append([j.settings["lr"] for j in jobs])
+        for job in jobs:
+            run = client.create_run(experiment, tags={names.SWEEP_ID: meta["name"], names.SWEEP_JOB: job.key,
+                                                      "mlflow.parentRunId": meta["parent_run_id"]})
+            failed = job.key in self.fail
+            self.fail.discard(job.key)
+            if not failed:
+                for metric, value in self.score(job).items():
+                    client.log_metric(run.info.run_id, metric, value)
+            client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+        return f"recorded {len(jobs)}"
 
-        def submit(self, jobs_file, jobs, report):
-            meta = json.loads(jobs_file.read_text())
-            assert [j["key"] for j in meta["jobs"]][jobs[0].index] == jobs[0].key  # runners find jobs by index
-            client = MlflowClient(meta["env"]["MLFLOW_TRACKING_URI"])
-            experiment = client.get_experiment_by_name(meta["experiment"]).experiment_id
-            self.rounds.append([j.settings["lr"] for j in jobs])
-            for job in jobs:
-                run = client.create_run(experiment, tags={names.SWEEP_ID: meta["name"], names.SWEEP_JOB: job.key,
-                                                          "mlflow.parentRunId": meta["parent_run_id"]})
-                failed = job.key in self.fail
-                self.fail.discard(job.key)
-                if not failed:
-                    client.log_metric(run.info.run_id, "val/overall", -abs(job.settings["lr"] - 1e-3))
-                client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
-            return f"recorded {len(jobs)}"
+    def wait(self):
+        pass
 
-        def wait(self):
-            pass
 
+def in_a_project(tmp_path, monkeypatch):
+    """Runs in tmp_path, with the launch config a sweep needs."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "launch").mkdir()
     (tmp_path / "launch" / "single.yaml").write_text((REPO / "launch" / "single.yaml").read_text())
+
+
+def test_the_rounds_stop_at_a_failed_trial_and_a_re_run_runs_it_again_before_asking_for_more(tmp_path, monkeypatch):
+    """run_sweep's rounds with an executor that records each job's run in a real MLflow store
+    (a score from its lr) instead of training, failing one trial the first time it runs."""
+    from harness.sweeps import run_sweep
+
+    in_a_project(tmp_path, monkeypatch)
     text = ("name: rounds\nvariants: [multitask]\nseeds: [0]\n"
             f"set: {{validation_fraction: 0.1, output_dir: {tmp_path / 'out'}, tracking_uri: sqlite:///{tmp_path}/m.db}}\n"
             "search: {trials: 5, batch: 2, space: {lr: {low: 1.0e-5, high: 1.0e-1, log: true}}}\n")
     spec = spec_of(tmp_path, text)
     first_two = Search(spec, expand(spec), []).next_round({})  # what the first round will ask
-    executor = ScriptedExecutor({first_two[1].key})
+    executor = ScriptedExecutor(lambda job: {"val/overall": -abs(job.settings["lr"] - 1e-3)}, {first_two[1].key})
     lines = []
     run_sweep(spec, executor, out=lines.append)
     assert executor.rounds == [[j.settings["lr"] for j in first_two]]  # the failure ends the sweep
@@ -386,3 +409,112 @@ def test_every_value_of_a_variant_options_space_is_checked_as_a_job_before_anyth
     spec = spec_of(tmp_path, OPTIONS.replace("{low: 2, high: 32, log: true}", "[0, 8]"))
     with pytest.raises(ConfigError, match=r"values .*variant.rank=0.*: .*variant 'lora': rank: expected a positive"):
         Search(spec, expand(spec), [])
+
+
+PARETO = """name: pareto
+variants: [lora]
+seeds: [0]
+set: {validation_fraction: 0.1, freeze_encoder: true}
+search:
+  trials: 6
+  batch: 6
+  metric: [val/overall, params/trainable]
+  direction: [maximize, minimize]
+  space:
+    lr: {low: 1.0e-5, high: 1.0e-2, log: true}
+    variant.rank: [2, 4, 8, 16, 32]
+"""
+
+
+def test_a_two_objective_search_keeps_its_metrics_and_directions_in_order(tmp_path):
+    search = spec_of(tmp_path, PARETO).search
+    assert search.metrics == ["val/overall", "params/trainable"] and search.directions == ["maximize", "minimize"]
+    single = spec_of(tmp_path, SEARCH).search  # a single metric: as before
+    assert (single.metric, single.metrics, single.directions) == ("val/overall", ["val/overall"], ["maximize"])
+
+
+def test_the_pareto_set_is_the_non_dominated_finished_trials_without_a_nan(tmp_path):
+    """Six finished trials with hand-made (score, trainable parameters): the Pareto set is the
+    three no other trial beats in both; a NaN in either metric keeps a trial out of it (treated
+    as the worst, (0.95, NaN) would otherwise be in it)."""
+    search = search_of(tmp_path, PARETO)
+    jobs = search.next_round({})
+    assert len(jobs) == 6
+    nan = float("nan")
+    values = [(0.70, 100.0), (0.80, 200.0), (0.95, nan), (nan, 50.0), (0.80, 250.0), (0.90, 400.0)]
+    results = {j.key: v for j, v in zip(jobs, values)}
+    front = [jobs[0], jobs[1], jobs[5]]  # jobs[4] is beaten by jobs[1]: the same score, more parameters
+    (study,) = search.pareto(results).values()
+    assert study["metrics"] == ["val/overall", "params/trainable"] and study["directions"] == ["maximize", "minimize"]
+    assert [t["key"] for t in study["trials"]] == [j.key for j in front]
+    for trial, job, (score, count) in zip(study["trials"], front, [values[0], values[1], values[5]]):
+        assert trial["run_name"] == job.run_name
+        assert trial["values"] == {"val/overall": score, "params/trainable": count}
+        assert trial["space"] == {"lr": job.settings["lr"], "variant.rank": job.options["rank"]}
+    assert search.summary(results) == [
+        "lora_s0: Pareto set of val/overall (max), params/trainable (min): 3 trial(s) (6 of 6 trials finished)",
+        *(f"  val/overall {v[0]:.6g}, params/trainable {v[1]:.6g} at lr={j.settings['lr']}, "
+          f"variant.rank={j.options['rank']}" for j, v in zip(front, [values[0], values[1], values[5]]))]
+
+
+def test_a_two_objective_round_tells_its_studies_each_value_a_nan_the_worst_for_its_direction(tmp_path, monkeypatch):
+    import optuna
+
+    search = search_of(tmp_path, PARETO.replace("trials: 6\n  batch: 6", "trials: 4\n  batch: 2"))
+    first = search.next_round({})
+    studies = []
+    create_study = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda *a, **k: studies.append(create_study(*a, **k)) or studies[-1])
+    second = search.next_round({first[0].key: (float("nan"), 100.0), first[1].key: (0.6, float("nan"))})
+    assert len(second) == 2 and not {j.key for j in second} & {j.key for j in first}
+    (study,) = studies
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    told = {(t.params["lr"], t.params["variant.rank"]): t.values for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE}
+    assert told == {(first[0].settings["lr"], first[0].options["rank"]): [-math.inf, 100.0],
+                    (first[1].settings["lr"], first[1].options["rank"]): [0.6, math.inf]}
+
+
+def pareto_of(runs: list) -> set[str]:
+    """The runs no other run beats: at least as high a val/overall and as few trainable
+    parameters, and better in one."""
+    def score(run):
+        return run.data.metrics["val/overall"], -run.data.metrics["params/trainable"]
+
+    return {a.data.tags[names.SWEEP_JOB] for a in runs
+            if not any(all(x >= y for x, y in zip(score(b), score(a))) and score(b) != score(a) for b in runs)}
+
+
+def test_a_two_objective_sweep_records_each_studys_pareto_set_in_its_parent_run(tmp_path, monkeypatch):
+    """run_sweep's rounds with runs in a real MLflow store that log val/overall and
+    params/trainable (as training runs do, from the LoRA rank): the summary and the parent run's
+    search.txt and search_pareto.json hold the Pareto set of the runs' own values."""
+    from harness.sweeps import run_sweep
+
+    in_a_project(tmp_path, monkeypatch)
+    text = PARETO.replace("trials: 6\n  batch: 6", "trials: 6\n  batch: 3").replace(
+        "freeze_encoder: true}", f"freeze_encoder: true, output_dir: {tmp_path / 'out'}, "
+                                 f"tracking_uri: sqlite:///{tmp_path}/m.db}}")
+    executor = ScriptedExecutor(lambda job: {"val/overall": 0.5 + math.log2(job.options["rank"]) / 20
+                                             - abs(math.log10(job.settings["lr"]) + 3) / 10,
+                                             "params/trainable": 1000 * job.options["rank"]})
+    lines = []
+    run_sweep(spec_of(tmp_path, text), executor, out=lines.append)
+    assert [len(r) for r in executor.rounds] == [3, 3] and lines[-1].startswith("sweep pareto: 6/6 jobs finished")
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    experiment = client.get_experiment_by_name("bert-mtl-bench").experiment_id
+    parent = client.search_runs([experiment], "tags.`sweep.role` = 'sweep'")[0]
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 6
+    recorded = json.loads(open(client.download_artifacts(parent.info.run_id, "search_pareto.json", str(tmp_path))).read())
+    (study,) = recorded.values()
+    assert {t["key"] for t in study["trials"]} == pareto_of(children) and len(study["trials"]) >= 2
+    summary = open(client.download_artifacts(parent.info.run_id, "search.txt", str(tmp_path))).read().splitlines()
+    assert summary[0].startswith(f"lora_s0: Pareto set of val/overall (max), params/trainable (min): "
+                                 f"{len(study['trials'])} trial(s) (6 of 6 trials finished)")
+    assert len(summary) == 1 + len(study["trials"]) and all(line in lines for line in summary)
+    # A run without one of the metrics is an error naming it.
+    executor.score = lambda job: {"val/overall": 0.5}
+    with pytest.raises(ConfigError, match="finished without the search metric 'params/trainable'"):
+        run_sweep(spec_of(tmp_path, text.replace("trials: 6", "trials: 7")), executor, out=lines.append)
+

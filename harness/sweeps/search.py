@@ -105,7 +105,7 @@ class Search:
             study = optuna.create_study(directions=self.search.directions, sampler=self._sampler(0))
             first = {name: values[0] for name, values in ends.items()}
             study.add_trials([optuna.trial.create_trial(params=first, distributions=self.distributions,
-                                                        values=[i] * len(self.search.metrics))
+                                                        values=[float(i)] * len(self.search.metrics))
                               for i in range(int(startup) + 2)])
             study.ask(self.distributions)
         except Exception as exc:  # any failure of the sampler's own code on these options
@@ -167,7 +167,8 @@ class Search:
     def _told(self, result: float | tuple) -> list[float]:
         """A finished job's values as its study is told them: a NaN is the worst for its direction."""
         values = result if isinstance(result, tuple) else (result,)
-        return [(-math.inf if direction == "maximize" else math.inf) if math.isnan(value) else value
+        # floats: TPE's multi-objective code fails on integer values (a count of parameters)
+        return [(-math.inf if direction == "maximize" else math.inf) if math.isnan(value) else float(value)
                 for value, direction in zip(values, self.search.directions)]
 
     def _study(self, sampler=None):
@@ -247,7 +248,7 @@ class Search:
             scored = [j for j in self._by_study()[study_id]
                       if j.key in results and not any(map(math.isnan, results[j.key]))]
             study = self._study()
-            study.add_trials([optuna.trial.create_trial(params={}, distributions={}, values=list(results[j.key]),
+            study.add_trials([optuna.trial.create_trial(params={}, distributions={}, values=self._told(results[j.key]),
                                                         user_attrs={"index": i}) for i, j in enumerate(scored)])
             best = sorted((scored[t.user_attrs["index"]] for t in study.best_trials), key=lambda j: results[j.key])
             out[start.run_name] = {
