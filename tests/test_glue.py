@@ -258,7 +258,7 @@ def test_a_real_training_of_cola_mnli_and_mrpc_records_every_dev_metric(tmp_path
     trained = cli("train", "--variant", "multitask", "--tasks", "cola,mnli,mrpc", "--model", str(tiny_bert),
                   "--data-dir", str(data), "--epochs", "1", "--batches-per-epoch", "3", "--batch-size", "4",
                   "--max-length", "32", "--no-progress", "--tracking-uri", uri, "--output-dir", str(tmp_path / "out"),
-                  "--cache-dir", str(tmp_path / "cache"), env=env)
+                  "--cache-dir", str(tmp_path / "cache"), "--save-model", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("bert-mtl-bench").experiment_id])
@@ -274,6 +274,11 @@ def test_a_real_training_of_cola_mnli_and_mrpc_records_every_dev_metric(tmp_path
                                               + m["dev/mrpc/f1"]) / 3)
     predictions = tmp_path / "out"
     assert any(p.name == "dev-mnli_mismatched.csv" for p in predictions.rglob("*.csv"))
+    # `mtl-bench evaluate` scores the saved model on both MNLI dev files, as training logged them.
+    evaluated = cli("evaluate", run.info.run_id, "--tracking-uri", uri, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    for name in ("dev/mnli/accuracy", "dev/mnli/accuracy_mismatched", "dev/overall"):
+        assert f"{name}: {m[name]:.4f}" in evaluated.stdout, evaluated.stdout
 
 
 def test_compare_scores_the_glue_formula_and_shows_mnli_mismatched(tracking_uri, tmp_path):

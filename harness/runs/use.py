@@ -67,6 +67,7 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
         preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
         if split == "dev":
             metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
+            metrics[task].update(_extra_dev_metrics(trained, task, data_dir, config, accelerator, cache_dir))
         paths.append(write_outputs(task, split, rows.ids, preds, folder))
     if log:
         log_files(run_id, tracking_uri, paths, f"predictions/{split}")
@@ -82,6 +83,25 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
             out(f"{name}: {value:.4f}" + (f" (the run logged {then:.4f} at epoch {trained.meta['epoch']})"
                                           if then is not None else ""))
     return metrics
+
+
+def _extra_dev_metrics(trained, task: str, data_dir: str, config, accelerator, cache_dir: str) -> dict[str, float]:
+    """A task's metrics on its extra dev files (TaskSpec.extra_dev: MNLI's mismatched set), named as
+    training logs them (`accuracy_mismatched`), so that the overall score is the one the run logged."""
+    from harness.tasks.registry import extra_metric
+    from harness.tasks.metrics import task_metrics
+    from harness.training.data import pad_id_of, read_rows, tokenize_rows
+    from harness.training.evaluation import predict_dataset
+
+    spec, scored = trained.model.specs[task], {}
+    for name, file in spec.extra_dev.items():
+        rows = read_rows(Path(data_dir) / file, spec)  # strictly: an extra dev file's rows are never skipped
+        dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding,
+                                cache_dir or None)
+        preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
+        scored.update({extra_metric(metric, name): value
+                       for metric, value in task_metrics(spec, preds, rows.labels).items()})
+    return scored
 
 
 def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str, ...]]:
