@@ -518,3 +518,26 @@ def test_a_two_objective_sweep_records_each_studys_pareto_set_in_its_parent_run(
     with pytest.raises(ConfigError, match="finished without the search metric 'params/trainable'"):
         run_sweep(spec_of(tmp_path, text.replace("trials: 6", "trials: 7")), executor, out=lines.append)
 
+
+
+@pytest.mark.slow
+def test_a_real_two_objective_sweep_records_the_pareto_set_of_its_runs_logged_values(
+        tmp_path, tiny_bert, small_data, tracking_uri):
+    """Two real frozen-encoder LoRA trials, ranks 2 and 4: each run logs params/trainable itself,
+    the larger rank trains more, and the parent run's Pareto set is that of the runs' values."""
+    sweep_file = tmp_path / "pareto.yaml"
+    sweep_file.write_text("name: pareto\nvariants: [lora]\nseeds: [0]\n"
+                          "set: {validation_fraction: 0.25, freeze_encoder: true}\n"
+                          "search: {trials: 2, batch: 2, metric: [val/overall, params/trainable],\n"
+                          "         direction: [maximize, minimize], space: {variant.rank: [2, 4]}}\n")
+    result = sweep_cli(tmp_path, tiny_bert, small_data, tracking_uri, str(sweep_file))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep pareto: 2/2 jobs finished" in result.stdout
+    (parent,), children = child_runs(tracking_uri, "pareto")
+    trainable = {int(r.data.params["variant.rank"]): r.data.metrics["params/trainable"] for r in children}
+    assert sorted(trainable) == [2, 4] and trainable[2] < trainable[4]
+    client = MlflowClient(tracking_uri)
+    (study,) = json.loads(open(client.download_artifacts(parent.info.run_id, "search_pareto.json",
+                                                         str(tmp_path))).read()).values()
+    assert {t["key"] for t in study["trials"]} == pareto_of(children)
+    assert "lora_s0: Pareto set of val/overall (max), params/trainable (min): " in result.stdout
