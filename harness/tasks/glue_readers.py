@@ -118,13 +118,9 @@ def read_glue_file(path: Path, spec, lenient: bool, labelled: bool, classes: tup
                 if not example_id:
                     raise ValueError(f"empty {id_column}")
             except ValueError as exc:
-                if not lenient:
-                    raise DataError(f"{path}, line {line}: {exc}") from None
-                rows.skipped.append((line, str(exc)))
+                rows.reject(line, f"{path}, line {line}", exc, lenient)
                 continue
-            rows.ids.append(example_id)
-            rows.texts.append(texts)
-            rows.labels.append(label)
+            rows.add(example_id, texts, label)
     if not rows.ids:
         raise DataError(f"{path}: no usable rows (expected at least one example)")
     return rows

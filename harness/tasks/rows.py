@@ -22,3 +22,15 @@ class TaskRows:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def add(self, example_id: str, texts: tuple[str, ...], label: float) -> None:
+        self.ids.append(example_id)
+        self.texts.append(texts)
+        self.labels.append(label)
+
+    def reject(self, position: int, where: str, problem: Exception | str, lenient: bool) -> None:
+        """A bad row at `position` (a line or row index): a DataError naming `where` (the file and
+        line), or with `lenient` the row is skipped and recorded."""
+        if not lenient:
+            raise DataError(f"{where}: {problem}") from None  # the message says it all
+        self.skipped.append((position, str(problem)))

@@ -51,13 +51,9 @@ class DatasetReader:
                 label = self._label(values[spec.label_column][i], spec) if labelled else 0.0
                 example_id = _text(values[spec.id_column][i], spec.id_column) if spec.id_column else str(i)
             except ValueError as exc:
-                if not lenient:
-                    raise DataError(f"{where}, row {i}: {exc} (task {spec.name}; rows counted from 0)") from None
-                rows.skipped.append((i, str(exc)))
+                rows.reject(i, f"{where}, row {i}", f"{exc} (task {spec.name}; rows counted from 0)", lenient)
                 continue
-            rows.ids.append(example_id)
-            rows.texts.append(texts)
-            rows.labels.append(label)
+            rows.add(example_id, texts, label)
         if not rows.ids:
             raise DataError(f"{where}: no usable rows (task {spec.name})")
         return rows

@@ -131,10 +131,7 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
                 break
             except csv.Error as exc:
                 # strict=True raises on an opening quote that is never closed before EOF.
-                problem = f"unbalanced quote ({exc})"
-                if not lenient:
-                    raise DataError(f"{path}, line {line_start}: {problem}") from None
-                rows.skipped.append((line_start, problem))
+                rows.reject(line_start, f"{path}, line {line_start}", f"unbalanced quote ({exc})", lenient)
                 break
             line_end = reader.line_num
             try:
@@ -156,13 +153,9 @@ def read_task_file(path: str | os.PathLike, spec: TaskSpec, lenient: bool = Fals
                 if not example_id:
                     raise ValueError(f"empty {spec.id_column}")
             except ValueError as exc:
-                if not lenient:
-                    raise DataError(f"{path}, line {line_start}: {exc}") from None
-                rows.skipped.append((line_start, str(exc)))
+                rows.reject(line_start, f"{path}, line {line_start}", exc, lenient)
                 continue
-            rows.ids.append(example_id)
-            rows.texts.append(texts)
-            rows.labels.append(label)
+            rows.add(example_id, texts, label)
     if not rows.ids:
         raise DataError(f"{path}: no usable rows (expected at least one labelled example)")
     return rows
