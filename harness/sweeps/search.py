@@ -6,6 +6,8 @@ trials per study. No Optuna storage is kept: each round rebuilds every study fro
 the jobs' MLflow runs, its sampler seeded from the study and its number of trials, so running the
 same sweep again goes on where it stopped. A trial's values are in its job's label, so
 `mtl-bench compare --select-best-by validation` chooses among trials as among grid points.
+With several metrics (`metric: [val/overall, params/trainable]`) the studies are multi-objective
+and the summary gives each one's Pareto set (`Search.pareto`).
 
 See docs/sweeps.md ("A search instead of a grid") for the file's fields, the space, the
 samplers, and how failures and re-runs behave.
@@ -244,8 +246,9 @@ class Search:
         import optuna
 
         out = {}
+        by_study = self._by_study()
         for study_id, start in self.starts.items():
-            scored = [j for j in self._by_study()[study_id]
+            scored = [j for j in by_study[study_id]
                       if j.key in results and not any(map(math.isnan, results[j.key]))]
             study = self._study()
             study.add_trials([optuna.trial.create_trial(params={}, distributions={}, values=self._told(results[j.key]),
@@ -280,11 +283,12 @@ class Search:
         return lines
 
     def _pareto_summary(self, results: dict[str, tuple]) -> list[str]:
+        """`summary` with several metrics: per study, how many finished, then its Pareto set."""
         lines = []
-        pareto = self.pareto(results)
+        pareto, by_study = self.pareto(results), self._by_study()
         objectives = ", ".join(f"{m} ({d[:3]})" for m, d in zip(self.search.metrics, self.search.directions))
         for study_id, start in self.starts.items():
-            done = [j for j in self._by_study()[study_id] if j.key in results]
+            done = [j for j in by_study[study_id] if j.key in results]
             used_up = "; the sampler proposed only values already tried" if study_id in self.used_up else ""
             trials = pareto[start.run_name]["trials"]
             lines.append(f"{start.run_name}: Pareto set of {objectives}: {len(trials)} trial(s) "
