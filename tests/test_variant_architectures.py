@@ -231,3 +231,13 @@ def test_the_installed_plugin_example_declares_the_encoders_it_hooks():
     assert check_architecture("lowrank", "roberta") is None
     with pytest.raises(VariantError, match=r"variant 'lowrank' hooks into BERT-style layers.*'deberta-v2'"):
         check_architecture("lowrank", "deberta-v2")
+
+
+def test_peft_sites_an_encoder_lacks_are_refused_before_a_model_is_built():
+    """LoRA's default sites (query, value) do not exist in ModernBERT (one fused Wqkv): the pre-flight
+    check (check_architecture with the variant's config) says so and names the encoder's sites."""
+    with pytest.raises(VariantError, match=r"variant 'lora' on a modernbert encoder: sites: \['query', 'value'\] "
+                                           r"not in a modernbert encoder; its sites: qkv, attention-output"):
+        check_architecture("lora", "modernbert", make_config("lora", {}))
+    assert check_architecture("lora", "modernbert", make_config("lora", {"sites": "qkv"})) is None
+    assert check_architecture("lora", "roberta", make_config("lora", {})) is None

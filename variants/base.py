@@ -75,6 +75,12 @@ class TaskAdapter(nn.Module):
     architectures: ClassVar[tuple[str, ...] | None] = None
     architecture_needs: ClassVar[str] = ""
 
+    @classmethod
+    def check_encoder(cls, config: VariantConfig, model_type: str) -> None:
+        """Raises ValueError if this variant, with these options, cannot be built on an encoder of
+        `model_type` although the architecture is supported (e.g. a peft site the encoder lacks).
+        Called before training (variants.registry.check_architecture); nothing to check here."""
+
     def __init__(self, config: VariantConfig, encoder_config, tasks: tuple[str, ...]):
         super().__init__()
         self.config = config

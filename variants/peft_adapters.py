@@ -138,6 +138,11 @@ class PeftTaskAdapter(TaskAdapter):
         super().__init__(config, encoder_config, tasks)
         self._adapter_names: tuple[str, ...] = ()  # peft's per-adapter attribute names (lora_A, ia3_l, ...)
 
+    @classmethod
+    def check_encoder(cls, config, model_type: str) -> None:
+        """The sites (or target_modules) can be located in an encoder of `model_type`."""
+        config.peft_config(model_type)
+
     def attach(self, encoder: nn.Module) -> None:
         from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer

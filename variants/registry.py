@@ -120,12 +120,18 @@ def supports(variant: RegisteredVariant, model_type: str) -> bool:
     return architectures is None or model_type in architectures
 
 
-def check_architecture(variant_name: str, model_type: str) -> None:
+def check_architecture(variant_name: str, model_type: str, config=None) -> None:
     """Raises VariantError (a ValueError) if variant `variant_name` cannot be built on an encoder of
     transformers `model_type` (e.g. 'deberta-v2'): the message says what the variant needs and
-    which variants support that encoder. Unknown variants raise get_variant's error."""
+    which variants support that encoder. With the variant's `config`, its options are checked against
+    the encoder too (TaskAdapter.check_encoder). Unknown variants raise get_variant's error."""
     variant = get_variant(variant_name)
     if supports(variant, model_type):
+        if config is not None:
+            try:
+                variant.adapter_class.check_encoder(config, model_type)
+            except ValueError as exc:
+                raise VariantError(f"variant {variant_name!r} on a {model_type} encoder: {exc}") from None
         return
     adapter = variant.adapter_class
     if adapter.architecture_needs:

@@ -41,7 +41,8 @@ def preflight(config: TrainConfig):
                   "with (written by an earlier version); the settings given now are used")
     check_data_dir(config.data_dir, list(variant_config.tasks))
     check_model(config.model)
-    check_architecture(config.variant, model_type(config.model))  # PALs, EmBERT: BERT-style layers only
+    # PALs, EmBERT: BERT-style layers only; peft: its sites where the encoder has them
+    check_architecture(config.variant, model_type(config.model), variant_config)
     launch = preflight_launch(config)
     resolve_precision(config.mixed_precision, launch)  # fails here, not after loading
     if config.compile and launch["deepspeed"][0]:
