@@ -150,7 +150,7 @@ def test_a_folder_that_is_not_a_bert_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     result = run_cli("train", "--model", str(tmp_path))
     assert result.returncode == 2
-    assert "has model_type 'gpt2' (expected 'bert')" in result.stderr
+    assert "model_type 'gpt2' is not an encoder" in result.stderr
 
 
 @pytest.mark.slow

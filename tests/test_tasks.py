@@ -93,7 +93,7 @@ def test_a_checkpoint_from_before_tasks_had_several_metrics_is_upgraded_and_a_ta
 
 def test_registry_knows_the_handout_tasks_and_refuses_a_second_different_spec():
     assert get_task("sst").num_classes == 5 and get_task("quora").binary_logit and get_task("sts").kind == "regression"
-    with pytest.raises(TaskError, match="unknown task 'imdb'; known tasks: sst, cfimdb, quora, sts"):
+    with pytest.raises(TaskError, match="unknown task 'imdb'; known tasks: .*sst, cfimdb, quora, sts"):
         get_task("imdb")
     register_task(spec(name="toy-twice"))
     register_task(spec(name="toy-twice"))  # the same spec again (a module imported twice): harmless
@@ -139,7 +139,7 @@ def test_a_task_group_declares_its_tasks_and_its_overall_formula_and_one_group_i
         register_group(TaskGroup("toy-bad", ("toy-g1",), default=True))
     with pytest.raises(TaskError, match=r"terms name \['sst'\], not among its tasks"):
         TaskGroup("toy-bad", ("toy-g1",), terms=(("sst", "accuracy", False),))
-    with pytest.raises(TaskError, match="unknown task group 'nope'; known groups: handout, sentiment"):
+    with pytest.raises(TaskError, match="unknown task group 'nope'; known groups: .*handout, sentiment"):
         get_group("nope")
 
 

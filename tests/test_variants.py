@@ -223,7 +223,7 @@ def test_unknown_variant_lists_the_known_ones():
     ({"parallel_sharing": "some"}, "parallel_sharing: 'some' is not one of"),
     ({"top_shares_parallel": "maybe"}, "expected true or false, got 'maybe'"),
     ({"colour": "red"}, "has no option 'colour'"),
-    ({"tasks": "sst,imdb"}, r"tasks: unknown task 'imdb'; known tasks: sst, cfimdb, quora, sts"),
+    ({"tasks": "sst,imdb"}, r"tasks: unknown task 'imdb'; known tasks: .*sst, cfimdb, quora, sts"),
 ])
 def test_invalid_variant_options_name_the_field(options, message):
     with pytest.raises(VariantError, match=message):
