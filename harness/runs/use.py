@@ -38,8 +38,8 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
     """Loads a run's model, predicts `split` of each of its tasks, writes the prediction files to
     <out_dir>/<split>/ and logs them to the run (under predictions/<split>/); for dev, returns
     and prints the metrics. The test split is read strictly (no row may be left out of a submission)."""
-    from harness.training.data import check_data_dir, load_split, pad_id_of
-    from harness.training.evaluation import predict_dataset
+    from harness.training.data import check_data_dir, load_extra_dev, load_split, pad_id_of
+    from harness.training.evaluation import predict_dataset, score_extra_dev
     from harness.tasks.metrics import task_metrics
 
     if split not in ("dev", "test"):
@@ -67,7 +67,10 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
         preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
         if split == "dev":
             metrics[task] = task_metrics(trained.model.specs[task], preds, rows.labels)
-            metrics[task].update(_extra_dev_metrics(trained, task, data_dir, config, accelerator, cache_dir))
+            extra = load_extra_dev(data_dir, trained.model.specs[task], trained.tokenizer, config.max_length,
+                                   config.pair_encoding, cache_dir or None)
+            metrics[task].update(score_extra_dev(trained.model, task, extra, config, accelerator,
+                                                 pad_id_of(trained.tokenizer))[0])
         paths.append(write_outputs(task, split, rows.ids, preds, folder))
     if log:
         log_files(run_id, tracking_uri, paths, f"predictions/{split}")
@@ -83,25 +86,6 @@ def evaluate_run(run_id: str, split: str = "dev", data_dir: str = "", tracking_u
             out(f"{name}: {value:.4f}" + (f" (the run logged {then:.4f} at epoch {trained.meta['epoch']})"
                                           if then is not None else ""))
     return metrics
-
-
-def _extra_dev_metrics(trained, task: str, data_dir: str, config, accelerator, cache_dir: str) -> dict[str, float]:
-    """A task's metrics on its extra dev files (TaskSpec.extra_dev: MNLI's mismatched set), named as
-    training logs them (`accuracy_mismatched`), so that the overall score is the one the run logged."""
-    from harness.tasks.registry import extra_metric
-    from harness.tasks.metrics import task_metrics
-    from harness.training.data import pad_id_of, read_rows, tokenize_rows
-    from harness.training.evaluation import predict_dataset
-
-    spec, scored = trained.model.specs[task], {}
-    for name, file in spec.extra_dev.items():
-        rows = read_rows(Path(data_dir) / file, spec)  # strictly: an extra dev file's rows are never skipped
-        dataset = tokenize_rows(rows, spec, trained.tokenizer, config.max_length, config.pair_encoding,
-                                cache_dir or None)
-        preds, _ = predict_dataset(trained.model, task, dataset, config, accelerator, pad_id_of(trained.tokenizer))
-        scored.update({extra_metric(metric, name): value
-                       for metric, value in task_metrics(spec, preds, rows.labels).items()})
-    return scored
 
 
 def read_inputs(task: str, texts: list[str], file: str | None) -> list[tuple[str, ...]]:

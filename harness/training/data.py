@@ -299,6 +299,8 @@ class TaskData:
     pad_id: int = 0  # the tokenizer's padding id
     validation: Any = None  # held out from the training file (--validation-fraction), or None
     validation_ids: list[str] = field(default_factory=list)
+    # TaskSpec.extra_dev's files (MNLI's mismatched dev set), tokenised: name -> (ids, dataset)
+    extra_dev: dict[str, tuple[list[str], Any]] = field(default_factory=dict)
 
 
 def validation_rows(task: str, ids: list[str], fraction: float) -> list[bool]:
@@ -327,7 +329,8 @@ def load_task_data(data_dir: str | os.PathLike, tasks: list[str], tokenizer, max
             skipped[filename] = rows.skipped
             splits[split] = (rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir))
         data = TaskData(spec, splits["train"][1], splits["dev"][1], splits["dev"][0].ids, skipped,
-                        pad_id_of(tokenizer))
+                        pad_id_of(tokenizer),
+                        extra_dev=load_extra_dev(data_dir, spec, tokenizer, max_length, pair_encoding, cache_dir))
         if validation_fraction > 0:
             train_rows = splits["train"][0]
             held = validation_rows(name, train_rows.ids, validation_fraction)
@@ -347,6 +350,18 @@ def load_split(data_dir: str | os.PathLike, task: str, split: str, tokenizer, ma
     spec = get_task(task)
     rows = read_rows(Path(data_dir) / spec.file(split), spec, lenient=lenient, labelled=split != "test")
     return rows, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir)
+
+
+def load_extra_dev(data_dir: str | os.PathLike, spec: TaskSpec, tokenizer, max_length: int,
+                   pair_encoding: str = "joint", cache_dir: str | os.PathLike | None = None
+                   ) -> dict[str, tuple[list[str], Any]]:
+    """A task's extra dev files (TaskSpec.extra_dev), read strictly (a bad row is a DataError naming the
+    file and line: these rows are never skipped) and tokenised as its dev file is: name -> (ids, dataset)."""
+    out = {}
+    for name, file in spec.extra_dev.items():
+        rows = read_rows(Path(data_dir) / file, spec)
+        out[name] = rows.ids, tokenize_rows(rows, spec, tokenizer, max_length, pair_encoding, cache_dir)
+    return out
 
 
 def pad_id_of(tokenizer) -> int:

@@ -2,13 +2,12 @@
 order), the dev metrics of a task set, and the names they are logged under. Used by the loop
 (harness/runs/train.py) and by saved runs (harness/runs/trained.py).
 
-A task's extra dev files (TaskSpec.extra_dev: MNLI's mismatched dev set) are scored on dev with the
-task's own head and metrics, as `<metric>_<name>` beside its dev metrics (dev/mnli/accuracy_mismatched);
-they are read and tokenised here, once per process, with the run's tokenizer and settings."""
+A task's extra dev files (TaskSpec.extra_dev: MNLI's mismatched dev set, loaded with its data:
+harness.training.data.load_extra_dev) are scored on dev with the task's own head and metrics, as
+`<metric>_<name>` beside its dev metrics (dev/mnli/accuracy_mismatched)."""
 from __future__ import annotations
 
 import csv
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from harness.core import names
 from harness.core.config import TrainConfig
-from harness.training.data import collate, read_rows, tokenize_rows
+from harness.training.data import collate
 from harness.tasks.metrics import task_metrics
 from harness.model.network import confidence, predictions
 from harness.core.names import metric_key
@@ -75,40 +74,26 @@ def evaluate(model, data, config: TrainConfig, accelerator,
         labels = dataset["label"]
         metrics[task] = task_metrics(task_data.spec, preds, labels)
         rows[task] = list(zip(ids, preds, labels))
-        for name, file in (task_data.spec.extra_dev.items() if split == "dev" else ()):
-            with accelerator.main_process_first():  # the main process tokenises (and caches) first
-                extra_ids, extra = extra_dev_set(task, file, config)
-            preds, _ = predict_dataset(model, task, extra, config, accelerator, task_data.pad_id)
-            scored = task_metrics(task_data.spec, preds, extra["label"])
-            metrics[task].update({extra_metric(metric, name): value for metric, value in scored.items()})
-            rows[extra_metric(task, name)] = list(zip(extra_ids, preds, extra["label"]))
+        if split == "dev":
+            extra_metrics, extra_rows = score_extra_dev(model, task, task_data.extra_dev, config, accelerator,
+                                                        task_data.pad_id)
+            metrics[task].update(extra_metrics)
+            rows.update(extra_rows)
     model.train()
     return metrics, rows
 
 
-@functools.lru_cache(maxsize=None)
-def _tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    from harness.model.network import resolve_model_path
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(model))  # as load_encoder loads the run's
-
-
-def extra_dev_set(task: str, file: str, config: TrainConfig) -> tuple[list[str], object]:
-    """One extra dev file of a task (TaskSpec.extra_dev), read strictly by the task's reader (a bad row
-    is a DataError naming the file and line: these rows are never skipped) and tokenised as the run's
-    dev file is (ids, dataset). Read once per process and setting: later epochs reuse it."""
-    return _extra_dev_set(task, file, config.data_dir, config.model, config.max_length, config.pair_encoding,
-                          config.cache_dir)
-
-
-@functools.lru_cache(maxsize=None)
-def _extra_dev_set(task: str, file: str, data_dir: str, model: str, max_length: int, pair_encoding: str,
-                   cache_dir: str) -> tuple[list[str], object]:
-    spec = get_task(task)
-    rows = read_rows(Path(data_dir) / file, spec)
-    return rows.ids, tokenize_rows(rows, spec, _tokenizer(model), max_length, pair_encoding, cache_dir or None)
+def score_extra_dev(model, task: str, extra_dev: dict[str, tuple[list[str], object]], config: TrainConfig,
+                    accelerator, pad_id: int = 0) -> tuple[dict[str, float], dict[str, list]]:
+    """A task's metrics on its extra dev files (load_extra_dev's name -> (ids, dataset)), named
+    `<metric>_<name>`, and their per-example rows under `<task>_<name>` (predictions/dev-<task>_<name>.csv)."""
+    spec, metrics, rows = get_task(task), {}, {}
+    for name, (ids, dataset) in extra_dev.items():
+        preds, _ = predict_dataset(model, task, dataset, config, accelerator, pad_id)
+        labels = dataset["label"]
+        metrics.update({extra_metric(metric, name): value for metric, value in task_metrics(spec, preds, labels).items()})
+        rows[extra_metric(task, name)] = list(zip(ids, preds, labels))
+    return metrics, rows
 
 
 def write_predictions(rows: dict[str, list], folder: Path) -> list[Path]:
