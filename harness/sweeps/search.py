@@ -104,7 +104,7 @@ class Search:
                     raise ConfigError(f"search space {sorted(values)}, values {shown}: {exc}") from None
         startup = self.search.sampler_options.get("n_startup_trials", 10)
         try:
-            study = optuna.create_study(directions=self.search.directions, sampler=self._sampler(0))
+            study = self._study(self._sampler(0))
             first = {name: values[0] for name, values in ends.items()}
             study.add_trials([optuna.trial.create_trial(params=first, distributions=self.distributions,
                                                         values=[float(i)] * len(self.search.metrics))
